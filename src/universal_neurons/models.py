@@ -1,0 +1,171 @@
+"""Models: GPT-2 models in Hugging Face format, loaded for analysis through TransformerLens.
+
+Every TransformerLens call of the project lives in this module. We use
+transformer-lens 4.x's ``TransformerBridge`` (``boot_transformers`` +
+``enable_compatibility_mode()``): it loads any Hugging Face GPT-2 or GPT-NeoX
+directory or hub id with the same code, and gives the weight processing of the
+paper (LayerNorm folded, writing weights and unembedding centred) with the
+familiar hook names ``blocks.{l}.mlp.hook_pre`` / ``blocks.{l}.mlp.hook_post``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message names it and says what to do."""
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _check_local_model(directory: Path) -> None:
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"{directory}: model directory has no config.json")
+    weights = list(directory.glob("*.safetensors")) + list(directory.glob("*.bin"))
+    if not weights:
+        raise ModelLoadError(f"{directory}: model directory has no weights (*.safetensors)")
+    for path in directory.glob("*.safetensors"):
+        _check_safetensors(path)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Stop early on a truncated or corrupt safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                handle.get_slice(key)
+    except Exception as exc:  # safetensors raises several types for the same fault
+        raise ModelLoadError(
+            f"{path}: unreadable safetensors file ({exc}); re-create or re-pull it"
+        ) from None
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+    if header_len + 8 > size:
+        raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes)")
+
+
+def resolve_model_source(spec: str) -> str:
+    """A local model directory, or a hub id if the hub can be reached; else a clear error."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{spec}: expected a model directory, got a file")
+        _check_local_model(path)
+        return str(path.resolve())
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise ModelLoadError(f"{spec}: model directory does not exist")
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"{spec}: not a local directory, and the Hugging Face hub cannot be reached "
+            "(offline). Download the model elsewhere (e.g. `huggingface-cli download "
+            f"{spec} --local-dir DIR`) and give its local directory instead."
+        )
+    return spec
+
+
+def load_model(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a model through TransformerLens with the paper's weight processing.
+
+    ``spec`` is a local Hugging Face model directory or a hub id
+    (e.g. ``stanford-crfm/alias-gpt2-small-x21``). Returns a ``TransformerBridge`` in
+    eval mode with LayerNorm folded and writing weights / unembedding centred.
+    """
+    import logging
+
+    from transformer_lens import TransformerBridge
+
+    source = resolve_model_source(spec)
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    try:
+        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"{spec}: TransformerLens could not load the model ({exc})") from exc
+    bridge.enable_compatibility_mode()
+    bridge.eval()
+    return bridge
+
+
+def model_shape(model) -> tuple[int, int]:
+    """``(n_layers, d_mlp)`` of a loaded model."""
+    return int(model.cfg.n_layers), int(model.cfg.d_mlp)
+
+
+def context_length(model) -> int:
+    """The longest context the model accepts."""
+    return int(model.cfg.n_ctx)
+
+
+def mlp_hook_name(layer: int, kind: str = "post") -> str:
+    """Hook point of layer ``layer``'s MLP activations: ``post`` (after the nonlinearity) or ``pre``."""
+    if kind not in ("pre", "post"):
+        raise ValueError(f"kind: expected 'pre' or 'post', got {kind!r}")
+    return f"blocks.{layer}.mlp.hook_{kind}"
+
+
+class _StopForward(Exception):
+    """Raised by the last hook to skip the rest of the forward pass."""
+
+
+@torch.no_grad()
+def capture_mlp(
+    model, tokens: torch.Tensor, kinds: tuple[str, ...] = ("post",)
+) -> dict[str, torch.Tensor]:
+    """MLP activations of every layer for a batch.
+
+    ``tokens``: ``[batch, pos]`` token ids. Returns, per kind in ``kinds``, a tensor
+    ``[layers, batch, pos, d_mlp]`` in the model's dtype. The forward pass stops after
+    the last layer's MLP (nothing after it is needed).
+    """
+    n_layers, _ = model_shape(model)
+    captured: dict[str, list[torch.Tensor | None]] = {kind: [None] * n_layers for kind in kinds}
+    last = (n_layers - 1, "post" if "post" in kinds else "pre")  # the hook that fires last
+
+    def hook_for(layer: int, kind: str):
+        def hook(activation: torch.Tensor, hook) -> None:
+            captured[kind][layer] = activation.detach()
+            if (layer, kind) == last:
+                raise _StopForward
+
+        return hook
+
+    hooks = [
+        (mlp_hook_name(layer, kind), hook_for(layer, kind))
+        for layer in range(n_layers)
+        for kind in kinds
+    ]
+    with contextlib.suppress(_StopForward):
+        model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return {kind: torch.stack(layers) for kind, layers in captured.items()}  # type: ignore[arg-type]
+
+
+def processed_weights(model) -> dict[str, torch.Tensor]:
+    """The processed weights the neuron statistics use.
+
+    ``W_in [layers, d_model, d_mlp]``, ``b_in [layers, d_mlp]``,
+    ``W_out [layers, d_mlp, d_model]``, ``W_U [d_model, vocab]``.
+    """
+    return {
+        "W_in": model.W_in.detach().float().cpu(),
+        "b_in": model.b_in.detach().float().cpu(),
+        "W_out": model.W_out.detach().float().cpu(),
+        "W_U": model.W_U.detach().float().cpu(),
+    }
