@@ -123,6 +123,25 @@ class TrainConfig(_Section):
         return tokens
 
 
+class AnalysisConfig(_Section):
+    """The token set every analysis stage streams through the models.
+
+    ``split``: which split of the token array (``train`` or ``heldout``);
+    ``max_sequences``: how many of its sequences (0 = all); ``exclude``: token kinds
+    whose positions are left out of every statistic (``special``: BOS/EOS/padding,
+    ``newline``: tokens that decode to newlines only), plus explicit ``exclude_ids``.
+    """
+
+    split: Literal["train", "heldout"] = "train"
+    max_sequences: NonNegativeInt = 4000
+    batch_size: PositiveInt = 64
+    exclude: list[Literal["special", "newline"]] = Field(
+        default_factory=lambda: ["special", "newline"]
+    )
+    exclude_ids: list[NonNegativeInt] = Field(default_factory=list)
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
 class Params(_Section):
     """All of ``params.yaml``."""
 
@@ -131,6 +150,7 @@ class Params(_Section):
     tokens: TokensConfig = TokensConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
 
 
 def _format_error(error: dict[str, Any]) -> str:
