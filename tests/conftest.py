@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny parameter sets, a tiny real token set and a tiny trained seed group.
+
+Everything is real (real text from the installed corpus packages, models really trained),
+only small: a tokenize + train of the whole group takes seconds on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from universal_neurons.config import Params, params_from_dict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_PARAMS = {
+    "corpus": {"sources": ["news", "python_docs"], "min_doc_chars": 200},
+    "tokenizer": {"kind": "bpe", "vocab_size": 512},
+    "tokens": {"context": 32, "heldout_fraction": 0.05, "seed": 0},
+    "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "d_mlp": 64, "activation": "gelu_new"},
+    "train": {
+        "seeds": [1, 2, 3],
+        "tokens_per_model": 120_000,
+        "batch_size": 16,
+        "learning_rate": 1.0e-2,
+        "warmup_fraction": 0.05,
+        "weight_decay": 0.1,
+        "heldout_sequences": 64,
+        "eval_every_steps": 50,
+        "checkpoint_tokens": [60_000],
+        "device": "cpu",
+        "threads": 1,
+    },
+    "analysis": {"split": "train", "max_sequences": 200, "batch_size": 32},
+}
+
+
+def tiny_params_dict(**sections) -> dict:
+    """A deep copy of TINY_PARAMS with whole sections or single keys replaced.
+
+    ``tiny_params_dict(train={"seeds": [1, 2]})`` updates keys inside the section.
+    """
+    import copy
+
+    raw = copy.deepcopy(TINY_PARAMS)
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def tiny_params(**sections) -> Params:
+    """Validated tiny parameters (see ``tiny_params_dict``)."""
+    return params_from_dict(tiny_params_dict(**sections))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens_dir(tmp_path_factory) -> Path:
+    """A tokenize stage output built from real text with TINY_PARAMS."""
+    from stages import tokenize
+
+    directory = tmp_path_factory.mktemp("tokens") / "tokens"
+    tokenize.run(tiny_params(), directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_group(tiny_tokens_dir, tmp_path_factory) -> dict[int, Path]:
+    """Three tiny GPT-2s trained on the tiny token set, one per seed: ``{seed: model_dir}``."""
+    from stages import train
+
+    params = tiny_params()
+    root = tmp_path_factory.mktemp("models")
+    return {
+        seed: (train.run(params, seed, tiny_tokens_dir, root / f"seed{seed}"), root / f"seed{seed}")[1]
+        for seed in params.train.seeds
+    }
