@@ -1,0 +1,31 @@
+# Two commands do everything (see README Quickstart):
+#   make pipeline   set up .venv, then run the default pipeline (restores the trained group from the in-repo remote)
+#   make test       set up .venv, then run the whole test suite
+PYTHON ?= python3.11
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup pipeline test lint bench
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+pipeline: setup
+	dvc repro --pull
+
+test: setup
+	ruff check src stages tests benchmarks
+	ruff format --check src stages tests benchmarks
+	python -m pytest
+
+lint: setup
+	ruff check --fix src stages tests benchmarks
+	ruff format src stages tests benchmarks
