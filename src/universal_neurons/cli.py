@@ -82,5 +82,86 @@ def train(params_path: Path, seed: int) -> None:
     click.echo(json.dumps(report, indent=2))
 
 
+# --- neuron statistics (issue 5): stage `stats`, tools `show` and `findings` ---
+
+
+@main.command()
+@params_option
+@_user_errors
+def stats(params_path: Path) -> None:
+    """Stage stats: the neuron table of every model and universal vs other neurons."""
+    from stages import stats as stage
+
+    comparison = stage.run(_load(params_path))
+    click.echo(
+        f"wrote {stage.STATS_DIR} and {stage.STATS_METRICS} ({len(comparison['models'])} models)"
+    )
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--sort", "sort_column", default="excess_corr", show_default=True, help="Column to sort by."
+)
+@click.option("--ascending", is_flag=True, help="Smallest values first (default: largest first).")
+@click.option("--layer", type=int, default=None, help="Only neurons of this layer.")
+@click.option("--top", type=int, default=20, show_default=True, help="How many neurons to list.")
+@click.option("--universal-only", is_flag=True, help="Only neurons marked universal.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--stats-dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/stats"),
+    show_default=True,
+    help="Where the stats stage wrote the neuron tables.",
+)
+@_user_errors
+def show(
+    model: str,
+    sort_column: str,
+    ascending: bool,
+    layer: int | None,
+    top: int,
+    universal_only: bool,
+    output_format: str,
+    stats_dir: Path,
+) -> None:
+    """List the most universal neurons of MODEL (seed1, 1, or a .parquet path) with key statistics."""
+    import pandas as pd
+
+    from universal_neurons.statistics import table_path, top_neurons
+
+    table = pd.read_parquet(table_path(model, stats_dir))
+    listing = top_neurons(table, sort_column, layer, top, ascending, universal_only)
+    if output_format == "csv":
+        click.echo(listing.to_csv(index=False), nl=False)
+    else:
+        click.echo(listing.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+@main.command()
+@params_option
+@click.option(
+    "--metrics",
+    "metrics_path",
+    type=click.Path(path_type=Path),
+    default=Path("metrics/stats.json"),
+    show_default=True,
+)
+@_user_errors
+def findings(params_path: Path, metrics_path: Path) -> None:
+    """Print which of the paper's findings on universal neurons hold (for the README)."""
+    from universal_neurons.io import read_json
+    from universal_neurons.statistics import findings_verdict
+
+    click.echo(findings_verdict(read_json(metrics_path), _load(params_path).stats.alpha))
+
+
 if __name__ == "__main__":
     main()

@@ -142,6 +142,19 @@ class AnalysisConfig(_Section):
     device: Literal["cpu", "cuda"] = "cpu"
 
 
+class StatsConfig(_Section):
+    """The neuron statistics stage (universal vs other neurons).
+
+    ``alpha``: significance level of the Mann-Whitney U test when the verdict on the
+    paper's findings is printed (``universal-neurons findings``); ``neuron_chunk``:
+    neurons per block when the cosines with the whole vocabulary are computed
+    (memory ~ 50 * neuron_chunk * vocab bytes).
+    """
+
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    neuron_chunk: PositiveInt = 256
+
+
 class Params(_Section):
     """All of ``params.yaml``."""
 
@@ -151,6 +164,7 @@ class Params(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    stats: StatsConfig = StatsConfig()
 
 
 def _format_error(error: dict[str, Any]) -> str:

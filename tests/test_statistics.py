@@ -1,0 +1,543 @@
+"""Neuron statistics: every column against an independent computation on a real tiny model.
+
+The inputs of the stats stage are built here as the collect and universality stages would
+write them (their contract in docs/ARCHITECTURE.md): moments of the real pre-activations of
+the tiny trained models, streamed with StreamingMoments over the kept positions, and a
+universality table with a planted set of universal and dead neurons.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import REPO_ROOT, tiny_params, tiny_params_dict
+from scipy import stats as scipy_stats
+
+from universal_neurons import statistics
+from universal_neurons.activations import analysis_tokens, excluded_token_ids, kept_mask
+from universal_neurons.models import capture_mlp, load_model, model_shape, processed_weights
+from universal_neurons.moments import StreamingMoments
+from universal_neurons.tokens import load_tokenizer, load_tokens
+
+# ---------------------------------------------------------------- fixtures: the stage's inputs
+
+
+def kept_activations(model_dir: Path, tokens_dir: Path) -> dict[str, np.ndarray]:
+    """Pre- and post-activations of every layer at the kept positions: ``[layers, kept, d_mlp]``."""
+    params = tiny_params()
+    model = load_model(str(model_dir))
+    tokens = analysis_tokens(load_tokens(tokens_dir, params.analysis.split), params.analysis)
+    excluded = excluded_token_ids(load_tokenizer(tokens_dir), params.analysis)
+    parts: dict[str, list[np.ndarray]] = {"pre": [], "post": []}
+    for start in range(0, len(tokens), params.analysis.batch_size):
+        batch = torch.as_tensor(
+            np.asarray(tokens[start : start + params.analysis.batch_size], np.int64)
+        )
+        acts = capture_mlp(model, batch, ("pre", "post"))
+        mask = kept_mask(batch, excluded)
+        for kind in parts:
+            parts[kind].append(acts[kind][:, mask].numpy())  # [layers, kept, d_mlp]
+    return {kind: np.concatenate(chunks, axis=1) for kind, chunks in parts.items()}
+
+
+def moments_table(activations: dict[str, np.ndarray], batch: int = 700) -> pd.DataFrame:
+    """The collect stage's moments.parquet: streamed in batches, rows shuffled."""
+    n_layers, n_kept, d_mlp = activations["pre"].shape
+    columns: dict[str, np.ndarray] = {
+        "layer": np.repeat(np.arange(n_layers), d_mlp),
+        "index": np.tile(np.arange(d_mlp), n_layers),
+        "count": np.full(n_layers * d_mlp, n_kept),
+    }
+    for kind, values in activations.items():
+        per_layer = []
+        for layer in range(n_layers):
+            moments = StreamingMoments.empty(d_mlp)
+            for start in range(0, n_kept, batch):
+                moments = moments.update(values[layer, start : start + batch])
+            per_layer.append(moments)
+        for name in ("mean", "var", "skew", "kurt", "sparsity"):
+            columns[f"{kind}_{name}"] = np.concatenate([getattr(m, name) for m in per_layer])
+    table = pd.DataFrame(columns)
+    return table.sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def universality_table(
+    n_layers: int,
+    d_mlp: int,
+    universal: set[tuple[int, int]],
+    dead: set[tuple[int, int]],
+    seed: int,
+) -> pd.DataFrame:
+    """A universality-stage table with the given universal and dead neurons."""
+    rng = np.random.default_rng(seed)
+    n = n_layers * d_mlp
+    layer, index = np.repeat(np.arange(n_layers), d_mlp), np.tile(np.arange(d_mlp), n_layers)
+    keys = list(zip(layer.tolist(), index.tolist(), strict=True))
+    is_universal = np.array([key in universal for key in keys])
+    is_dead = np.array([key in dead for key in keys])
+    # universal neurons: excess correlation >= 0.45; the others <= 0.4
+    max_corr = np.where(is_universal, rng.uniform(0.85, 0.95, n), rng.uniform(0.2, 0.6, n))
+    max_baseline = rng.uniform(0.2, 0.4, n)
+    table = pd.DataFrame(
+        {
+            "layer": layer,
+            "index": index,
+            "dead": is_dead,
+            "max_corr": max_corr,
+            "mean_corr": max_corr - 0.05,
+            "min_corr": max_corr - 0.1,
+            "max_baseline": max_baseline,
+            "mean_baseline": max_baseline - 0.05,
+            "min_baseline": max_baseline - 0.1,
+            "excess_corr": max_corr - max_baseline,
+            "is_universal": is_universal,
+        }
+    )
+    for column in ("max_corr", "mean_corr", "min_corr", "excess_corr"):
+        table.loc[is_dead, column] = np.nan
+    return table
+
+
+PLANTED_UNIVERSAL = {
+    "seed1": {(0, 3), (0, 10), (0, 17), (1, 5), (1, 6), (1, 40), (1, 63), (0, 1)},
+    "seed2": {(0, 0), (0, 2), (1, 9), (1, 33), (1, 34), (0, 50)},
+    "seed3": set(),  # no universal neurons: the comparison is undefined -> null
+}
+PLANTED_DEAD = {"seed1": {(0, 1), (1, 2)}, "seed2": {(1, 7)}, "seed3": {(0, 4)}}
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(tiny_group, tiny_tokens_dir, tmp_path_factory) -> dict:
+    """Model, collect and universality directories of the tiny group, plus stored activations."""
+    root = tmp_path_factory.mktemp("stats_inputs")
+    collect, universality = root / "collect", root / "universality"
+    universality.mkdir()
+    activations = {}
+    for seed, model_dir in tiny_group.items():
+        name = f"seed{seed}"
+        activations[name] = kept_activations(model_dir, tiny_tokens_dir)
+        (collect / name).mkdir(parents=True)
+        moments_table(activations[name]).to_parquet(collect / name / "moments.parquet")
+        n_layers, _, d_mlp = activations[name]["pre"].shape
+        universality_table(
+            n_layers, d_mlp, PLANTED_UNIVERSAL[name], PLANTED_DEAD[name], seed
+        ).to_parquet(universality / f"{name}.parquet")
+    models_dir = next(iter(tiny_group.values())).parent
+    return {
+        "models": models_dir,
+        "collect": collect,
+        "universality": universality,
+        "activations": activations,
+        "group": tiny_group,
+    }
+
+
+@pytest.fixture(scope="module")
+def stage_outputs(stage_inputs, tmp_path_factory) -> dict:
+    """The stats stage run on the tiny group."""
+    from stages import stats as stage
+
+    out = tmp_path_factory.mktemp("stats_outputs")
+    paths = {
+        "output_dir": out / "data" / "stats",
+        "metrics_path": out / "metrics" / "stats.json",
+        "percentiles_csv": out / "metrics" / "stats_percentiles.csv",
+    }
+    comparison = stage.run(
+        tiny_params(),
+        models_dir=stage_inputs["models"],
+        collect_dir=stage_inputs["collect"],
+        universality_dir=stage_inputs["universality"],
+        **paths,
+    )
+    return {"comparison": comparison, **paths}
+
+
+# ---------------------------------------------------------------- weight statistics
+
+
+def test_weight_statistics_equal_direct_computation(tiny_group):
+    model = load_model(str(tiny_group[1]))
+    weights = {k: v.numpy().astype(np.float64) for k, v in processed_weights(model).items()}
+    w_in, b_in, w_out, w_u = weights["W_in"], weights["b_in"], weights["W_out"], weights["W_U"]
+    n_layers, d_mlp = model_shape(model)
+    # The weights are the processed ones: writing weights and unembedding centred.
+    np.testing.assert_allclose(w_out.mean(axis=-1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(w_u.mean(axis=-1), 0.0, atol=1e-6)
+
+    table = statistics.weight_statistics(processed_weights(model), neuron_chunk=24)
+    assert len(table) == n_layers * d_mlp
+    expected = []
+    for layer in range(n_layers):
+        for i in range(d_mlp):
+            a, b = w_in[layer, :, i], w_out[layer, i, :]
+            na, nb = np.sqrt(np.sum(a * a)), np.sqrt(np.sum(b * b))
+            cos = np.array(
+                [b @ w_u[:, v] / (nb * np.sqrt(w_u[:, v] @ w_u[:, v])) for v in range(w_u.shape[1])]
+            )
+            centred = cos - cos.sum() / len(cos)
+            var = np.sum(centred**2) / len(cos)
+            expected.append(
+                {
+                    "layer": layer,
+                    "index": i,
+                    "w_in_norm": na,
+                    "w_out_norm": nb,
+                    "input_bias": b_in[layer, i],
+                    "in_out_sim": (a @ b) / (na * nb),
+                    "l2_penalty": na**2 + nb**2,
+                    "vocab_mean": cos.sum() / len(cos),
+                    "vocab_var": var,
+                    "vocab_skew": np.sum(centred**3) / len(cos) / var**1.5,
+                    "vocab_kurt": np.sum(centred**4) / len(cos) / var**2,
+                }
+            )
+    expected = pd.DataFrame(expected)
+    assert list(table.columns) == list(expected.columns)
+    np.testing.assert_array_equal(table[["layer", "index"]], expected[["layer", "index"]])
+    for column in expected.columns[2:]:
+        np.testing.assert_allclose(
+            table[column], expected[column], rtol=1e-10, atol=1e-12, err_msg=column
+        )
+    # a real model has spread in every statistic (a constant column would hide a broadcasting bug)
+    assert (table[list(statistics.WEIGHT_METRICS + statistics.VOCAB_METRICS)].std() > 0).all()
+
+
+def test_weight_statistics_reject_mismatched_shapes():
+    weights = {
+        "W_in": np.ones((2, 4, 6)),
+        "b_in": np.ones((2, 6)),
+        "W_out": np.ones((2, 4, 6)),  # transposed
+        "W_U": np.ones((4, 9)),
+    }
+    with pytest.raises(ValueError, match="W_out: expected shape"):
+        statistics.weight_statistics(weights)
+
+
+# ---------------------------------------------------------------- the neuron table
+
+
+def test_table_activation_moments_equal_scipy_on_stored_activations(stage_inputs, stage_outputs):
+    for name, acts in stage_inputs["activations"].items():
+        table = pd.read_parquet(stage_outputs["output_dir"] / f"{name}.parquet")
+        pre = acts["pre"].astype(np.float64)  # [layers, kept, d_mlp]
+        n_layers, _, d_mlp = pre.shape
+        for layer in range(n_layers):
+            rows = table[table["layer"] == layer].sort_values("index")
+            assert rows["index"].tolist() == list(range(d_mlp))
+            x = pre[layer]
+            np.testing.assert_allclose(rows["mean"], x.mean(axis=0), rtol=0, atol=1e-6)
+            np.testing.assert_allclose(rows["var"], x.var(axis=0), rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(rows["skew"], scipy_stats.skew(x, axis=0), rtol=0, atol=1e-6)
+            np.testing.assert_allclose(
+                rows["kurt"], scipy_stats.kurtosis(x, axis=0, fisher=False), rtol=0, atol=1e-6
+            )
+            np.testing.assert_array_equal(rows["sparsity"], (x > 0).mean(axis=0))
+            # the pre-activation, not the post-activation (GELU output)
+            post_mean = acts["post"][layer].astype(np.float64).mean(axis=0)
+            assert np.abs(rows["mean"].to_numpy() - post_mean).max() > 1e-2
+
+
+def test_table_schema(stage_outputs):
+    table = pd.read_parquet(stage_outputs["output_dir"] / "seed1.parquet")
+    metrics = [
+        "w_in_norm", "w_out_norm", "input_bias", "in_out_sim", "l2_penalty",
+        "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt",
+        "mean", "var", "skew", "kurt", "sparsity",
+    ]  # fmt: skip
+    universality = [
+        "layer", "index", "dead", "max_corr", "mean_corr", "min_corr",
+        "max_baseline", "mean_baseline", "min_baseline", "excess_corr", "is_universal",
+    ]  # fmt: skip
+    expected = universality + metrics + [f"{m}_pct" for m in metrics]
+    assert list(table.columns) == expected
+    dtypes = {c: str(t) for c, t in table.dtypes.items()}
+    assert dtypes.pop("layer") == "int64" and dtypes.pop("index") == "int64"
+    assert dtypes.pop("dead") == "bool" and dtypes.pop("is_universal") == "bool"
+    assert set(dtypes.values()) == {"float64"}
+    assert len(table) == 2 * 64
+    assert table[["layer", "index"]].to_numpy().tolist() == [
+        [layer, i] for layer in range(2) for i in range(64)
+    ]
+    assert (
+        set(map(tuple, table.loc[table["is_universal"], ["layer", "index"]].to_numpy()))
+        == PLANTED_UNIVERSAL["seed1"]
+    )
+    # percentiles are in (0, 100], each layer's largest value at 100
+    pct = table[[f"{m}_pct" for m in metrics]]
+    assert pct.min().min() > 0 and pct.max().max() == 100.0
+
+
+def test_percentiles_are_within_layer():
+    # the value 3.0 is the 3rd of 4 in layer 0 but the 1st of 4 in layer 1
+    values = {"x": [1.0, 2.0, 3.0, 4.0, 3.0, 4.0, 5.0, 6.0], "y": [5, 5, 1, 2, np.nan, 1, 2, 3]}
+    frame = pd.DataFrame({"layer": [0, 0, 0, 0, 1, 1, 1, 1], **values})
+    pct = statistics.within_layer_percentiles(frame, ["x", "y"])
+    assert pct["x_pct"].tolist() == [25.0, 50.0, 75.0, 100.0, 25.0, 50.0, 75.0, 100.0]
+    # ties share their average rank; NaN is left out of the layer's count
+    assert pct["y_pct"].iloc[:4].tolist() == [87.5, 87.5, 25.0, 50.0]
+    assert np.isnan(pct["y_pct"].iloc[4])
+    assert pct["y_pct"].iloc[5:].tolist() == pytest.approx([100 / 3, 200 / 3, 100.0])
+
+
+def test_table_percentiles_match_rank_within_each_layer(stage_outputs):
+    table = pd.read_parquet(stage_outputs["output_dir"] / "seed2.parquet")
+    for layer in (0, 1):
+        rows = table[table["layer"] == layer]
+        x = rows["input_bias"].to_numpy()
+        expected = np.array([100.0 * np.sum(x <= v) / len(x) for v in x])  # no ties in real weights
+        np.testing.assert_allclose(rows["input_bias_pct"], expected)
+
+
+def test_table_rejects_inputs_of_another_model(stage_inputs, tiny_group):
+    universality = pd.read_parquet(stage_inputs["universality"] / "seed1.parquet")
+    moments = pd.read_parquet(stage_inputs["collect"] / "seed1" / "moments.parquet")
+    weights = statistics.weight_statistics(processed_weights(load_model(str(tiny_group[1]))))
+    with pytest.raises(ValueError, match="moments table: its neurons"):
+        statistics.neuron_table(
+            universality, weights, statistics.activation_statistics(moments.iloc[:-3])
+        )
+    with pytest.raises(ValueError, match="missing columns pre_kurt"):
+        statistics.activation_statistics(moments.drop(columns="pre_kurt"))
+
+
+# ---------------------------------------------------------------- the comparison
+
+
+def test_comparison_equals_mannwhitneyu_on_live_neurons(stage_outputs):
+    stored = json.loads(stage_outputs["metrics_path"].read_text())
+    assert stored == stage_outputs["comparison"]
+    assert set(stored["models"]) == {"seed1", "seed2", "seed3"}
+    for name in ("seed1", "seed2"):
+        table = pd.read_parquet(stage_outputs["output_dir"] / f"{name}.parquet")
+        live_universal = PLANTED_UNIVERSAL[name] - PLANTED_DEAD[name]
+        keys = list(map(tuple, table[["layer", "index"]].to_numpy()))
+        in_u = np.array([k in live_universal for k in keys])
+        in_o = np.array(
+            [k not in PLANTED_UNIVERSAL[name] and k not in PLANTED_DEAD[name] for k in keys]
+        )
+        for metric in statistics.METRICS:
+            u, o = table.loc[in_u, metric].to_numpy(), table.loc[in_o, metric].to_numpy()
+            test = scipy_stats.mannwhitneyu(u, o, alternative="two-sided")
+            # rank-biserial from the definition: P(u > o) - P(u < o) over all pairs
+            diff = np.sign(u[:, None] - o[None, :])
+            entry = stored["models"][name][metric]
+            assert entry["n_universal"] == len(live_universal) and entry["n_other"] == in_o.sum()
+            assert entry["p_value"] == pytest.approx(test.pvalue, rel=1e-12)
+            assert entry["effect_size"] == pytest.approx(diff.mean(), abs=1e-12)
+            assert entry["median_universal"] == pytest.approx(np.median(u), rel=1e-12)
+            assert entry["median_other"] == pytest.approx(np.median(o), rel=1e-12)
+    # no universal neurons: medians of the others only, the rest null (not NaN)
+    entry = stored["models"]["seed3"]["kurt"]
+    assert entry["n_universal"] == 0 and entry["n_other"] == 2 * 64 - 1
+    assert entry["median_universal"] is None and entry["effect_size"] is None
+    assert entry["p_value"] is None and entry["median_other"] is not None
+    assert "NaN" not in stage_outputs["metrics_path"].read_text()
+
+
+def test_compare_groups_planted_separation():
+    # universal values all above the others: r = +1; p from scipy's exact test
+    result = statistics.compare_groups(
+        np.array([10.0, 11.0, 12.0, np.nan]), np.array([1.0, 2.0, 3.0, 4.0])
+    )
+    assert result["effect_size"] == 1.0 and result["n_universal"] == 3 and result["n_other"] == 4
+    assert result["p_value"] == pytest.approx(2 / 35)  # 2 of C(7,3)=35 orderings are this extreme
+    assert result["median_universal"] == 11.0 and result["median_other"] == 2.5
+
+
+# ---------------------------------------------------------------- outputs, plots, CLI
+
+
+def test_stage_writes_plots_and_csvs(stage_outputs):
+    out = stage_outputs["output_dir"]
+    for png in ("universal_percentiles.png", "per_layer.png"):
+        data = (out / "plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    summary = pd.read_csv(stage_outputs["percentiles_csv"])
+    assert summary["metric"].tolist() == list(statistics.METRICS)
+    pooled = pd.concat([pd.read_parquet(out / f"seed{s}.parquet") for s in (1, 2, 3)])
+    pooled = pooled[pooled["is_universal"] & ~pooled["dead"]]
+    assert (
+        summary["n_universal"].tolist() == [len(pooled)] * len(statistics.METRICS) == [7 + 6] * 14
+    )
+    np.testing.assert_allclose(
+        summary["median_percentile"], pooled[[f"{m}_pct" for m in statistics.METRICS]].median()
+    )
+    per_layer = pd.read_csv(out / "per_layer.csv")
+    seed1 = pd.read_parquet(out / "seed1.parquet")
+    rows = per_layer[
+        (per_layer["model"] == "seed1")
+        & (per_layer["layer"] == 1)
+        & (per_layer["group"] == "universal")
+    ]
+    expected = seed1[(seed1["layer"] == 1) & seed1["is_universal"] & ~seed1["dead"]]
+    assert rows["n"].item() == 4 and rows["skew"].item() == pytest.approx(expected["skew"].median())
+
+
+def test_letter_values_of_a_known_sample():
+    from universal_neurons.statistics_plots import letter_values
+
+    values = np.arange(1.0, 129.0)  # n = 128: depth log2(128) - 3 = 4
+    boxes, median, outliers = letter_values(values)
+    assert len(boxes) == 4 and median == 64.5
+    assert boxes[0] == (np.quantile(values, 0.25), np.quantile(values, 0.75))
+    assert boxes[3] == (np.quantile(values, 1 / 32), np.quantile(values, 31 / 32))
+    assert outliers.tolist() == [1.0, 2.0, 3.0, 4.0, 125.0, 126.0, 127.0, 128.0]
+
+
+def _invoke(*args):
+    from universal_neurons.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_show_lists_the_top_neurons_of_a_real_table(stage_outputs):
+    stats_dir = str(stage_outputs["output_dir"])
+    table = pd.read_parquet(stage_outputs["output_dir"] / "seed1.parquet")
+    result = _invoke("show", "seed1", "--stats-dir", stats_dir, "--top", "5", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    listed = pd.read_csv(io.StringIO(result.output))
+    # the 5 largest excess correlations, computed here by hand: the live universal neurons lead
+    order = np.argsort(-table["excess_corr"].fillna(-np.inf).to_numpy(), kind="stable")[:5]
+    assert (
+        listed[["layer", "index"]].to_numpy().tolist()
+        == table.iloc[order][["layer", "index"]].to_numpy().tolist()
+    )
+    assert listed["is_universal"].all()
+    np.testing.assert_allclose(listed["kurt"], table.iloc[order]["kurt"])
+
+    result = _invoke(
+        "show",
+        "1",
+        "--stats-dir",
+        stats_dir,
+        "--sort",
+        "kurt",
+        "--layer",
+        "1",
+        "--top",
+        "3",
+        "--ascending",
+        "--format",
+        "csv",
+    )
+    assert result.exit_code == 0, result.output
+    listed = pd.read_csv(io.StringIO(result.output))
+    layer1 = table[table["layer"] == 1]
+    assert listed["index"].tolist() == layer1.nsmallest(3, "kurt")["index"].tolist()
+    assert (listed["layer"] == 1).all()
+
+    result = _invoke("show", "seed2", "--stats-dir", stats_dir, "--sort", "vocab_var", "--top", "4")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 5 and lines[0].split()[:3] == ["layer", "index", "is_universal"]
+    assert lines[0].split()[-1] == "vocab_var"
+
+
+def test_show_errors_name_the_bad_model_or_column(stage_outputs):
+    stats_dir = str(stage_outputs["output_dir"])
+    result = _invoke("show", "seed9", "--stats-dir", stats_dir)
+    assert result.exit_code == 2
+    assert "unknown model 'seed9'" in result.output and "seed1, seed2, seed3" in result.output
+    result = _invoke("show", "seed1", "--stats-dir", stats_dir, "--sort", "loudness")
+    assert result.exit_code == 2 and "--sort: unknown column 'loudness'" in result.output
+    result = _invoke("show", "seed1", "--stats-dir", stats_dir, "--layer", "7")
+    assert result.exit_code == 2 and "--layer: no layer 7" in result.output
+
+
+# ---------------------------------------------------------------- the verdict on the paper's findings
+
+
+def _entry(effect, p, mu=1.0, mo=0.5):
+    return {
+        "effect_size": effect,
+        "p_value": p,
+        "median_universal": mu,
+        "median_other": mo,
+        "n_universal": 5,
+        "n_other": 50,
+    }
+
+
+def test_findings_verdict_of_planted_metrics():
+    model = {m: _entry(0.5, 1e-4) for m in statistics.METRICS}
+    model["input_bias"] = _entry(-0.6, 1e-5, -0.8, -0.2)  # holds: more negative
+    model["sparsity"] = _entry(0.3, 1e-3, 0.2, 0.1)  # opposite: fires more often
+    model["kurt"] = _entry(0.2, 0.2)  # right sign, not significant
+    other = dict(model, kurt=_entry(0.4, 0.01))
+    verdict = statistics.findings_verdict({"models": {"seed1": model, "seed2": other}}, alpha=0.05)
+    lines = verdict.splitlines()
+    assert lines[1].startswith("- larger weight norm (l2_penalty): holds in all models;")
+    assert lines[2].startswith("- more negative input bias (input_bias): holds in all models;")
+    assert "seed1: median -0.8 vs -0.2, r = -0.6, p = 1e-05" in lines[2]
+    assert lines[4].startswith(
+        "- higher kurtosis (kurt): holds in 1 of 2 models (not significant: 1);"
+    )
+    assert lines[5].startswith(
+        "- lower activation frequency (sparsity): does not hold in any model (opposite: 2);"
+    )
+    undefined = statistics.findings_verdict(
+        {"models": {"seed3": {m: _entry(None, None, None, 0.1) for m in statistics.METRICS}}}
+    )
+    assert "does not hold in any model (undefined: 1)" in undefined
+
+
+def test_findings_cli_reads_the_stage_metrics(stage_outputs, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(tiny_params_dict()))  # JSON is YAML
+    result = _invoke(
+        "findings", "--metrics", str(stage_outputs["metrics_path"]), "--params", str(params)
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Universal vs other live neurons, 3 models;")
+    assert len(result.output.strip().splitlines()) == 1 + len(statistics.PAPER_FINDINGS)
+    assert "seed3: median n/a vs" in result.output
+
+
+# ---------------------------------------------------------------- the stage under real DVC
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_stats_stage(stage_inputs, tmp_path):
+    repo = tmp_path / "repo"
+    for part in ("src", "stages", "dvc.yaml", "pyproject.toml"):
+        source = REPO_ROOT / part
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, repo / part)
+    (repo / "params.yaml").write_text(json.dumps(tiny_params_dict(stats={"alpha": 0.05})))
+    shutil.copytree(stage_inputs["models"], repo / "models")
+    shutil.copytree(stage_inputs["collect"], repo / "data" / "collect")
+    shutil.copytree(stage_inputs["universality"], repo / "data" / "universality")
+    bin_dir = Path(sys.executable).parent
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PYTHONPATH": f"{repo / 'src'}:{repo}",
+        "HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+    def run(*cmd):
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("git", "init", "-q")
+    run(str(bin_dir / "dvc"), "init", "-q")
+    run(str(bin_dir / "dvc"), "repro", "--single-item", "stats")
+    metrics = json.loads((repo / "metrics" / "stats.json").read_text())
+    assert set(metrics["models"]) == {"seed1", "seed2", "seed3"}
+    assert (repo / "data" / "stats" / "seed2.parquet").is_file()
+    shown = run(str(bin_dir / "dvc"), "metrics", "show", "--json")
+    assert "median_universal" in shown
+    status = run(str(bin_dir / "dvc"), "status", "stats")
+    assert "changed" not in status
