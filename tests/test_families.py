@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_params
+
 from universal_neurons.activations import (
     analysis_tokens,
     excluded_token_ids,
@@ -33,7 +33,9 @@ from universal_neurons.families import (
 from universal_neurons.features import (
     build_features,
     build_topic_words,
+    load_spacy,
     normalise,
+    parse_syntax,
     token_class,
     token_pieces,
     token_table,
@@ -63,6 +65,7 @@ def token_set(tiny_tokens_dir):
         "kept": kept,
         "pieces": pieces,
         "features": features,
+        "tokenizer": tokenizer,
     }
 
 
@@ -85,7 +88,7 @@ def _most_common(values: np.ndarray) -> int:
 
 @pytest.fixture(scope="module")
 def planted(token_set):
-    """Seven planted neurons and their family table."""
+    """Eight planted neurons and their family table."""
     tokens, kept, features = token_set["tokens"], token_set["kept"], token_set["features"]
     unigram = features.codes["unigram"]
     letter = features.codes["first_letter"]
@@ -101,6 +104,7 @@ def planted(token_set):
     ]
     u = max(multi, key=lambda c: int((unigram[kept] == c).sum()))
     letter_t = features.variable("first_letter").labels.index("t")
+    none = features.variable("first_letter").labels.index("none")
     rng = np.random.default_rng(0)
     per_token = rng.normal(size=len(token_set["pieces"]))
     per_position = rng.normal(size=tokens.shape[1])
@@ -119,13 +123,14 @@ def planted(token_set):
                 3.0 * (unigram[start:stop] == u),  # normalised unigram (several ids)
                 1.0 * (letter[start:stop] == letter_t),  # first letter of the word
                 1.0 * (dom == 1),  # domain
+                1.0 * (letter[start:stop] == none),  # not a word: no alphabet feature
             ],
             axis=-1,
         )
 
-    sums = _stream(token_set, activations, 7)
+    sums = _stream(token_set, activations, 8)
     config = FamiliesConfig()
-    table = classify_neurons(sums, features, [(0, i) for i in range(7)], config)
+    table = classify_neurons(sums, features, [(0, i) for i in range(8)], config)
     return {"sums": sums, "table": table, "t": t, "u": u, "letter_t": letter_t}
 
 
@@ -198,7 +203,15 @@ def test_vr_equals_pandas_on_stored_activations(token_set):
     for neuron in range(2):
         a = pd.Series(stored[:, neuron].astype(np.float32).astype(np.float64))
         var = a.var(ddof=0)
-        for name in ("token", "unigram", "first_letter", "prev_token", "position", "domain", "topic"):
+        for name in (
+            "token",
+            "unigram",
+            "first_letter",
+            "prev_token",
+            "position",
+            "domain",
+            "topic",
+        ):
             groups = a.groupby(frame[name])
             eta2 = (groups.count() * (groups.mean() - a.mean()) ** 2).sum() / (var * len(a))
             assert sums.eta_squared(name)[neuron] == pytest.approx(eta2, abs=1e-10)
@@ -229,13 +242,27 @@ def test_token_level_feature_definitions():
     assert starts.tolist() == [[0, 1, 2, 2, 4, 5, 6, 6]]
     codes, first, labels = word_codes(tokens, table, starts)
     assert [labels[c] for c in codes[0]] == [
-        "<special>", "the", "dog", "dog", "runs", ".", "zebra", "zebra"
+        "<special>",
+        "the",
+        "dog",
+        "dog",
+        "runs",
+        ".",
+        "zebra",
+        "zebra",
     ]
     assert first[0].tolist() == [True, True, True, False, True, True, True, False]
     features = build_features(tokens, pieces, np.array([0]), ["only"], np.ones((1, 8), bool))
     letters = features.variable("first_letter").labels
     assert [letters[c] for c in features.codes["first_letter"][0]] == [
-        "none", "t", "d", "d", "r", "none", "z", "z"
+        "none",
+        "t",
+        "d",
+        "d",
+        "r",
+        "none",
+        "z",
+        "z",
     ]
     topic_words = features.variable("topic")
     assert topic_words.labels == ("none", "only")
@@ -288,3 +315,60 @@ def test_topic_words_are_distinctive_words_of_their_domain():
         "docs": ["method", "class"],
     }
     assert build_topic_words(words, domains * 0, labels, ["all"], 5, 5) == {}
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    """The pinned English spaCy pipeline (loaded once per module: a few seconds)."""
+    return load_spacy(FamiliesConfig().spacy_model)
+
+
+def test_syntax_labels_from_a_real_spacy_parse(nlp, token_set):
+    """Each BPE token gets the POS / dependency of the word it belongs to."""
+    pieces = token_set["pieces"]
+    ids = [0, *token_set["tokenizer"].encode("The dog runs. The cat sleeps.").ids]
+    syntax = parse_syntax(np.array([ids]), pieces, nlp)
+    pos = [syntax.pos_labels[c] for c in syntax.pos[0]]
+    dep = [syntax.dep_labels[c] for c in syntax.dep[0]]
+    text = [pieces[i] for i in ids]
+    # every token of 'dog' (however the tiny BPE splits it) is a NOUN and the subject
+    word_of = _word_of_each_token(text)
+    by_word = {}
+    for word, p, d in zip(word_of, pos, dep, strict=True):
+        by_word.setdefault(word, set()).add((p, d))
+    assert word_of.count("dog") >= 2 and word_of.count("sleeps") >= 2  # split by the BPE
+    assert by_word["dog"] == {("NOUN", "nsubj")}
+    assert by_word["cat"] == {("NOUN", "nsubj")}
+    assert by_word["sleeps"] == {("VERB", "ROOT")}
+    assert by_word["runs"] == {("VERB", "ROOT")}
+    assert by_word["the"] == {("DET", "det")}
+    assert by_word["."] == {("PUNCT", "punct")}
+    assert pos[0] == dep[0] == "none"  # BOS
+    assert syntax.pos_labels[0] == "none" and list(syntax.pos_labels[1:]) == sorted(
+        syntax.pos_labels[1:]
+    )
+
+
+def _word_of_each_token(text: list[str]) -> list[str]:
+    words, current = [], ""
+    for piece in text:
+        if not piece or piece[0] == " " or not piece[0].isalpha() or not current[-1:].isalpha():
+            current = piece.strip().lower()
+        else:
+            current += piece.lower()
+        words.append(current)
+    # give each token its whole word (the last spelling of its word)
+    for i in range(len(words) - 2, -1, -1):
+        if text[i + 1][:1].isalpha() and text[i][-1:].isalpha():
+            words[i] = words[i + 1]
+    return words
+
+
+def test_placeholder_categories_are_not_features(planted):
+    """An activation that marks non-letter tokens has eta^2(first_letter) = 1, but 'none' is no
+    alphabet feature: the neuron is not an alphabet neuron."""
+    table = planted["table"]
+    assert table.loc[7, "eta2_first_letter"] == pytest.approx(1.0, abs=1e-9)
+    assert table.loc[7, "alphabet_vr"] < 0.37
+    assert table.loc[7, "family"] != "alphabet"
+    assert "first_letter=none" not in table.loc[7, "top_features"]

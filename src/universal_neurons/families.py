@@ -113,9 +113,13 @@ class FeatureSums:
             return np.where(self.ss > 0, between / self.ss, np.nan)
 
     def eligible(self, name: str, min_count: int) -> np.ndarray:
-        """bool ``[K]``: categories with >= ``min_count`` positions inside and outside."""
+        """bool ``[K]``: categories usable as binary features: not a placeholder, with
+        >= ``min_count`` positions inside and outside."""
         n_c = self.count[name].numpy()
-        return (n_c >= min_count) & (self.moments.count - n_c >= min_count)
+        ok = (n_c >= min_count) & (self.moments.count - n_c >= min_count)
+        variable = next(v for v in self.variables if v.name == name)
+        ok[list(variable.placeholders)] = False
+        return ok
 
 
 @dataclass
@@ -280,7 +284,7 @@ def classify_neurons(
     group_best = {g: (np.full(n, -np.inf), np.full(n, "", dtype=object)) for g in GROUPS}
     candidates_vr, candidates_name = [], []
     table: dict[str, object] = {
-        "layer": np.array([l for l, _ in neurons], np.int64),
+        "layer": np.array([layer for layer, _ in neurons], np.int64),
         "index": np.array([i for _, i in neurons], np.int64),
     }
     for var in features.variables:
@@ -386,14 +390,17 @@ def family_metrics(
     neurons with an activation family or a vocabulary family.
     """
     universal = stats.loc[
-        stats["is_universal"].astype(bool), ["layer", "index", "vocab_kurt", "vocab_skew", "vocab_var"]
+        stats["is_universal"].astype(bool),
+        ["layer", "index", "vocab_kurt", "vocab_skew", "vocab_var"],
     ]
     rows = universal.merge(table[["layer", "index", "family"]], on=["layer", "index"], how="left")
     fam = rows["family"].fillna(UNEXPLAINED)
     vocab = pd.Series(
         [
             vocab_family(k, s, v, config)
-            for k, s, v in zip(rows["vocab_kurt"], rows["vocab_skew"], rows["vocab_var"], strict=True)
+            for k, s, v in zip(
+                rows["vocab_kurt"], rows["vocab_skew"], rows["vocab_var"], strict=True
+            )
         ],
         index=rows.index,
         dtype=object,
@@ -415,3 +422,56 @@ def family_metrics(
         "counts": counts,
         "counts_per_layer": per_layer,
     }
+
+
+def per_layer_rows(metrics: dict) -> pd.DataFrame:
+    """One row per (family, layer): ``label`` ("L0 unigram"), ``family``, ``layer``,
+    ``count`` (universal neurons, all models together) and one count column per model."""
+    models = list(metrics["models"])
+    rows = []
+    for name in (*FAMILIES, *VOCAB_FAMILIES):
+        per_model = [metrics["models"][m]["counts_per_layer"].get(name, []) for m in models]
+        n_layers = max((len(c) for c in per_model), default=0)
+        for layer in range(n_layers):
+            counts = {m: int(c[layer]) for m, c in zip(models, per_model, strict=True)}
+            rows.append(
+                {"label": f"L{layer} {name}", "family": name, "layer": layer}
+                | {"count": sum(counts.values())}
+                | counts
+            )
+    return pd.DataFrame(rows, columns=["label", "family", "layer", "count", *models])
+
+
+def plot_family_counts(metrics: dict, path) -> None:
+    """Bar chart per model: universal neurons of each family per layer (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(metrics["models"])
+    fig, axes = plt.subplots(
+        1, max(len(models), 1), figsize=(4.5 * max(len(models), 1), 3.6), squeeze=False
+    )
+    names = [*FAMILIES, *VOCAB_FAMILIES]
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, len(names)))
+    for ax, model in zip(axes[0], models, strict=False):
+        per_layer = metrics["models"][model]["counts_per_layer"]
+        n_layers = len(per_layer.get(UNEXPLAINED, []))
+        width = 0.8 / len(names)
+        for j, name in enumerate(names):
+            ax.bar(
+                np.arange(n_layers) + (j - len(names) / 2 + 0.5) * width,
+                per_layer.get(name, [0] * n_layers),
+                width,
+                label=name,
+                color=colours[j],
+            )
+        ax.set_title(f"{model}: {metrics['models'][model]['n_universal']} universal neurons")
+        ax.set_xlabel("layer")
+        ax.set_xticks(range(n_layers))
+        ax.set_ylabel("neurons")
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -16,6 +16,9 @@ takes category c" against the rest. Variables and the family group they belong t
 | ``domain`` | semantic | the sequence's corpus domain |
 | ``topic`` | semantic | which domain's topic word set the word of the token is in, or none |
 
+Placeholder categories (``none`` of first_letter / pos / dep / topic, ``<start>`` of the
+previous-token variables) count in eta^2 but are not binary features.
+
 Words: a token continues the word of the previous token when it starts with a letter
 (no leading space) and the previous token ends with a letter; otherwise it starts a word.
 """
@@ -30,6 +33,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
+
+from universal_neurons.config import AnalysisConfig, FamiliesConfig
 
 GROUPS = ("unigram", "alphabet", "previous_token", "position", "syntax", "semantic")
 TOKEN_CLASSES = (
@@ -57,6 +62,7 @@ class Variable:
     name: str
     group: str
     labels: tuple[str, ...]
+    placeholders: tuple[int, ...] = ()  # categories (none, <start>) that are no binary feature
 
     @property
     def size(self) -> int:
@@ -176,7 +182,9 @@ def word_starts(tokens: np.ndarray, table: TokenTable) -> np.ndarray:
     """Position of the first token of the word each token belongs to: int64 ``[sequences, context]``."""
     tokens = np.asarray(tokens, dtype=np.int64)
     continues = np.zeros(tokens.shape, bool)
-    continues[:, 1:] = table.starts_with_letter[tokens[:, 1:]] & table.ends_with_letter[tokens[:, :-1]]
+    continues[:, 1:] = (
+        table.starts_with_letter[tokens[:, 1:]] & table.ends_with_letter[tokens[:, :-1]]
+    )
     positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
     return np.maximum.accumulate(np.where(continues, 0, positions), axis=1)
 
@@ -306,7 +314,8 @@ def parse_syntax(
 ) -> SyntaxLabels:
     """Part of speech and dependency label of the word each token belongs to.
 
-    Each sequence is decoded piece by piece (special tokens become a paragraph break),
+    Each sequence is decoded piece by piece (special tokens become a paragraph break,
+    a leading BOS nothing),
     parsed by spaCy, and every token gets the labels of the spaCy token that holds the
     first non-space character of its text (``none`` for whitespace and special tokens).
     ``tokens``: ``[sequences, context]``; returns uint8 codes of the same shape.
@@ -317,7 +326,17 @@ def parse_syntax(
         [len(p) - len(p.lstrip()) if p.strip() else -1 for p in pieces], dtype=np.int64
     )  # offset of the first non-space char, -1 for whitespace/special tokens
     lengths = np.array([len(p) for p in text_pieces], dtype=np.int64)
-    texts = ("".join(text_pieces[t] for t in row) for row in tokens)
+    special = np.array([p == "" for p in pieces])
+
+    def row_lengths(row: np.ndarray) -> np.ndarray:
+        out = lengths[row].copy()
+        out[0] = 0 if special[row[0]] else out[0]  # a leading BOS adds no text
+        return out
+
+    def row_text(row: np.ndarray) -> str:
+        return "".join(text_pieces[t] for t in (row[1:] if special[row[0]] else row))
+
+    texts = (row_text(row) for row in tokens)
     pos_ids: dict[str, int] = {NONE_LABEL: 0}
     dep_ids: dict[str, int] = {NONE_LABEL: 0}
     pos = np.zeros(tokens.shape, np.int64)
@@ -329,7 +348,7 @@ def parse_syntax(
             if not tok.is_space:
                 char_token[tok.idx : tok.idx + len(tok.text)] = tok.i
         row = tokens[s]
-        starts = np.concatenate([[0], np.cumsum(lengths[row])[:-1]])
+        starts = np.concatenate([[0], np.cumsum(row_lengths(row))[:-1]])
         for p, t in enumerate(row):
             if lead[t] < 0:
                 continue
@@ -384,14 +403,16 @@ def build_features(
             f"domains: expected one label per sequence ({tokens.shape[0]}), got shape {domains.shape}"
         )
     if int(tokens.max(initial=0)) >= len(pieces):
-        raise FeaturesError(f"tokens: id {int(tokens.max())} beyond the {len(pieces)} token strings")
+        raise FeaturesError(
+            f"tokens: id {int(tokens.max())} beyond the {len(pieces)} token strings"
+        )
     table = token_table(pieces)
     context = tokens.shape[1]
     variables: list[Variable] = []
     codes: dict[str, np.ndarray] = {}
 
-    def add(name: str, group: str, labels, values: np.ndarray) -> None:
-        variables.append(Variable(name, group, tuple(labels)))
+    def add(name: str, group: str, labels, values: np.ndarray, placeholders=()) -> None:
+        variables.append(Variable(name, group, tuple(labels), tuple(placeholders)))
         codes[name] = np.ascontiguousarray(values, dtype=np.int32)
 
     start = word_starts(tokens, table)
@@ -402,10 +423,14 @@ def build_features(
         "token_class": (TOKEN_CLASSES, table.token_class[tokens]),
         "first_letter": (LETTERS, table.letter[word_first]),
     }
+    letter_none = (LETTERS.index(NONE_LABEL),)
     for name, (labels, values) in current.items():
-        add(name, "alphabet" if name == "first_letter" else "unigram", labels, values)
+        group = "alphabet" if name == "first_letter" else "unigram"
+        add(name, group, labels, values, letter_none if name == "first_letter" else ())
     for name, (labels, values) in current.items():
-        add(f"prev_{name}", "previous_token", labels + (START_LABEL,), _previous(values, len(labels)))
+        skip = (len(labels),) + (letter_none if name == "first_letter" else ())
+        prev = _previous(values, len(labels))
+        add(f"prev_{name}", "previous_token", labels + (START_LABEL,), prev, skip)
     add(
         "position",
         "position",
@@ -418,8 +443,8 @@ def build_features(
                 f"syntax labels have shape {syntax.pos.shape}, the analysis token set {tokens.shape}: "
                 "rerun the syntax stage"
             )
-        add("pos", "syntax", syntax.pos_labels, syntax.pos)
-        add("dep", "syntax", syntax.dep_labels, syntax.dep)
+        add("pos", "syntax", syntax.pos_labels, syntax.pos, (0,))  # 0 = none
+        add("dep", "syntax", syntax.dep_labels, syntax.dep, (0,))
     domain_codes = np.broadcast_to(np.asarray(domains, np.int64)[:, None], tokens.shape)
     add("domain", "semantic", domain_names, domain_codes)
     kept = np.asarray(kept, bool)
@@ -438,5 +463,40 @@ def build_features(
     for d, name in enumerate(domain_names):
         for w in words.get(name, []):
             topic_of_word[index[w]] = d + 1
-    add("topic", "semantic", [NONE_LABEL, *domain_names], topic_of_word[word])
+    add("topic", "semantic", [NONE_LABEL, *domain_names], topic_of_word[word], (0,))
     return FeatureSet(variables=variables, codes=codes, topic_words=words)
+
+
+def load_analysis_features(
+    tokens_dir: str | Path,
+    analysis: AnalysisConfig,
+    families: FamiliesConfig,
+    syntax_dir: str | Path | None = None,
+) -> tuple[np.ndarray, FeatureSet, np.ndarray, list[str]]:
+    """The analysis token set of a tokenize output and its features.
+
+    Returns ``(tokens [sequences, context], features, excluded token ids, token strings)``.
+    Syntax features are included when ``syntax_dir`` exists (the syntax stage's output).
+    """
+    from universal_neurons.activations import analysis_tokens, excluded_token_ids, kept_mask
+    from universal_neurons.tokens import load_domains, load_tokenizer, load_tokens
+
+    tokenizer = load_tokenizer(tokens_dir)
+    tokens = np.asarray(analysis_tokens(load_tokens(tokens_dir, analysis.split), analysis))
+    domains, names = load_domains(tokens_dir, analysis.split)
+    excluded = excluded_token_ids(tokenizer, analysis)
+    syntax = None
+    if syntax_dir is not None and Path(syntax_dir).exists():
+        syntax = SyntaxLabels.load(syntax_dir)
+    pieces = token_pieces(tokenizer)
+    features = build_features(
+        tokens,
+        pieces,
+        domains[: len(tokens)],
+        names,
+        kept_mask(tokens, excluded).numpy(),
+        syntax=syntax,
+        topic_words=families.topic_words,
+        topic_min_count=families.topic_min_count,
+    )
+    return tokens, features, excluded, pieces
