@@ -9,13 +9,14 @@ activations captured from the real models.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import tiny_params, tiny_params_dict
+from conftest import tiny_params
 
 from universal_neurons.activations import iter_batches, kept_mask
 from universal_neurons.cli import main
@@ -65,7 +66,7 @@ def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
     params = tiny_params(families=FAMILY_PARAMS)
     params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump(tiny_params_dict(families=FAMILY_PARAMS)))
+    params_file.write_text(yaml.safe_dump(params.model_dump()))  # every key, for DVC
     data = root / "data"
     for sub in ("stats", "universality"):
         (data / sub).mkdir(parents=True)
@@ -266,3 +267,46 @@ def _invoke(classified, *args):
             *args[2:],
         ],
     )
+
+
+def test_dvc_repro_runs_syntax_and_classify(classified, tmp_path):
+    """The dvc.yaml stages run for real (tiny params, inputs of the other stages put in place)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", "src", "stages"):
+        copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy
+        copy(REPO_ROOT / name, work / name)
+    shutil.copy(classified["params_file"], work / "params.yaml")
+    shutil.copytree(classified["tokens_dir"], work / "data" / "tokens")
+    shutil.copytree(classified["data"] / "stats", work / "data" / "stats")
+    for seed in (1, 2, 3):
+        shutil.copytree(classified["models_dir"] / f"seed{seed}", work / "models" / f"seed{seed}")
+    bin_dir = str(Path(sys.executable).parent)
+    env = os.environ | {
+        "PYTHONPATH": f"{work / 'src'}{os.pathsep}{work}",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+
+    def dvc(*args):
+        done = subprocess.run(
+            [str(Path(bin_dir) / "dvc"), *args], cwd=work, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    dvc("init", "--no-scm", "-q")
+    dvc("repro", "--single-item", "syntax", "classify")
+    metrics = json.loads((work / "metrics" / "families.json").read_text())
+    assert metrics == classified["metrics"]  # same inputs, same params: same families
+    shown = json.loads(dvc("metrics", "show", "--json"))
+    assert "metrics/families.json" in json.dumps(shown)
+    assert json.loads(dvc("status", "--json", "syntax", "classify")) == {}  # up to date
+    lock = (work / "dvc.lock").read_text()
+    assert "families.spacy_model" in lock or "spacy_model" in lock

@@ -372,3 +372,27 @@ def test_placeholder_categories_are_not_features(planted):
     assert table.loc[7, "alphabet_vr"] < 0.37
     assert table.loc[7, "family"] != "alphabet"
     assert "first_letter=none" not in table.loc[7, "top_features"]
+
+
+def test_no_universal_neurons_gives_empty_table_and_zero_metrics(token_set):
+    from universal_neurons.families import add_vocab_families, family_metrics
+
+    features = token_set["features"]
+    sums = _stream(token_set, lambda batch, start: np.zeros(batch.shape + (0,)), 0)
+    config = FamiliesConfig()
+    table = classify_neurons(sums, features, [], config)
+    assert len(table) == 0 and {"family", "best_vr", "eta2_token"} <= set(table.columns)
+    stats = pd.DataFrame(
+        {
+            "layer": [0, 1],
+            "index": [0, 0],
+            "is_universal": [False, False],
+            "vocab_var": [0.1, 0.0],
+            "vocab_skew": [1.0, 0.0],
+            "vocab_kurt": [20.0, 3.0],
+        }
+    )
+    table = add_vocab_families(table, stats, config)
+    metrics = family_metrics(table, stats, 2, config)
+    assert metrics["n_universal"] == 0 and metrics["percent_explained"] == 0.0
+    assert metrics["counts"]["prediction"] == 0 and metrics["counts_per_layer"]["unigram"] == [0, 0]

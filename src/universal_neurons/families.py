@@ -448,6 +448,7 @@ def plot_family_counts(metrics: dict, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     models = list(metrics["models"])
     fig, axes = plt.subplots(
@@ -471,6 +472,7 @@ def plot_family_counts(metrics: dict, path) -> None:
         ax.set_xlabel("layer")
         ax.set_xticks(range(n_layers))
         ax.set_ylabel("neurons")
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
