@@ -71,7 +71,8 @@ def resolve_model_source(spec: str) -> str:
             raise ModelLoadError(f"{spec}: expected a model directory, got a file")
         _check_local_model(path)
         return str(path.resolve())
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    local_parent = path.parent != Path(".") and path.parent.is_dir()
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or local_parent:
         raise ModelLoadError(f"{spec}: model directory does not exist")
     if not _hub_reachable():
         raise ModelLoadError(
