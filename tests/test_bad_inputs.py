@@ -457,3 +457,21 @@ def test_bad_input_gives_a_clear_error_and_changes_nothing(case, workspace, requ
 
 def test_there_are_at_least_20_bad_inputs():
     assert len({case.id for case in CASES}) == len(CASES) >= 20
+
+
+# --------------------------------------------------------------------------- the docs' list
+
+
+def markdown_table(cases: list[Case] = CASES) -> str:
+    """The list of bad inputs and their messages, as docs/robustness.md shows it."""
+    rows = ["| # | bad input | command | what the user reads on stderr |", "|---|---|---|---|"]
+    for number, case in enumerate(cases, start=1):
+        command = " ".join(["universal-neurons", *case.args])
+        message = f"error: {case.message}".replace("\n", " ↵ ")
+        rows.append(f"| {number} | {case.id} | `{command}` | `` {message} `` |")
+    return "\n".join(rows) + "\n"
+
+
+def test_docs_list_every_bad_input_with_its_message():
+    docs = (REPO_ROOT / "docs" / "robustness.md").read_text()
+    assert markdown_table() in docs
