@@ -39,7 +39,9 @@ def _lock_outs(repo: Path) -> dict[str, str]:
     """``{out path: md5}`` of every stage output in dvc.lock."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     return {
-        out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
     }
 
 

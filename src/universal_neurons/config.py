@@ -153,6 +153,8 @@ class StatsConfig(_Section):
 
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     neuron_chunk: PositiveInt = 256
+
+
 class FamiliesConfig(_Section):
     """Neuron families (classify stage): which neurons, feature settings, family thresholds.
 
