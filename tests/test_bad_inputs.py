@@ -475,3 +475,20 @@ def markdown_table(cases: list[Case] = CASES) -> str:
 def test_docs_list_every_bad_input_with_its_message():
     docs = (REPO_ROOT / "docs" / "robustness.md").read_text()
     assert markdown_table() in docs
+
+
+def test_hub_id_while_offline(monkeypatch, tmp_path):
+    """No stage takes a hub id yet; the library call a user makes stops before any download."""
+    from universal_neurons.models import ModelLoadError, load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    hub_id = "stanford-crfm/alias-gpt2-small-x21"
+    with pytest.raises(ModelLoadError) as info:
+        load_model(hub_id)
+    assert str(info.value) == (
+        f"{hub_id}: not a local directory, and the Hugging Face hub cannot be reached "
+        f"(offline). Download the model elsewhere (e.g. `huggingface-cli download {hub_id} "
+        "--local-dir DIR`) and give its local directory instead."
+    )
+    assert list(tmp_path.iterdir()) == []
