@@ -45,10 +45,17 @@ def _lock_outs(repo: Path) -> dict[str, str]:
     }
 
 
+def _targets(repo: Path) -> list[str]:
+    """The whole pipeline; only tokenize and train while main lacks the stages that the stats
+    stage needs (collect ... universality, issue 4), which `dvc repro` would stop at."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return [] if "collect" in stages else ["train"]
+
+
 def test_two_runs_from_scratch_are_identical(tmp_path):
     repos = [copy_repository(tmp_path / name, PARAMS) for name in ("first", "second")]
     for repo in repos:
-        run(["dvc", "repro"], repo)
+        run(["dvc", "repro", *_targets(repo)], repo)
     first, second = repos
 
     tokens = _tree(first / "data" / "tokens")

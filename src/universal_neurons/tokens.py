@@ -244,3 +244,9 @@ def newline_token_ids(tokenizer: Tokenizer) -> list[int]:
         if text and set(text) == {"\n"}:
             ids.append(token_id)
     return ids
+
+
+def tokenizer_vocab(directory: str | Path) -> tuple[int, str]:
+    """``(vocabulary size, path)`` of the tokenizer saved by the tokenize stage in ``directory``."""
+    path = Path(directory) / "tokenizer.json"
+    return load_tokenizer(directory).get_vocab_size(), str(path)
