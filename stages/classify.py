@@ -26,7 +26,7 @@ from universal_neurons.families import (
     plot_family_counts,
 )
 from universal_neurons.features import load_analysis_features
-from universal_neurons.io import atomic_path, write_json
+from universal_neurons.io import atomic_path, read_parquet, write_json
 
 STATS_DIR = Path("data/stats")
 FAMILIES_DIR = Path("data/families")
@@ -37,9 +37,7 @@ PLOT_PATH = METRICS_DIR / "families_per_layer.png"
 
 def read_stats(path: Path) -> pd.DataFrame:
     """The stats table of one model (needs ``layer, index, is_universal, vocab_*``)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: stats table not found (run the stats stage)")
-    return pd.read_parquet(path)
+    return read_parquet(path, "stats")
 
 
 def universal_mask(stats: pd.DataFrame, n_layers: int, d_mlp: int) -> np.ndarray:

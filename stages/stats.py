@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from stages.paths import METRICS_DIR, MODELS_DIR
 from universal_neurons.config import Params
-from universal_neurons.io import atomic_path, write_json
+from universal_neurons.io import atomic_path, read_parquet, write_json
 from universal_neurons.statistics import (
     activation_statistics,
     compare_universal,
@@ -28,9 +28,7 @@ STATS_PERCENTILES_CSV = METRICS_DIR / "stats_percentiles.csv"
 
 
 def _read_parquet(path: Path, stage: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found (run the {stage} stage first)")
-    return pd.read_parquet(path)
+    return read_parquet(path, stage)
 
 
 def model_table(

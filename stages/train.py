@@ -22,7 +22,14 @@ def run(
     tokenizer = load_tokenizer(tokens_dir)
     train_tokens, heldout = load_tokens(tokens_dir, "train"), load_tokens(tokens_dir, "heldout")
     vocab_size = tokenizer.get_vocab_size()
-    check_token_ids(train_tokens, vocab_size, str(tokens_dir / "train_tokens.npy"))
+    for split, array in (("train", train_tokens), ("heldout", heldout)):
+        source = str(tokens_dir / f"{split}_tokens.npy")
+        check_token_ids(array, vocab_size, source)
+        if array.shape[1] != params.tokens.context:
+            raise ValueError(
+                f"{source}: sequences of {array.shape[1]} tokens, but tokens.context is "
+                f"{params.tokens.context}; rerun the tokenize stage"
+            )
     config = gpt2_config(params.model, vocab_size, params.tokens.context, end_of_text_id(tokenizer))
     with atomic_path(output_dir) as temp:
         temp.mkdir()

@@ -26,6 +26,14 @@ params_option = click.option(
 )
 
 
+def _close_progress_bars() -> None:
+    """End open tqdm bars so that an error message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _user_errors(func):
     """Turn the project's expected errors into a clean message and exit status 2."""
 
@@ -34,6 +42,7 @@ def _user_errors(func):
         try:
             return func(*args, **kwargs)
         except (ValueError, OSError, RuntimeError) as exc:
+            _close_progress_bars()
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 

@@ -153,6 +153,8 @@ class StatsConfig(_Section):
 
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     neuron_chunk: PositiveInt = 256
+
+
 class FamiliesConfig(_Section):
     """Neuron families (classify stage): which neurons, feature settings, family thresholds.
 
@@ -233,6 +235,19 @@ def params_from_dict(raw: Any, source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source}: invalid parameters\n  " + "\n  ".join(lines)) from None
 
 
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """`` at line L, column C: problem (context)`` of a YAML error, in one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return f": {exc}"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        return f"{where} ({context} started at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return f"{where} ({context})" if context else where
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     """Read and validate ``params.yaml``."""
     path = Path(path)
@@ -241,5 +256,5 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_where(exc)}") from None
     return params_from_dict(raw, str(path))

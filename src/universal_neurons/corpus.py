@@ -19,6 +19,7 @@ from __future__ import annotations
 import bz2
 import importlib.util
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,8 +123,12 @@ def python_docs_documents() -> Iterator[str]:
 
 def local_documents(path: Path) -> Iterator[str]:
     """Documents of a local ``.txt`` (blank-line separated) or ``.jsonl`` (``text`` field) file."""
+    if path.is_dir():
+        raise CorpusError(f"corpus.sources: {path} is a directory, expected a text file")
     if not path.is_file():
         raise CorpusError(f"corpus.sources: file {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise CorpusError(f"corpus.sources: file {path} is not readable")
     try:
         raw = path.read_bytes()
         content = raw.decode("utf-8")

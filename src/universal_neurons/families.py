@@ -214,6 +214,13 @@ def collect_feature_sums(
         post = capture_mlp(model, batch.to(device), ("post",))["post"]  # [L, b, p, D]
         acts = post[layers.to(post.device), :, :, index.to(post.device)]  # [N, b, p]
         acts = acts.permute(1, 2, 0).to(torch.float64).cpu()  # [b, p, N]
+        finite = torch.isfinite(acts).flatten(0, 1).all(0)  # [N]
+        if not bool(finite.all()):
+            layer, neuron = neurons[int(torch.nonzero(~finite)[0])]
+            raise RuntimeError(
+                f"{desc}: non-finite activations in layer {layer} (neuron {layer}.{neuron}) at "
+                f"analysis batch {number}; the model or its weights are broken"
+            )
         sums.update(acts[kept], features.batch_codes(start, start + len(batch), kept))
         if top is not None:
             top.update(acts, kept, start)

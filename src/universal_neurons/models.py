@@ -71,7 +71,8 @@ def resolve_model_source(spec: str) -> str:
             raise ModelLoadError(f"{spec}: expected a model directory, got a file")
         _check_local_model(path)
         return str(path.resolve())
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    local_parent = path.parent != Path(".") and path.parent.is_dir()
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or local_parent:
         raise ModelLoadError(f"{spec}: model directory does not exist")
     if not _hub_reachable():
         raise ModelLoadError(
@@ -169,3 +170,50 @@ def processed_weights(model) -> dict[str, torch.Tensor]:
         "W_out": model.W_out.detach().float().cpu(),
         "W_U": model.W_U.detach().float().cpu(),
     }
+
+
+# --- checks at the boundary of the analysis stages (issue 9) ---
+
+
+def check_device(device: str, key: str = "analysis.device") -> None:
+    """Stop before loading anything when ``device`` asks for CUDA on a machine without it."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"{key}: {device!r} was asked for, but no CUDA device is available")
+
+
+def check_group(models: dict[str, object]) -> None:
+    """Models of one group must share their MLP shape and their vocabulary (tokenizer).
+
+    ``models``: ``{name: loaded model}``. The message lists each model's value.
+    """
+    shapes = {name: model_shape(model) for name, model in models.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(
+            f"{name} {n_layers}x{d_mlp}" for name, (n_layers, d_mlp) in shapes.items()
+        )
+        raise ModelLoadError(
+            f"models of a group must have the same (n_layers x d_mlp), got {listed}"
+        )
+    vocab = {name: int(model.cfg.d_vocab) for name, model in models.items()}
+    if len(set(vocab.values())) > 1:
+        listed = ", ".join(f"{name} {size}" for name, size in vocab.items())
+        raise ModelLoadError(
+            "models of a group must share one tokenizer, but their vocabulary sizes differ: "
+            f"{listed}"
+        )
+
+
+def check_fits_tokens(model, name: str, tokens, vocab_size: int, source: str) -> None:
+    """Stop if the token set ``tokens [sequences, context]`` (of a tokenizer with ``vocab_size``
+    ids, read from ``source``) cannot be fed to ``model``: a context longer than the model's,
+    or another tokenizer (vocabulary size)."""
+    if int(model.cfg.d_vocab) != vocab_size:
+        raise ModelLoadError(
+            f"model {name} has a vocabulary of {int(model.cfg.d_vocab)} tokens, but the token "
+            f"set's tokenizer {source} has {vocab_size}: they do not share a tokenizer"
+        )
+    if tokens.shape[1] > context_length(model):
+        raise ModelLoadError(
+            f"model {name} accepts at most {context_length(model)} tokens of context, but the "
+            f"token set has sequences of {tokens.shape[1]} (tokens.context)"
+        )

@@ -182,7 +182,12 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tokenizer not found (run the tokenize stage)")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+        raise TokensError(
+            f"{path}: not a valid tokenizer file ({exc}); rerun the tokenize stage"
+        ) from None
 
 
 def load_tokens(directory: str | Path, split: str = "train") -> np.ndarray:
@@ -190,7 +195,21 @@ def load_tokens(directory: str | Path, split: str = "train") -> np.ndarray:
     path = Path(directory) / f"{split}_tokens.npy"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: token array not found (run the tokenize stage)")
-    tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if not head.startswith(b"\x93NUMPY"):
+        raise TokensError(
+            f"{path}: not a .npy token array (the file starts with {head!r}); "
+            "rerun the tokenize stage or restore it with `dvc checkout`"
+        )
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise TokensError(
+            f"{path}: not a readable .npy token array ({exc}); rerun the tokenize stage"
+        ) from None
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise TokensError(f"{path}: expected integer token ids, got dtype {tokens.dtype}")
     if tokens.ndim != 2:
         raise TokensError(
             f"{path}: expected a [sequences, context] array, got shape {tokens.shape}"
@@ -208,9 +227,13 @@ def load_domains(directory: str | Path, split: str = "train") -> tuple[np.ndarra
 
 def check_token_ids(tokens: np.ndarray, vocab_size: int, source: str) -> None:
     """Stop if any token id is outside ``[0, vocab_size)``."""
-    top = int(tokens.max()) if tokens.size else 0
+    if not tokens.size:
+        return
+    top, bottom = int(tokens.max()), int(tokens.min())
     if top >= vocab_size:
         raise TokensError(f"{source}: token id {top} is beyond the vocabulary size {vocab_size}")
+    if bottom < 0:
+        raise TokensError(f"{source}: token id {bottom} is negative, expected ids >= 0")
 
 
 def newline_token_ids(tokenizer: Tokenizer) -> list[int]:
@@ -221,3 +244,9 @@ def newline_token_ids(tokenizer: Tokenizer) -> list[int]:
         if text and set(text) == {"\n"}:
             ids.append(token_id)
     return ids
+
+
+def tokenizer_vocab(directory: str | Path) -> tuple[int, str]:
+    """``(vocabulary size, path)`` of the tokenizer saved by the tokenize stage in ``directory``."""
+    path = Path(directory) / "tokenizer.json"
+    return load_tokenizer(directory).get_vocab_size(), str(path)
