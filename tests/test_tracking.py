@@ -180,3 +180,30 @@ def test_log_run_to_sqlite(tmp_path, monkeypatch):
     } <= artifacts
     local = client.download_artifacts(record.run_id, "metrics/stats.json", str(tmp_path))
     assert Path(local).read_bytes() == (work / "metrics" / "stats.json").read_bytes()
+
+
+def test_ui_refuses_a_busy_port(tmp_path, monkeypatch):
+    import socket
+
+    from universal_neurons.tracking import serve_ui
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"--port: cannot listen on 127.0.0.1:{port}"):
+            serve_ui("127.0.0.1", port, echo=lambda line: None)
+    assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_ui_points_at_a_tracking_server(monkeypatch):
+    from universal_neurons.tracking import serve_ui
+
+    lines = []
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert serve_ui("127.0.0.1", 5000, echo=lines.append) == 0
+    assert lines == [
+        "MLflow UI: http://127.0.0.1:5999 (MLFLOW_TRACKING_URI names a running server)"
+    ]
