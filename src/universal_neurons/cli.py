@@ -267,5 +267,40 @@ def neuron(
     click.echo("\n".join(lines))
 
 
+# --- report, log (MLflow) and ui: the researcher's view of a run (issue 7) -------------------
+
+
+@main.command()
+@params_option
+@_user_errors
+def report(params_path: Path) -> None:
+    """Stage report: metrics, tables and curves -> report/index.html + figures."""
+    from stages import report as stage
+
+    result = stage.run(_load(params_path))
+    click.echo(json.dumps({"sections": result["sections"], "figures": result["figures"]}, indent=2))
+
+
+@main.command()
+@params_option
+@_user_errors
+def log(params_path: Path) -> None:
+    """Stage log: the pipeline state -> one MLflow run (MLFLOW_TRACKING_URI or ./mlruns.db)."""
+    from stages import log as stage
+
+    click.echo(json.dumps(stage.run(params_path), indent=2))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
+@_user_errors
+def ui(host: str, port: int) -> None:
+    """Start the MLflow UI on the project's store and print its address."""
+    from universal_neurons.tracking import serve_ui
+
+    serve_ui(host, port, echo=lambda line: click.echo(line, err=False))
+
+
 if __name__ == "__main__":
     main()

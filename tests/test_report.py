@@ -1,0 +1,128 @@
+"""The HTML report: every figure it references exists, every figure is referenced, and the
+headline numbers (hand-computed from the planted results) are printed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from synthetic_results import EXPECTED, write_results
+
+from universal_neurons.report import build_report, training_summary
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(path: Path) -> _Images:
+    parser = _Images()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> tuple[Path, Path, dict]:
+    workdir = tmp_path_factory.mktemp("results")
+    documents = write_results(workdir)
+    out = workdir / "report"
+    result = build_report(workdir, out, [1, 2])
+    return workdir, out, {"documents": documents, "result": result}
+
+
+def test_every_figure_is_referenced_and_exists(full_report):
+    _, out, info = full_report
+    page = _parse(out / "index.html")
+    on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "figures").glob("*.png"))
+    assert sorted(page.sources) == on_disk
+    assert sorted(info["result"].figures) == on_disk
+    # one figure per section that has one: per layer, 2 distributions, stats, families, training
+    assert on_disk == [
+        "figures/corr_vs_baseline_seed1.png",
+        "figures/corr_vs_baseline_seed2.png",
+        "figures/families.png",
+        "figures/stats_effect_sizes.png",
+        "figures/training_curves.png",
+        "figures/universal_per_layer.png",
+    ]
+    for name in on_disk:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_headline_numbers(full_report):
+    _, out, _ = full_report
+    text = "".join(_parse(out / "index.html").text)
+    assert EXPECTED["seed1"]["percent"] in text  # 4 / 39 live neurons
+    assert EXPECTED["seed2"]["percent"] in text  # 2 / 38
+    assert f"Universal neurons: {EXPECTED['mean_percent']} on average over 2 models" in text
+    assert EXPECTED["kept_positions"] in text
+    # per-layer table: seed1 layer 0 has 3 of 19 live neurons universal
+    assert "15.79%" in text and "11.11%" in text
+    # statistics table: median input bias of universal neurons and a small p-value
+    assert "-0.79" in text and "1.50e-06" in text
+    # families: 100 * 3/4 explained in seed1 (unigram, position, unigram; one unexplained)
+    assert "75.00%" in text
+    # the best example of each family, highest variance reduction first
+    assert "token_1_0" in text and "token_1_1" in text
+
+
+def test_sections_follow_their_inputs(tmp_path):
+    """Only the training curves exist: only the training section, one figure."""
+    write_results(tmp_path)
+    for path in [*(tmp_path / "metrics").iterdir(), *(tmp_path / "data").rglob("*.parquet")]:
+        path.unlink()
+    result = build_report(tmp_path, tmp_path / "report", [1, 2])
+    assert result.sections == ["Training"]
+    page = _parse(tmp_path / "report" / "index.html")
+    assert page.sources == ["figures/training_curves.png"]
+    assert "Universal neurons:" not in " ".join(page.text)
+
+
+def test_curve_files_for_dvc_plots(full_report):
+    """report/curves/seed{s}.csv holds exactly the evaluated rows of curve.csv."""
+    workdir, out, _ = full_report
+    for seed in (1, 2):
+        with (workdir / "models" / f"seed{seed}" / "curve.csv").open() as handle:
+            source = [row for row in csv.DictReader(handle) if row["heldout_loss"]]
+        with (out / "curves" / f"seed{seed}.csv").open() as handle:
+            written = list(csv.DictReader(handle))
+        assert [int(r["step"]) for r in written] == [2, 4, 6]
+        assert [float(r["heldout_loss"]) for r in written] == [
+            float(r["heldout_loss"]) for r in source
+        ]
+        assert [float(r["tokens"]) for r in written] == [float(r["tokens"]) for r in source]
+
+
+def test_training_summary(full_report):
+    workdir, _, _ = full_report
+    summary = training_summary(workdir / "models", [1, 2, 3])  # seed 3 has no model: skipped
+    assert summary["models"]["seed1"] == {
+        "heldout_loss": 4.39,
+        "unigram_entropy": 5.3,
+        "steps": 6,
+        "tokens": 3072,
+    }
+    assert summary["mean_heldout_loss"] == pytest.approx((4.39 + 4.38) / 2, abs=1e-12)
+    json.dumps(summary, allow_nan=False)
+
+
+def test_bad_metrics_file_is_named(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "universality.json").write_text('{"threshold": 0.5}')
+    with pytest.raises(ValueError, match=r"universality.json: expected a 'models' mapping"):
+        build_report(tmp_path, tmp_path / "report", [1, 2])

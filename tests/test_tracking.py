@@ -1,0 +1,209 @@
+"""tracking: flattening, the store's anchor, and one real run in a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from synthetic_results import write_results
+
+from universal_neurons.tracking import (
+    default_tracking_uri,
+    flatten_metrics,
+    flatten_params,
+    log_run,
+    project_root,
+    tracking_uri,
+)
+
+
+def test_flatten_metrics_by_hand():
+    scalars, series = flatten_metrics(
+        {
+            "threshold": 0.5,
+            "models": {"seed1": {"n": 3, "per_layer": [1.0, None, 2], "ok": True, "name": "x"}},
+            "empty": None,
+            "families": {"counts/weird:key": 2},
+            "rows": [{"a": 1}, {"a": 2}],
+        },
+        "universality",
+    )
+    assert scalars == {
+        "universality.threshold": 0.5,
+        "universality.models.seed1.n": 3.0,
+        "universality.models.seed1.ok": 1.0,
+        "universality.families.counts/weird_key": 2.0,
+        "universality.rows.0.a": 1.0,
+        "universality.rows.1.a": 2.0,
+    }
+    assert series == {"universality.models.seed1.per_layer": [(0, 1.0), (2, 2.0)]}
+
+
+def test_flatten_params_round_trip():
+    raw = {
+        "train": {"seeds": [1, 2], "learning_rate": 1.0e-5, "device": "cpu", "flag": True},
+        "corpus": {"sources": ["news"], "extra": None},
+        "empty": {},
+    }
+    flat = flatten_params(raw)
+    assert flat == {
+        "train.seeds": "[1, 2]",
+        "train.learning_rate": "1e-05",
+        "train.device": "cpu",
+        "train.flag": "true",
+        "corpus.sources": '["news"]',
+        "corpus.extra": "null",
+        "empty": "{}",
+    }
+    assert json.loads(flat["train.learning_rate"]) == 1.0e-5
+
+
+def test_project_root_anchors(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / ".dvc" / "tmp" / "exps" / "tmpabc" / "src").mkdir(parents=True)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    # inside a --temp/--queue copy: the parent repository
+    assert project_root(repo / ".dvc" / "tmp" / "exps" / "tmpabc" / "src") == repo.resolve()
+    # below a DVC repository: its root
+    (repo / "src" / "deep").mkdir(parents=True)
+    assert project_root(repo / "src" / "deep") == repo.resolve()
+    # DVC_ROOT, which DVC sets for every stage, wins
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("DVC_ROOT", str(other))
+    assert project_root(repo / "src") == other.resolve()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri() == f"sqlite:///{other.resolve()}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking_uri() == "http://127.0.0.1:1"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def all_artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    """Every artifact file of a run, recursively."""
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= all_artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+@pytest.mark.slow
+def test_log_run_to_sqlite(tmp_path, monkeypatch):
+    """A synthetic workspace logged into a real SQLite store, read back through MlflowClient."""
+    from mlflow.tracking import MlflowClient
+
+    work = tmp_path / "work"
+    documents = write_results(work)
+    (work / "report").mkdir()
+    (work / "report" / "index.html").write_text("<html>report</html>")
+    raw_params = {"train": {"seeds": [1, 2], "learning_rate": 0.003}, "model": {"n_layers": 2}}
+    (work / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "train@1": {"cmd": "x", "outs": [{"path": "models/seed1", "md5": "aa11.dir"}]},
+            "log": {"cmd": "y", "outs": [{"path": "tracking/run.json", "md5": "bb22"}]},
+        },
+    }
+    (work / "dvc.lock").write_text(yaml.safe_dump(lock))
+    _git(work, "init", "-q")
+    _git(work, "add", "-A")
+    _git(work, "commit", "-qm", "results")
+    commit = _git(work, "rev-parse", "HEAD")
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lynx")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", commit)
+    uri = default_tracking_uri(tmp_path / "store")
+    (tmp_path / "store").mkdir()
+
+    record = log_run(work, raw_params, [1, 2], uri=uri, exclude_outputs=["tracking/run.json"])
+
+    client = MlflowClient(uri)
+    run = client.get_run(record.run_id)
+    assert record.run_name == run.info.run_name == "brisk-lynx"
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())
+    assert run.data.params == {
+        "train.seeds": "[1, 2]",
+        "train.learning_rate": "0.003",
+        "model.n_layers": "2",
+    }
+    metrics = run.data.metrics
+    uni = documents["universality"]["models"]["seed1"]
+    assert metrics["universality.models.seed1.percent_universal"] == uni["percent_universal"]
+    assert metrics["universality.models.seed1.n_dead"] == 1.0
+    assert metrics["universality.kept_positions"] == 12345.0
+    assert metrics["stats.models.seed2.sparsity.median_other"] == 0.22
+    assert "stats.models.seed1.input_bias.p_value" not in metrics  # null: skipped
+    assert metrics["families.models.seed1.counts.unigram"] == 2.0
+    history = client.get_metric_history(
+        record.run_id, "universality.models.seed1.percent_universal_per_layer"
+    )
+    assert sorted((m.step, m.value) for m in history) == [(0, 300 / 19), (1, 5.0)]
+    fam_history = client.get_metric_history(
+        record.run_id, "families.models.seed1.counts_per_layer.unigram"
+    )
+    # unigram neurons of seed1: the 1st universal one (layer 0) and the 4th (layer 1)
+    assert sorted((m.step, m.value) for m in fam_history) == [(0, 1.0), (1, 1.0)]
+    heldout = client.get_metric_history(record.run_id, "curve.seed2.heldout_loss")
+    assert sorted((m.step, m.value) for m in heldout) == [(2, 4.78), (4, 4.58), (6, 4.38)]
+    assert len(client.get_metric_history(record.run_id, "curve.seed1.train_loss")) == 6
+    tags = run.data.tags
+    assert tags["git.commit"] == commit
+    assert tags["dvc.exp_name"] == "brisk-lynx"
+    assert tags["dvc.exp_baseline_rev"] == commit
+    assert tags["dvc.out.models/seed1"] == "aa11.dir"
+    assert "dvc.out.tracking/run.json" not in tags
+    artifacts = all_artifacts(client, record.run_id)
+    assert {
+        "report/index.html",
+        "metrics/universality.json",
+        "dvc/params.yaml",
+        "dvc/dvc.lock",
+        "training/seed1/curve.csv",
+        "tables/universality/seed1.parquet",
+        "tables/families/seed2.parquet",
+    } <= artifacts
+    local = client.download_artifacts(record.run_id, "metrics/stats.json", str(tmp_path))
+    assert Path(local).read_bytes() == (work / "metrics" / "stats.json").read_bytes()
+
+
+def test_ui_refuses_a_busy_port(tmp_path, monkeypatch):
+    import socket
+
+    from universal_neurons.tracking import serve_ui
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"--port: cannot listen on 127.0.0.1:{port}"):
+            serve_ui("127.0.0.1", port, echo=lambda line: None)
+    assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_ui_points_at_a_tracking_server(monkeypatch):
+    from universal_neurons.tracking import serve_ui
+
+    lines = []
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert serve_ui("127.0.0.1", 5000, echo=lines.append) == 0
+    assert lines == [
+        "MLflow UI: http://127.0.0.1:5999 (MLFLOW_TRACKING_URI names a running server)"
+    ]

@@ -1,0 +1,361 @@
+"""The researcher's workflow end to end, with real tools: `dvc repro` logging to a real MLflow
+server over HTTP, `dvc push`/`git clone`/`dvc pull` through a local-directory remote, and
+`dvc exp run --temp/--queue` runs landing in one SQLite store that `universal-neurons ui` serves.
+
+One tiny pipeline (2 seeds x 20k training tokens) is reproduced once per module and shared.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from pipeline_repo import make_pipeline_repo, pipeline_env, run, tiny_pipeline_params
+
+pytestmark = pytest.mark.slow
+
+STARTUP_LIMIT_S = 180  # how long a server may take to answer (a wait, not an assertion on speed)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log if the process dies."""
+    deadline = time.monotonic() + STARTUP_LIMIT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1)
+    pytest.fail(f"{url} did not answer within {STARTUP_LIMIT_S} s:\n{log.read_text()[-4000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server started in its own session: signal its process group (id = its pid)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Reference flattening of a YAML/JSON mapping: dotted key -> leaf (lists are leaves)."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(leaves(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def decoded(logged: str, like: object) -> object:
+    """A logged parameter back as the YAML value it came from (strings are logged verbatim)."""
+    return logged if isinstance(like, str) else json.loads(logged)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend in tmp); yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = root / "server.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'server.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],  # fmt: skip
+            cwd=root,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", process, log)
+        yield uri
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, mlflow_server):
+    """A copy of the project with tiny params, reproduced once with MLflow logging to the
+    server, and committed (dvc.lock, metrics, tracking/run.json) as a researcher would."""
+    repo = make_pipeline_repo(tmp_path_factory.mktemp("pipeline") / "repo", tiny_pipeline_params())
+    commit = run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    env = pipeline_env(repo, MLFLOW_TRACKING_URI=mlflow_server)
+    run(repo, "dvc", "repro", env=env)
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "reproduce the tiny pipeline")
+    return {"repo": repo, "commit": commit, "uri": mlflow_server}
+
+
+def test_repro_logs_one_run_over_http(tiny_repo):
+    from mlflow.tracking import MlflowClient
+
+    repo, uri = tiny_repo["repo"], tiny_repo["uri"]
+    record = json.loads((repo / "tracking" / "run.json").read_text())
+    assert record["tracking_uri"] == uri
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("universal-neurons")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [record["run_id"]]
+    run_data = client.get_run(record["run_id"]).data
+
+    # params: exactly the leaves of params.yaml, values decoding to the same YAML values
+    params = leaves(yaml.safe_load((repo / "params.yaml").read_text()))
+    assert set(run_data.params) == set(params)
+    for key, value in params.items():
+        assert decoded(run_data.params[key], value) == value, key
+
+    # metrics: every number of metrics/*.json, same value; plus the loss curves
+    # (generic over whichever metrics files the pipeline writes; lists are per-step series)
+    metrics_files = sorted((repo / "metrics").glob("*.json"))
+    assert "training.json" in [p.name for p in metrics_files]
+    expected_scalars, expected_series = {}, {}
+    for path in metrics_files:
+        for key, value in leaves(json.loads(path.read_text())).items():
+            name = f"{path.stem}.{key}"
+            if isinstance(value, list):
+                expected_series[name] = [(i, v) for i, v in enumerate(value) if v is not None]
+            elif isinstance(value, int | float):  # bool is an int: logged as 1/0
+                expected_scalars[name] = float(value)
+    logged = {k: v for k, v in run_data.metrics.items() if not k.startswith("curve.")}
+    assert set(logged) == set(expected_scalars) | {k for k, v in expected_series.items() if v}
+    scalars = {k: logged[k] for k in expected_scalars}
+    assert scalars == expected_scalars
+    for name, points in expected_series.items():
+        history = client.get_metric_history(record["run_id"], name)
+        assert sorted((m.step, m.value) for m in history) == points, name
+    for seed in (1, 2):
+        training = json.loads((repo / "models" / f"seed{seed}" / "training.json").read_text())
+        assert scalars[f"training.models.seed{seed}.heldout_loss"] == training["heldout_loss"]
+        with (repo / "models" / f"seed{seed}" / "curve.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        for column in ("train_loss", "heldout_loss"):
+            history = client.get_metric_history(record["run_id"], f"curve.seed{seed}.{column}")
+            assert sorted((m.step, m.value) for m in history) == [
+                (int(r["step"]), float(r[column])) for r in rows if r[column]
+            ]
+
+    # tags: the commit the pipeline ran on, and the hash of every output in dvc.lock
+    tags = run_data.tags
+    assert tags["git.commit"] == tiny_repo["commit"]
+    assert tags["dvc.run"] == "repro" and "dvc.exp_name" not in tags
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    outs = {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
+    assert {
+        "data/tokens", "models/seed1", "models/seed2", "report",
+        "metrics/training.json", "tracking/run.json",
+    } <= set(outs)  # fmt: skip
+    for path, digest in outs.items():
+        if path != "tracking/run.json":  # the log stage's own output is written after the run
+            assert tags[f"dvc.out.{path}"] == digest, path
+
+    # artifacts, uploaded through the server: the report is byte-identical
+    local = client.download_artifacts(record["run_id"], "report/index.html", str(repo.parent))
+    assert Path(local).read_bytes() == (repo / "report" / "index.html").read_bytes()
+
+    # nothing left to reproduce, and reproducing again logs no second run
+    status = run(repo, "dvc", "status", "--json").stdout
+    assert json.loads(status) == {}
+    run(repo, "dvc", "repro", env=pipeline_env(repo, MLFLOW_TRACKING_URI=uri))
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert run(repo, "git", "status", "--porcelain").stdout == ""
+
+    # dvc plots show renders the declared plots: curves per seed and the report's figures
+    shown = json.loads(run(repo, "dvc", "plots", "show", "--json").stdout)["data"]
+    curve = shown["report/curves/seed1.csv"][0]["content"]["data"]["values"]
+    with (repo / "models" / "seed1" / "curve.csv").open() as handle:
+        evaluated = [r for r in csv.DictReader(handle) if r["heldout_loss"]]
+    assert [float(v["heldout_loss"]) for v in curve] == [
+        float(r["heldout_loss"]) for r in evaluated
+    ]
+    assert "report/figures/training_curves.png" in shown
+
+
+def test_push_clone_pull_round_trip(tiny_repo, tmp_path):
+    repo = tiny_repo["repo"]
+    remote = tmp_path / "team-remote"
+    run(repo, "dvc", "remote", "add", "team", str(remote))
+    run(repo, "dvc", "push", "-r", "team")
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    # the clone pulls from the team remote (configured locally, like a teammate would)
+    run(clone, "dvc", "remote", "add", "--local", "-d", "team", str(remote))
+    # Outputs marked `push: false` (data/tokens: rebuilt deterministically) are not in the
+    # remote: `dvc pull` would exit 1 on them, so --allow-missing, and `dvc repro` rebuilds
+    # exactly those stages, to the hashes dvc.lock records.
+    unpushed = _unpushed_outputs(clone / "dvc.yaml")
+    run(clone, "dvc", "pull", "--allow-missing")
+    status = json.loads(run(clone, "dvc", "status", "--json").stdout)
+    # what status reports missing: exactly the unpushed outputs (as outputs and as deps)
+    missing = {
+        path for entries in status.values() for entry in entries for change in entry.values()
+        for path in change
+    }  # fmt: skip
+    assert missing == {out for outs in unpushed.values() for out in outs}
+    assert set(unpushed) <= set(status)
+    if unpushed:
+        reproduced = run(clone, "dvc", "repro").stdout
+        for stage in unpushed:
+            assert f"Running stage '{stage}'" in reproduced
+        assert reproduced.count("Running stage") == len(unpushed), reproduced  # no training
+    assert json.loads(run(clone, "dvc", "status", "--json").stdout) == {}
+    assert run(clone, "git", "status", "--porcelain").stdout == ""  # dvc.lock unchanged
+
+    metrics = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
+    assert json.loads(run(clone, "dvc", "metrics", "show", "--json").stdout) == metrics
+    for relative in ("models/seed1/model.safetensors", "report/index.html", "tracking/run.json"):
+        assert (clone / relative).read_bytes() == (repo / relative).read_bytes(), relative
+    # pulled files are links into the cache, not second copies (cache.type hardlink/symlink)
+    weights = clone / "models" / "seed2" / "model.safetensors"
+    assert weights.is_symlink() or weights.stat().st_nlink > 1 or _reflinked(weights)
+
+
+def _unpushed_outputs(dvc_yaml: Path) -> dict[str, list[str]]:
+    """``{stage: [outputs with push: false]}`` of a dvc.yaml (plain stages only)."""
+    found: dict[str, list[str]] = {}
+    for name, stage in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
+        for out in stage.get("outs", []):
+            if isinstance(out, dict):
+                ((path, options),) = out.items()
+                if (options or {}).get("push") is False and "foreach" not in stage:
+                    found.setdefault(name, []).append(path)
+    return found
+
+
+def _reflinked(path: Path) -> bool:
+    """Whether ``path``'s filesystem makes reflinks (copy-on-write clones: shared blocks, own
+    inode), which DVC prefers over hard links; then a pulled file is no second copy either."""
+    probe = path.parent / ".reflink-probe"
+    probe.write_bytes(b"x")
+    try:
+        clone = subprocess.run(["cp", "--reflink=always", probe, f"{probe}.2"], capture_output=True)
+        return clone.returncode == 0
+    finally:
+        probe.unlink()
+        Path(f"{probe}.2").unlink(missing_ok=True)
+
+
+def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
+    from mlflow.tracking import MlflowClient
+
+    repo = tiny_repo["repo"]
+    env = pipeline_env(repo)  # no MLFLOW_TRACKING_URI: the default store at the repository root
+    run(repo, "dvc", "exp", "run", "--temp", "-n", "lr-temp", "-S", "train.learning_rate=0.02", env=env)  # fmt: skip
+    run(repo, "dvc", "exp", "run", "--queue", "-n", "lr-queue", "-S", "train.learning_rate=0.005", env=env)  # fmt: skip
+    run(repo, "dvc", "exp", "run", "--run-all", env=env)
+    # in the workspace: train.threads changes no result, so only the log stage runs again
+    run(repo, "dvc", "exp", "run", "-n", "threads-ws", "-S", "train.threads=2", env=env)
+    baseline_params = leaves(yaml.safe_load(run(repo, "git", "show", "HEAD:params.yaml").stdout))
+    run(repo, "git", "checkout", "--", ".")  # back to the baseline workspace
+
+    store = repo / "mlruns.db"
+    assert store.is_file()
+    assert not [p for p in (repo / ".dvc").rglob("mlruns.db")]  # nothing left in temp copies
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("universal-neurons")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"lr-temp", "lr-queue", "threads-ws"}
+    temp, queued = runs["lr-temp"], runs["lr-queue"]
+    differing = {
+        key
+        for key in set(temp.data.params) | set(queued.data.params)
+        if temp.data.params.get(key) != queued.data.params.get(key)
+    }
+    assert differing == {"train.learning_rate"}
+    assert json.loads(temp.data.params["train.learning_rate"]) == 0.02
+    assert json.loads(queued.data.params["train.learning_rate"]) == 0.005
+    workspace = runs["threads-ws"].data.params
+    assert set(workspace) == set(baseline_params)
+    assert {k for k, v in baseline_params.items() if decoded(workspace[k], v) != v} == {
+        "train.threads"
+    }
+    assert workspace["train.threads"] == "2"
+
+    # each experiment's commit records its run, and the run holds that commit's metrics
+    refs = run(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    for name, logged in runs.items():
+        (ref,) = [r for r in refs if r.endswith("/" + name)]
+        assert logged.data.tags["dvc.exp_name"] == name
+        assert (
+            logged.data.tags["dvc.exp_baseline_rev"]
+            == run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+        )
+        record = json.loads(run(repo, "git", "show", f"{ref}:tracking/run.json").stdout)
+        assert record["run_id"] == logged.info.run_id
+        assert record["tracking_uri"] == f"sqlite:///{store}"
+        training = json.loads(run(repo, "git", "show", f"{ref}:metrics/training.json").stdout)
+        assert {k: v for k, v in logged.data.metrics.items() if k.startswith("training.")} == {
+            f"training.{k}": v for k, v in leaves(training).items()
+        }
+    assert (
+        temp.data.metrics["training.mean_heldout_loss"]
+        != (queued.data.metrics["training.mean_heldout_loss"])
+    )
+
+    # `universal-neurons ui` serves this store: the REST API of the printed address lists both
+    port = free_port()
+    log = repo.parent / "ui.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            ["universal-neurons", "ui", "--port", str(port)],
+            cwd=repo,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        address = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{address}/health", process, log)
+        assert f"MLflow UI: {address}" in log.read_text()
+        request = urllib.request.Request(
+            f"{address}/api/2.0/mlflow/runs/search",
+            data=json.dumps({"experiment_ids": [experiment.experiment_id]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            served = json.loads(response.read())["runs"]
+        assert {r["info"]["run_id"] for r in served} == {r.info.run_id for r in runs.values()}
+    finally:
+        stop(process)
