@@ -118,17 +118,26 @@ class CrossMoments:
         n = int(x.shape[0])
         if n == 0:
             return cls.empty(x.shape[1], y.shape[1], x.device)
-        mean_x = x.to(torch.float64).mean(dim=0)
-        mean_y = y.to(torch.float64).mean(dim=0)
+        # Per-batch elementwise work in the working precision (float32 unless float64 is
+        # asked for): the batch is centred on its own mean, so the float32 rounding of the
+        # mean and of the batch's sums of squares is relative (~1e-7), never cancellation;
+        # across batches everything is merged in float64.
+        # Shifting by the first row first makes a constant neuron centre to exactly 0
+        # (so it stays dead, with variance exactly 0) and keeps the mean accurate.
         work = torch.float64 if products == "float64" else torch.float32
-        xc = x.to(work) - mean_x.to(work)
-        yc = y.to(work) - mean_y.to(work)
+        # (One new buffer per side, the rest in place: large fresh buffers cost page faults.)
+        x, y = x.to(work), y.to(work)
+        shift_x, shift_y = x[0].clone(), y[0].clone()
+        xc, yc = x - shift_x, y - shift_y
+        mean_xs, mean_ys = xc.mean(dim=0), yc.mean(dim=0)
+        xc.sub_(mean_xs)
+        yc.sub_(mean_ys)
         return cls(
             count=n,
-            mean_x=mean_x,
-            mean_y=mean_y,
-            m2_x=(xc.to(torch.float64) ** 2).sum(dim=0),
-            m2_y=(yc.to(torch.float64) ** 2).sum(dim=0),
+            mean_x=shift_x.to(torch.float64) + mean_xs.to(torch.float64),
+            mean_y=shift_y.to(torch.float64) + mean_ys.to(torch.float64),
+            m2_x=torch.linalg.vector_norm(xc, dim=0).to(torch.float64) ** 2,
+            m2_y=torch.linalg.vector_norm(yc, dim=0).to(torch.float64) ** 2,
             cxy=centred_product(xc, yc, products),
         )
 
