@@ -91,6 +91,51 @@ def train(params_path: Path, seed: int) -> None:
     click.echo(json.dumps(report, indent=2))
 
 
+# --- collect / correlate / baseline / universality (issue 4) -------------------------------
+
+
+@main.command()
+@params_option
+@click.option("--seed", type=int, required=True, help="Which seed of train.seeds to collect.")
+@_user_errors
+def collect(params_path: Path, seed: int) -> None:
+    """Stage collect: per-neuron moments and within-layer covariance of one model."""
+    from stages import collect as stage
+
+    click.echo(json.dumps(stage.run(_load(params_path), seed), indent=2))
+
+
+@main.command()
+@params_option
+@_user_errors
+def correlate(params_path: Path) -> None:
+    """Stage correlate: every pair's correlation statistics and per-neuron maxima."""
+    from stages import correlate as stage
+
+    summary = stage.run(_load(params_path))
+    click.echo(json.dumps({k: summary[k] for k in ("pairs", "kept_positions", "dead")}, indent=2))
+
+
+@main.command()
+@params_option
+@_user_errors
+def baseline(params_path: Path) -> None:
+    """Stage baseline: the random-rotation baseline, analytic from correlate's statistics."""
+    from stages import baseline as stage
+
+    click.echo(json.dumps(stage.run(_load(params_path))["models"], indent=2))
+
+
+@main.command()
+@params_option
+@_user_errors
+def universality(params_path: Path) -> None:
+    """Stage universality: neuron tables and the percentage of universal neurons."""
+    from stages import universality as stage
+
+    click.echo(json.dumps(stage.run(_load(params_path)), indent=2))
+
+
 # --- neuron statistics (issue 5): stage `stats`, tools `show` and `findings` ---
 
 

@@ -142,6 +142,40 @@ class AnalysisConfig(_Section):
     device: Literal["cpu", "cuda"] = "cpu"
 
 
+# --- correlate / baseline / universality (issue 4) -----------------------------------------
+
+
+class CorrelateConfig(_Section):
+    """The streaming cross-correlation of every pair of the group.
+
+    ``products``: precision of each batch's centred cross-product (accumulation is
+    always float64): ``auto`` (``float32`` on CPU, ``bfloat16`` on CUDA), ``float64``,
+    ``float32`` or ``bfloat16`` (inputs rounded to bfloat16, float32 accumulation;
+    emulated exactly on CPU). ``dead_variance``: a neuron whose variance over the kept
+    positions is <= this is dead (NaN correlation, never universal).
+    """
+
+    products: Literal["auto", "float64", "float32", "bfloat16"] = "auto"
+    dead_variance: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class BaselineConfig(_Section):
+    """The random baseline: ``rotation`` (Haar-orthogonal per partner layer) or the paper's
+    ``gaussian_rows`` (unit-norm Gaussian rows); ``samples`` independent draws (their mean
+    is the baseline, their spread is reported), all from ``seed``.
+    """
+
+    kind: Literal["rotation", "gaussian_rows"] = "rotation"
+    samples: Annotated[int, Field(ge=1, le=100)] = 3
+    seed: NonNegativeInt = 0
+
+
+class UniversalityConfig(_Section):
+    """A neuron is universal when mean_corr - mean_baseline > ``threshold`` (in (0, 1])."""
+
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+
+
 class StatsConfig(_Section):
     """The neuron statistics stage (universal vs other neurons).
 
@@ -205,6 +239,9 @@ class Params(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    correlate: CorrelateConfig = CorrelateConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    universality: UniversalityConfig = UniversalityConfig()
     stats: StatsConfig = StatsConfig()
     families: FamiliesConfig = FamiliesConfig()
 
