@@ -14,7 +14,8 @@ from stages.paths import MODELS_DIR, TOKENS_DIR, collect_dir, model_name
 from universal_neurons.collect import collect_model, load_analysis_set, moments_table
 from universal_neurons.config import Params
 from universal_neurons.io import atomic_path
-from universal_neurons.models import load_model
+from universal_neurons.models import check_device, check_fits_tokens, load_model
+from universal_neurons.tokens import tokenizer_vocab
 
 
 def run(
@@ -31,8 +32,10 @@ def run(
     cfg = params.analysis
     name = model_name(seed)
     output_dir = output_dir or collect_dir(seed)
+    check_device(cfg.device)
     tokens, excluded, kept = load_analysis_set(tokens_dir, cfg)
     model = load_model(str(models_dir / name), device=cfg.device)
+    check_fits_tokens(model, name, tokens, *tokenizer_vocab(tokens_dir))
     result = collect_model(
         model, name, tokens, excluded, cfg.batch_size, cfg.device, progress=progress
     )

@@ -12,8 +12,9 @@ from stages.paths import CORRELATE_DIR, MODELS_DIR, TOKENS_DIR, model_name
 from universal_neurons.collect import load_analysis_set
 from universal_neurons.config import Params
 from universal_neurons.io import atomic_path
-from universal_neurons.models import load_model
+from universal_neurons.models import check_device, check_fits_tokens, check_group, load_model
 from universal_neurons.pairs import correlate_group, pair_key, pair_maxima, resolve_products
+from universal_neurons.tokens import tokenizer_vocab
 
 
 def run(
@@ -26,9 +27,13 @@ def run(
     """Correlate every pair of the group; return the summary."""
     cfg = params.analysis
     products = resolve_products(params.correlate.products, cfg.device)
+    check_device(cfg.device)
     tokens, excluded, kept = load_analysis_set(tokens_dir, cfg)
     names = [model_name(seed) for seed in params.train.seeds]
     models = {name: load_model(str(models_dir / name), device=cfg.device) for name in names}
+    check_group(models)
+    for name, model in models.items():
+        check_fits_tokens(model, name, tokens, *tokenizer_vocab(tokens_dir))
     stats = correlate_group(
         models, tokens, excluded, cfg.batch_size, products, cfg.device, progress
     )

@@ -142,6 +142,53 @@ def _chain(*setups):
     return setup
 
 
+def _model_file(root: Path, seed: int) -> Path:
+    return root / "models" / f"seed{seed}" / "model.safetensors"
+
+
+def _plant(seed: int, key: str, change):
+    """Edit one weight tensor of the trained model of ``seed`` in place (safetensors)."""
+
+    def setup(root: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        path = _model_file(root, seed)
+        weights = load_file(path)
+        change(weights[key])
+        save_file(weights, path, metadata={"format": "pt"})
+
+    return setup
+
+
+def _replace_model(seed: int, vocab_size: int = 512, n_ctx: int = 32, **model):
+    """Put an untrained GPT-2 of another shape / vocabulary / context in ``models/seed{seed}``."""
+
+    def setup(root: Path) -> None:
+        from universal_neurons.config import ModelConfig
+        from universal_neurons.gpt2 import gpt2_config, init_model, save_model
+
+        config = ModelConfig(**{**tiny_params_dict()["model"], **model})
+        directory = root / "models" / f"seed{seed}"
+        shutil.rmtree(directory)
+        save_model(init_model(gpt2_config(config, vocab_size, n_ctx, 0), seed), directory)
+
+    return setup
+
+
+def _set(index, value):
+    def change(tensor: torch.Tensor) -> None:
+        tensor[index] = value
+
+    return change
+
+
+def _scale(index, factor: float):
+    def change(tensor: torch.Tensor) -> None:
+        tensor[index] *= factor
+
+    return change
+
+
 TOKENS = "data/tokens"
 MALFORMED_YAML = "train:\n  seeds: [1, 2\ntokens:\n  context: 32\n"
 
@@ -377,6 +424,140 @@ CASES = [
         ["train", "--seed", "1"],
         "train.device: 'cuda' was asked for, but no CUDA device is available",
         params=tiny_params_dict(train={"device": "cuda"}),
+        skip="a CUDA device is present" if torch.cuda.is_available() else None,
+    ),
+    # ---- analysis stages: models of the group
+    Case(
+        "threshold-zero",
+        ["universality"],
+        "params.yaml: invalid parameters\n  universality.threshold: input should be greater "
+        "than 0, got 0.0",
+        params={**tiny_params_dict(), "universality": {"threshold": 0.0}},
+    ),
+    Case(
+        "threshold-above-one",
+        ["universality"],
+        "params.yaml: invalid parameters\n  universality.threshold: input should be less than "
+        "or equal to 1, got 1.5",
+        params={**tiny_params_dict(), "universality": {"threshold": 1.5}},
+    ),
+    Case(
+        "missing-model-directory",
+        ["collect", "--seed", "2"],
+        "models/seed2: model directory does not exist",
+        needs_models=True,
+        setup=_remove("models", "seed2"),
+    ),
+    Case(
+        "model-directory-without-weights",
+        ["collect", "--seed", "2"],
+        "models/seed2: model directory has no weights (*.safetensors)",
+        needs_models=True,
+        setup=_remove("models", "seed2", "model.safetensors"),
+    ),
+    Case(
+        "truncated-safetensors",
+        ["collect", "--seed", "2"],
+        "models/seed2/model.safetensors: unreadable safetensors file (Error while "
+        "deserializing header: incomplete metadata, file not fully covered); re-create or "
+        "re-pull it",
+        needs_models=True,
+        setup=lambda root: _model_file(root, 2).write_bytes(
+            _model_file(root, 2).read_bytes()[:20_000]
+        ),
+    ),
+    Case(
+        "models-of-different-shapes",
+        ["correlate"],
+        "models of a group must have the same (n_layers x d_mlp), got seed1 2x64, seed2 2x32, "
+        "seed3 2x64",
+        needs_models=True,
+        setup=_replace_model(2, d_mlp=32),
+    ),
+    Case(
+        "models-with-different-tokenizers",
+        ["correlate"],
+        "models of a group must share one tokenizer, but their vocabulary sizes differ: "
+        "seed1 512, seed2 512, seed3 600",
+        needs_models=True,
+        setup=_replace_model(3, vocab_size=600),
+    ),
+    Case(
+        "model-and-token-set-with-different-tokenizers",
+        ["collect", "--seed", "3"],
+        "model seed3 has a vocabulary of 600 tokens, but the token set's tokenizer "
+        "data/tokens/tokenizer.json has 512: they do not share a tokenizer",
+        needs_models=True,
+        setup=_replace_model(3, vocab_size=600),
+    ),
+    Case(
+        "context-longer-than-the-model-allows",
+        ["collect", "--seed", "2"],
+        "model seed2 accepts at most 16 tokens of context, but the token set has sequences "
+        "of 32 (tokens.context)",
+        needs_models=True,
+        setup=_replace_model(2, n_ctx=16),
+    ),
+    Case(
+        "analysis-token-id-beyond-vocabulary",
+        ["collect", "--seed", "1"],
+        "data/tokens/train_tokens.npy: token id 600 is beyond the vocabulary size 512",
+        needs_models=True,
+        setup=_replace_tokens("train", _set_id(600)),
+    ),
+    Case(
+        "zero-kept-positions-after-exclusion",
+        ["collect", "--seed", "1"],
+        "analysis.exclude / analysis.exclude_ids: every position of the analysis token set "
+        "is excluded; nothing is left to measure",
+        params=tiny_params_dict(analysis={"exclude_ids": list(range(512))}),
+        needs_models=True,
+    ),
+    Case(
+        "nan-weight-gives-nan-activations-collect",
+        ["collect", "--seed", "2"],
+        "model seed2: non-finite pre-activations in layer 1 (layers [1]) at analysis batch 0; "
+        "the model or its weights are broken",
+        needs_models=True,
+        setup=_plant(2, "transformer.h.1.mlp.c_fc.weight", _set((0, 5), float("nan"))),
+    ),
+    Case(
+        "inf-weight-gives-nan-activations-correlate",
+        ["correlate"],
+        "model seed3: non-finite post-activations in layer 1 (layers [1]) at analysis batch 0; "
+        "the model or its weights are broken",
+        needs_models=True,
+        setup=_plant(3, "transformer.h.0.mlp.c_proj.weight", _set((7, 3), float("inf"))),
+    ),
+    Case(
+        "huge-activations-overflow-the-statistics-collect",
+        ["collect", "--seed", "2"],
+        "model seed2 layer 1: correlation statistics became non-finite at analysis batch 0 "
+        "(neurons 5 x 5); the activations are too large for the per-batch products "
+        "(correlate.products: float64 has more range)",
+        needs_models=True,
+        setup=_plant(2, "transformer.h.1.mlp.c_fc.weight", _scale((slice(None), 5), 1e20)),
+    ),
+    Case(
+        "huge-activations-overflow-the-statistics-correlate",
+        ["correlate"],
+        # Only the product of two huge activations overflows: seed1 x seed2 stays finite.
+        "models seed2 (layer 1) and seed3 (layer 1): correlation statistics became non-finite "
+        "at analysis batch 0 (neurons 5 x 5); the activations are too large for the per-batch "
+        "products (correlate.products: float64 has more range)",
+        needs_models=True,
+        setup=_chain(
+            *(
+                _plant(seed, "transformer.h.1.mlp.c_fc.weight", _scale((slice(None), 5), 1e20))
+                for seed in (2, 3)
+            )
+        ),
+    ),
+    Case(
+        "analysis-on-cuda-without-gpu",
+        ["collect", "--seed", "1"],
+        "analysis.device: 'cuda' was asked for, but no CUDA device is available",
+        params=tiny_params_dict(analysis={"device": "cuda"}),
         skip="a CUDA device is present" if torch.cuda.is_available() else None,
     ),
     # ---- stats stage inputs (dvc-tracked parquet tables)

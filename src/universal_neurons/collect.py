@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,37 @@ def check_finite(activations: torch.Tensor, model_name: str, batch: int, kind: s
     raise NonFiniteActivationError(
         f"model {model_name}: non-finite {kind}-activations in layer {bad_layers[0]} "
         f"(layers {bad_layers}) at analysis batch {batch}; the model or its weights are broken"
+    )
+
+
+class NonFiniteStatisticsError(RuntimeError):
+    """Statistics that overflowed although the activations were finite (e.g. float32 products
+    of huge activations); the message names the models, layers and batch."""
+
+
+def check_finite_statistics(
+    stats: CrossMoments, x: str, y: str, d_mlp: int, batch: int, layer: int | None = None
+) -> None:
+    """Raise ``NonFiniteStatisticsError`` if the cross-product sums ``stats.cxy [n_x, n_y]``
+    of models ``x`` and ``y`` hold NaN/inf after analysis batch ``batch``.
+
+    Neurons are numbered ``layer * d_mlp + index`` over all layers, or are those of
+    ``layer`` alone when it is given (within-layer statistics). Dead neurons are not an
+    error: their sums are finite zeros and their correlation is NaN by definition later.
+    """
+    bad = ~torch.isfinite(stats.cxy)
+    if not bool(bad.any()):
+        return
+    rows, cols = torch.nonzero(bad, as_tuple=True)
+    row, col = int(rows[0]), int(cols[0])
+    if layer is not None:
+        where = f"model {x} layer {layer}"
+    else:
+        where = f"models {x} (layer {row // d_mlp}) and {y} (layer {col // d_mlp})"
+    raise NonFiniteStatisticsError(
+        f"{where}: correlation statistics became non-finite at analysis batch {batch} "
+        f"(neurons {row % d_mlp} x {col % d_mlp}); the activations are too large for the "
+        "per-batch products (correlate.products: float64 has more range)"
     )
 
 
@@ -113,7 +145,9 @@ def collect_model(
         model, model_name, tokens, excluded_ids, batch_size, ("pre", "post"), device
     )
     total = (len(tokens) + batch_size - 1) // batch_size
-    for _, acts in tqdm(stream, total=total, desc=f"collect {model_name}", disable=not progress):
+    for number, acts in tqdm(
+        stream, total=total, desc=f"collect {model_name}", disable=not progress
+    ):
         batches += 1
         for kind in ("pre", "post"):
             moments[kind] = moments[kind].update(acts[kind])
@@ -121,6 +155,7 @@ def collect_model(
         for layer in range(n_layers):
             block = post[:, layer * d_mlp : (layer + 1) * d_mlp]
             within[layer] = within[layer].update(block, block, products)  # type: ignore[arg-type]
+            check_finite_statistics(within[layer], model_name, model_name, d_mlp, number, layer)
     kept = moments["post"].count
     return CollectResult(n_layers, d_mlp, kept, batches, moments, within)
 
@@ -149,8 +184,12 @@ def load_analysis_set(tokens_dir, config) -> tuple[np.ndarray, np.ndarray, int]:
     Raises ``NoKeptPositionsError`` when every position is excluded.
     """
     from universal_neurons.activations import analysis_tokens, count_kept, excluded_token_ids
-    from universal_neurons.tokens import load_tokenizer, load_tokens
+    from universal_neurons.tokens import check_token_ids, load_tokenizer, load_tokens
 
+    tokenizer = load_tokenizer(tokens_dir)
     tokens = analysis_tokens(load_tokens(tokens_dir, config.split), config)
-    excluded = excluded_token_ids(load_tokenizer(tokens_dir), config)
+    check_token_ids(
+        tokens, tokenizer.get_vocab_size(), str(Path(tokens_dir) / f"{config.split}_tokens.npy")
+    )
+    excluded = excluded_token_ids(tokenizer, config)
     return tokens, excluded, count_kept(tokens, excluded)

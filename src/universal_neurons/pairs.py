@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from universal_neurons.collect import model_batches
+from universal_neurons.collect import check_finite_statistics, model_batches
 from universal_neurons.correlation import CrossMoments, MaxCorrelation, max_correlations
 from universal_neurons.models import model_shape
 
@@ -76,10 +76,11 @@ def correlate_group(
     }
     total = (len(tokens) + batch_size - 1) // batch_size
     batches = 0
-    for _ in tqdm(range(total), desc="correlate", disable=not progress):
+    for number in tqdm(range(total), desc="correlate", disable=not progress):
         acts = {name: next(stream)[1]["post"] for name, stream in streams.items()}
         for a, b in pairs:
             pairs[(a, b)] = pairs[(a, b)].update(acts[a], acts[b], products)  # type: ignore[arg-type]
+            check_finite_statistics(pairs[(a, b)], a, b, d_mlp, number)
         batches += 1
         del acts
     kept = next(iter(pairs.values())).count
