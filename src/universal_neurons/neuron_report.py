@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from universal_neurons.families import FamiliesError, parse_neuron
+from universal_neurons.universality import CONTRACT_COLUMNS
 
 
 class NeuronReportError(ValueError):
@@ -99,17 +100,7 @@ def key_values(row: pd.Series, keys: list[str] | None = None, per_line: int = 3)
     return ["  " + "   ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)]
 
 
-UNIVERSALITY_COLUMNS = [
-    "is_universal",
-    "dead",
-    "excess_corr",
-    "max_corr",
-    "mean_corr",
-    "min_corr",
-    "max_baseline",
-    "mean_baseline",
-    "min_baseline",
-]
+UNIVERSALITY_COLUMNS = [c for c in CONTRACT_COLUMNS if c not in ("layer", "index")]
 
 
 def family_lines(row: pd.Series, computed_now: bool) -> list[str]:

@@ -37,6 +37,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from universal_neurons.moments import StreamingMoments
+from universal_neurons.universality import CONTRACT_COLUMNS
 
 WEIGHT_METRICS = ("w_in_norm", "w_out_norm", "input_bias", "in_out_sim", "l2_penalty")
 VOCAB_METRICS = ("vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt")
@@ -44,19 +45,7 @@ ACTIVATION_METRICS = ("mean", "var", "skew", "kurt", "sparsity")
 METRICS = WEIGHT_METRICS + VOCAB_METRICS + ACTIVATION_METRICS
 """Every per-neuron statistic of the neuron table, in column order."""
 
-UNIVERSALITY_COLUMNS = (
-    "layer",
-    "index",
-    "dead",
-    "max_corr",
-    "mean_corr",
-    "min_corr",
-    "max_baseline",
-    "mean_baseline",
-    "min_baseline",
-    "excess_corr",
-    "is_universal",
-)
+UNIVERSALITY_COLUMNS = tuple(CONTRACT_COLUMNS)
 """The universality stage's neuron table (docs/ARCHITECTURE.md), the first columns of ours."""
 
 MOMENT_KINDS_COLUMNS = ("mean", "var", "skew", "kurt", "sparsity")

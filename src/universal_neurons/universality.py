@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-TABLE_COLUMNS = [
+CONTRACT_COLUMNS = [
     "layer",
     "index",
     "dead",
@@ -29,10 +29,10 @@ TABLE_COLUMNS = [
     "min_baseline",
     "excess_corr",
     "is_universal",
-    "best_partner",
-    "best_partner_layer",
-    "best_partner_index",
 ]
+"""The columns later stages rely on (docs/ARCHITECTURE.md)."""
+
+TABLE_COLUMNS = [*CONTRACT_COLUMNS, "best_partner", "best_partner_layer", "best_partner_index"]
 
 
 def _per_partner(table: pd.DataFrame, model: str, value: str) -> pd.DataFrame:
