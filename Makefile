@@ -20,6 +20,7 @@ setup: $(VENV)/.installed
 
 pipeline: setup
 	dvc repro --pull
+	universal-neurons log --if-missing   # a fresh clone's MLflow store gets this state's run once
 
 test: setup
 	ruff check src stages tests benchmarks

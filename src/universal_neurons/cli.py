@@ -329,11 +329,17 @@ def report(params_path: Path) -> None:
 @main.command()
 @params_option
 @_user_errors
-def log(params_path: Path) -> None:
+@click.option(
+    "--if-missing",
+    is_flag=True,
+    help="Only log if this store lacks the run named in tracking/run.json (e.g. a fresh clone).",
+)
+def log(params_path: Path, if_missing: bool) -> None:
     """Stage log: the pipeline state -> one MLflow run (MLFLOW_TRACKING_URI or ./mlruns.db)."""
     from stages import log as stage
 
-    click.echo(json.dumps(stage.run(params_path), indent=2))
+    record = stage.ensure(params_path) if if_missing else stage.run(params_path)
+    click.echo(json.dumps(record, indent=2))
 
 
 @main.command()

@@ -385,6 +385,35 @@ def log_run(
     )
 
 
+def find_run(uri: str, run_id: str) -> dict[str, str] | None:
+    """The run ``run_id`` in the store ``uri``, or the run logged there in its place
+    (tag ``log.stands_for_run``); None if neither exists."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(experiment_name())
+        if experiment is None:
+            return None
+        runs = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`log.stands_for_run` = '{run_id}'"
+        )
+        if not runs:
+            return None
+        run = runs[0]
+    return {"run_id": run.info.run_id, "run_name": run.info.run_name, "tracking_uri": uri}
+
+
+def set_run_tag(uri: str, run_id: str, key: str, value: str) -> None:
+    """Set one tag on a run."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri).set_tag(run_id, key, value)
+
+
 def record_dict(record: RunRecord) -> dict[str, str]:
     """The run record as a JSON-ready mapping."""
     return asdict(record)
