@@ -145,6 +145,23 @@ class AnalysisConfig(_Section):
 # --- correlate / baseline / universality (issue 4) -----------------------------------------
 
 
+class SlurmConfig(_Section):
+    """Slurm resources of one correlate work unit (``correlate.executor: slurm``, via submitit).
+
+    ``partition``: Slurm partition ("" = the cluster's default); ``gpus_per_node``,
+    ``cpus_per_task``, ``mem_gb``, ``timeout_min``: per array task; ``array_parallelism``:
+    tasks running at once; ``additional``: any other sbatch option (``{account: ..., qos: ...}``).
+    """
+
+    partition: str = ""
+    gpus_per_node: NonNegativeInt = 1
+    cpus_per_task: PositiveInt = 8
+    mem_gb: PositiveInt = 64
+    timeout_min: PositiveInt = 240
+    array_parallelism: PositiveInt = 32
+    additional: dict[str, str | int] = Field(default_factory=dict)
+
+
 class CorrelateConfig(_Section):
     """The streaming cross-correlation of every pair of the group.
 
@@ -153,10 +170,27 @@ class CorrelateConfig(_Section):
     ``float32`` or ``bfloat16`` (inputs rounded to bfloat16, float32 accumulation;
     emulated exactly on CPU). ``dead_variance``: a neuron whose variance over the kept
     positions is <= this is dead (NaN correlation, never universal).
+
+    Work units (docs/scale.md): ``neuron_block`` neurons of model a per unit (0 = all),
+    ``token_shards`` contiguous shards of the analysis set; ``executor``: ``inline`` (this
+    process), ``local`` (``workers`` processes through submitit) or ``slurm`` (a submitit
+    job array, resources in ``slurm``); ``log_dir``: submitit's job folder. With the
+    defaults (inline, 0, 1) correlate makes its one pass over the group, as before.
     """
 
     products: Literal["auto", "float64", "float32", "bfloat16"] = "auto"
     dead_variance: Annotated[float, Field(ge=0.0)] = 0.0
+    # --- work units and executors (issue 8, docs/scale.md) ---
+    executor: Literal["inline", "local", "slurm"] = "inline"
+    neuron_block: NonNegativeInt = 0
+    token_shards: PositiveInt = 1
+    workers: PositiveInt = 2
+    log_dir: str = "logs/submitit"
+    slurm: SlurmConfig = Field(default_factory=lambda: SlurmConfig())
+
+    def split(self) -> bool:
+        """True when correlate runs in work units (anything but one inline pass)."""
+        return self.executor != "inline" or self.neuron_block > 0 or self.token_shards > 1
 
 
 class BaselineConfig(_Section):

@@ -105,6 +105,12 @@ def load_model(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     return bridge
 
 
+def model_dtype(device: str) -> str:
+    """The dtype correlate runs models in: ``bfloat16`` on CUDA (half the memory and
+    bandwidth; the correlation products are bf16 there anyway), ``float32`` on CPU."""
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
 def model_shape(model) -> tuple[int, int]:
     """``(n_layers, d_mlp)`` of a loaded model."""
     return int(model.cfg.n_layers), int(model.cfg.d_mlp)
@@ -128,34 +134,36 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def capture_mlp(
-    model, tokens: torch.Tensor, kinds: tuple[str, ...] = ("post",)
+    model,
+    tokens: torch.Tensor,
+    kinds: tuple[str, ...] = ("post",),
+    layers: range | None = None,
 ) -> dict[str, torch.Tensor]:
-    """MLP activations of every layer for a batch.
+    """MLP activations of every layer (or of the consecutive ``layers``) for a batch.
 
     ``tokens``: ``[batch, pos]`` token ids. Returns, per kind in ``kinds``, a tensor
-    ``[layers, batch, pos, d_mlp]`` in the model's dtype. The forward pass stops after
-    the last layer's MLP (nothing after it is needed).
+    ``[len(layers), batch, pos, d_mlp]`` in the model's dtype. The forward pass stops
+    after the last captured layer's MLP (nothing after it is needed).
     """
     n_layers, _ = model_shape(model)
-    captured: dict[str, list[torch.Tensor | None]] = {kind: [None] * n_layers for kind in kinds}
-    last = (n_layers - 1, "post" if "post" in kinds else "pre")  # the hook that fires last
+    layers = range(n_layers) if layers is None else layers
+    captured: dict[str, list[torch.Tensor | None]] = {kind: [None] * len(layers) for kind in kinds}
+    last = (layers[-1], "post" if "post" in kinds else "pre")  # the hook that fires last
 
     def hook_for(layer: int, kind: str):
         def hook(activation: torch.Tensor, hook) -> None:
-            captured[kind][layer] = activation.detach()
+            captured[kind][layer - layers.start] = activation.detach()
             if (layer, kind) == last:
                 raise _StopForward
 
         return hook
 
     hooks = [
-        (mlp_hook_name(layer, kind), hook_for(layer, kind))
-        for layer in range(n_layers)
-        for kind in kinds
+        (mlp_hook_name(layer, kind), hook_for(layer, kind)) for layer in layers for kind in kinds
     ]
     with contextlib.suppress(_StopForward):
         model.run_with_hooks(tokens, fwd_hooks=hooks)
-    return {kind: torch.stack(layers) for kind, layers in captured.items()}  # type: ignore[arg-type]
+    return {kind: torch.stack(acts) for kind, acts in captured.items()}  # type: ignore[arg-type]
 
 
 def processed_weights(model) -> dict[str, torch.Tensor]:
