@@ -63,13 +63,17 @@ def _check_safetensors(path: Path) -> None:
         raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes)")
 
 
-def resolve_model_source(spec: str) -> str:
-    """A local model directory, or a hub id if the hub can be reached; else a clear error."""
+def resolve_model_source(spec: str, weights: bool = True) -> str:
+    """A local model directory, or a hub id if the hub can be reached; else a clear error.
+
+    ``weights=False``: only the directory's existence is checked (a tokenizer is read).
+    """
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(f"{spec}: expected a model directory, got a file")
-        _check_local_model(path)
+        if weights:
+            _check_local_model(path)
         return str(path.resolve())
     local_parent = path.parent != Path(".") and path.parent.is_dir()
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or local_parent:
@@ -214,8 +218,11 @@ def check_group(models: dict[str, object]) -> None:
 def check_fits_tokens(model, name: str, tokens, vocab_size: int, source: str) -> None:
     """Stop if the token set ``tokens [sequences, context]`` (of a tokenizer with ``vocab_size``
     ids, read from ``source``) cannot be fed to ``model``: a context longer than the model's,
-    or another tokenizer (vocabulary size)."""
-    if int(model.cfg.d_vocab) != vocab_size:
+    or another tokenizer (vocabulary size). A model whose embedding is the tokenizer's
+    size padded up to a multiple of 128 (Pythia: 50,277 ids, 50,304 rows) fits."""
+    d_vocab = int(model.cfg.d_vocab)
+    padded = d_vocab % 128 == 0 and vocab_size < d_vocab < vocab_size + 128
+    if d_vocab != vocab_size and not padded:
         raise ModelLoadError(
             f"model {name} has a vocabulary of {int(model.cfg.d_vocab)} tokens, but the token "
             f"set's tokenizer {source} has {vocab_size}: they do not share a tokenizer"
