@@ -127,7 +127,8 @@ def _hf_post_activations(directory, tokens, excluded, arch):
         batch = torch.as_tensor(tokens[start : start + 32].astype(np.int64))
         captured = []
         handles = [
-            b.mlp.act.register_forward_hook(lambda m, i, o: captured.append(o)) for b in blocks
+            b.mlp.act.register_forward_hook(lambda m, i, o, out=captured: out.append(o))
+            for b in blocks
         ]
         with torch.no_grad():
             model(batch)

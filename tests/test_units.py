@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_params
+
 from universal_neurons.collect import load_analysis_set
 from universal_neurons.models import load_model
 from universal_neurons.pairs import correlate_group
