@@ -179,15 +179,17 @@ def bench_hooks(path: Path, args) -> dict:
 
 def bench_gpt2_small(args) -> dict:
     """(d): a GPT2-small-shaped pair on the GPU, bf16 products, float64 accumulators."""
-    from universal_neurons.models import capture_mlp, load_model
+    from universal_neurons.models import capture_mlp, load_model, model_dtype
 
     device = args.device
-    shape = ModelConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, activation="gelu_new")
+    layers = args.gpt2_layers  # 12 = GPT2-small; fewer for a quick CPU check of the code path
+    shape = ModelConfig(n_layers=layers, d_model=768, n_heads=12, d_mlp=3072, activation="gelu_new")
+    dtype = getattr(torch, model_dtype(device))  # bf16 models on CUDA, as correlate runs them
     with tempfile.TemporaryDirectory() as tmp:
         paths = _tiny_models(Path(tmp), shape, 50257, 1024)
-        models = [load_model(str(p), device=device) for p in paths]
-    n = 12 * 3072
-    seqs, ctx = args.gpt2_batch, 1024
+        models = [load_model(str(p), device, dtype) for p in paths]
+    n = layers * 3072
+    seqs, ctx = args.gpt2_batch, args.gpt2_context
     gen = np.random.default_rng(0)
     stats = CrossMoments.empty(n, n, device)
     batches = [
@@ -213,13 +215,15 @@ def bench_gpt2_small(args) -> dict:
         tokens = args.gpt2_batches * seqs * ctx
         peak = bench_update(n, seqs * ctx, device, "bfloat16")
         # error of bf16 products vs float64 on a block of neurons of the last batch
-        block = 4096
+        block = min(4096, n)
         ref = CrossMoments.of_batch(acts[0][:, :block], acts[1][:, :block], "float64")
         got = CrossMoments.of_batch(acts[0][:, :block], acts[1][:, :block], "bfloat16")
         error = float((got.correlation() - ref.correlation()).abs().nan_to_num(0).max())
     flops = 2.0 * tokens * n * n
     return {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
+        "model_dtype": str(dtype),
+        "layers": layers,
         "tokens": tokens,
         "tokens_per_s": tokens / elapsed,
         "seconds_per_12288_tokens": elapsed / tokens * 12288,
@@ -244,6 +248,8 @@ def main() -> None:
     parser.add_argument("--gpt2-small", action="store_true")
     parser.add_argument("--gpt2-batch", type=int, default=12, help="(d) sequences of 1024")
     parser.add_argument("--gpt2-batches", type=int, default=5)
+    parser.add_argument("--gpt2-layers", type=int, default=12, help="(d) 12 = GPT2-small")
+    parser.add_argument("--gpt2-context", type=int, default=1024, help="(d) tokens per sequence")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-root", help=argparse.SUPPRESS)
     args = parser.parse_args()

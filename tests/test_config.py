@@ -53,7 +53,10 @@ BAD = [
         {"tokens": {"heldout_fraction": 0.0}},
         "tokens.heldout_fraction: input should be greater than 0",
     ),
-    ({"tokenizer": {"kind": "wordpiece"}}, "tokenizer.kind: input should be 'bpe' or 'gpt2'"),
+    (
+        {"tokenizer": {"kind": "wordpiece"}},
+        "tokenizer.kind: input should be 'bpe', 'gpt2' or 'model'",
+    ),
     ({"corpus": {"sources": []}}, "corpus.sources: need at least 1 corpus source, got none"),
     ({"corpus": {"sources": ["shakespeare"]}}, "corpus.sources: unknown source 'shakespeare'"),
     (

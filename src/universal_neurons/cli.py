@@ -355,3 +355,17 @@ def ui(host: str, port: int) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- issue 8: pretrained groups (pipelines/<preset>/dvc.yaml) --------------------------------
+
+
+@main.command()
+@params_option
+@click.option("--seed", type=int, required=True, help="Member number of the group (1-based).")
+@_user_errors
+def fetch(params_path: Path, seed: int) -> None:
+    """Stage fetch: member SEED of params.group (a preset or custom group) -> models/seed{SEED}."""
+    from stages import fetch as stage
+
+    click.echo(json.dumps(stage.run(_load(params_path), seed), indent=2))

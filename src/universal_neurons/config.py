@@ -48,10 +48,14 @@ class CorpusConfig(_Section):
         if not sources:
             raise ValueError("need at least 1 corpus source, got none")
         for source in sources:
-            if source not in BUILTIN_SOURCES and not source.endswith((".txt", ".jsonl")):
+            if (
+                source not in BUILTIN_SOURCES
+                and not source.endswith((".txt", ".jsonl"))
+                and not source.startswith("hf:")
+            ):
                 raise ValueError(
-                    f"unknown source {source!r}: expected one of {', '.join(BUILTIN_SOURCES)} "
-                    "or a path ending in .txt or .jsonl"
+                    f"unknown source {source!r}: expected one of {', '.join(BUILTIN_SOURCES)}, "
+                    "a path ending in .txt or .jsonl, or hf:NAME:SPLIT"
                 )
         if len(set(sources)) != len(sources):
             raise ValueError(f"sources must be distinct, got {sources}")
@@ -59,10 +63,22 @@ class CorpusConfig(_Section):
 
 
 class TokenizerConfig(_Section):
-    """``bpe``: a byte-level BPE trained on the corpus; ``gpt2``: GPT-2's own BPE."""
+    """``bpe``: a byte-level BPE trained on the corpus; ``gpt2``: GPT-2's own BPE;
+    ``model``: the tokenizer saved with a model (``path``: its local directory, e.g.
+    ``models/seed1`` of a pretrained group, or a hub id when the hub can be reached)."""
 
-    kind: Literal["bpe", "gpt2"] = "bpe"
+    kind: Literal["bpe", "gpt2", "model"] = "bpe"
     vocab_size: Annotated[int, Field(ge=260, le=65535)] = 4096
+    path: str = Field(default="", validate_default=True)
+
+    @field_validator("path")
+    @classmethod
+    def _path_for_model(cls, path: str, info: Any) -> str:
+        if info.data.get("kind") == "model" and not path:
+            raise ValueError(
+                "tokenizer.kind=model needs the model directory (or hub id) in tokenizer.path"
+            )
+        return path
 
 
 class TokensConfig(_Section):
@@ -145,6 +161,23 @@ class AnalysisConfig(_Section):
 # --- correlate / baseline / universality (issue 4) -----------------------------------------
 
 
+class SlurmConfig(_Section):
+    """Slurm resources of one correlate work unit (``correlate.executor: slurm``, via submitit).
+
+    ``partition``: Slurm partition ("" = the cluster's default); ``gpus_per_node``,
+    ``cpus_per_task``, ``mem_gb``, ``timeout_min``: per array task; ``array_parallelism``:
+    tasks running at once; ``additional``: any other sbatch option (``{account: ..., qos: ...}``).
+    """
+
+    partition: str = ""
+    gpus_per_node: NonNegativeInt = 1
+    cpus_per_task: PositiveInt = 8
+    mem_gb: PositiveInt = 64
+    timeout_min: PositiveInt = 240
+    array_parallelism: PositiveInt = 32
+    additional: dict[str, str | int] = Field(default_factory=dict)
+
+
 class CorrelateConfig(_Section):
     """The streaming cross-correlation of every pair of the group.
 
@@ -153,10 +186,27 @@ class CorrelateConfig(_Section):
     ``float32`` or ``bfloat16`` (inputs rounded to bfloat16, float32 accumulation;
     emulated exactly on CPU). ``dead_variance``: a neuron whose variance over the kept
     positions is <= this is dead (NaN correlation, never universal).
+
+    Work units (docs/scale.md): ``neuron_block`` neurons of model a per unit (0 = all),
+    ``token_shards`` contiguous shards of the analysis set; ``executor``: ``inline`` (this
+    process), ``local`` (``workers`` processes through submitit) or ``slurm`` (a submitit
+    job array, resources in ``slurm``); ``log_dir``: submitit's job folder. With the
+    defaults (inline, 0, 1) correlate makes its one pass over the group, as before.
     """
 
     products: Literal["auto", "float64", "float32", "bfloat16"] = "auto"
     dead_variance: Annotated[float, Field(ge=0.0)] = 0.0
+    # --- work units and executors (issue 8, docs/scale.md) ---
+    executor: Literal["inline", "local", "slurm"] = "inline"
+    neuron_block: NonNegativeInt = 0
+    token_shards: PositiveInt = 1
+    workers: PositiveInt = 2
+    log_dir: str = "logs/submitit"
+    slurm: SlurmConfig = Field(default_factory=lambda: SlurmConfig())
+
+    def split(self) -> bool:
+        """True when correlate runs in work units (anything but one inline pass)."""
+        return self.executor != "inline" or self.neuron_block > 0 or self.token_shards > 1
 
 
 class BaselineConfig(_Section):
@@ -230,6 +280,38 @@ class FamiliesConfig(_Section):
         return neurons
 
 
+# --- model groups: the trained group or a pretrained preset (issue 8, docs/scale.md) ---------
+
+GROUP_PRESETS = ("trained", "gpt2-small", "gpt2-medium", "pythia-160m", "custom")
+
+
+class GroupConfig(_Section):
+    """Which models form the group. ``trained``: the train stage's ``models/seed{s}``.
+    A preset (``gpt2-small``, ``gpt2-medium``, ``pythia-160m``) or ``custom`` is put into
+    ``models/seed{i}`` by the fetch stage (pipelines/<preset>/), member i = seed i.
+
+    ``models``: for ``custom``, ``{label: hub id or local directory}`` in seed order; for a
+    preset, optional ``{repo name or hub id: local directory}`` overrides. ``local_dir``:
+    for a preset, a folder holding each member as ``<local_dir>/<repo name>``.
+    """
+
+    preset: Literal["trained", "gpt2-small", "gpt2-medium", "pythia-160m", "custom"] = "trained"
+    models: dict[str, str] = Field(default_factory=dict)
+    local_dir: str = ""
+
+    @field_validator("models")
+    @classmethod
+    def _models_fit_preset(cls, models: dict[str, str], info: Any) -> dict[str, str]:
+        preset = info.data.get("preset")
+        if preset == "custom" and len(models) < 2:
+            raise ValueError(f"group.preset=custom needs at least 2 models, got {len(models)}")
+        if preset == "trained" and models:
+            raise ValueError(
+                "must be empty for group.preset=trained (the train stage makes the models)"
+            )
+        return models
+
+
 class Params(_Section):
     """All of ``params.yaml``."""
 
@@ -244,6 +326,7 @@ class Params(_Section):
     universality: UniversalityConfig = UniversalityConfig()
     stats: StatsConfig = StatsConfig()
     families: FamiliesConfig = FamiliesConfig()
+    group: GroupConfig = GroupConfig()
 
 
 def _format_error(error: dict[str, Any]) -> str:

@@ -11,7 +11,9 @@ Built-in sources (installed by the setup command, nothing is downloaded at run t
 
 Local files are sources too: a ``.txt`` file (documents separated by blank lines)
 or a ``.jsonl`` file (one ``{"text": ...}`` object per line); the file's stem is
-its domain label.
+its domain label. A Hugging Face dataset is a source too: ``hf:NAME:SPLIT[:N]`` (e.g.
+``hf:monology/pile-uncopyrighted:test``), streamed from the hub when it can be reached;
+the Pile's subsets become the domain labels (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -155,6 +157,55 @@ def local_documents(path: Path) -> Iterator[str]:
         yield record["text"]
 
 
+HF_PREFIX = "hf:"
+
+
+def parse_hf_source(source: str) -> tuple[str, str, int]:
+    """``hf:NAME:SPLIT[:N]`` -> ``(dataset name, split, first N documents or 0 = all)``.
+
+    Example: ``hf:monology/pile-uncopyrighted:test:20000``.
+    """
+    parts = source.removeprefix(HF_PREFIX).split(":")
+    if (
+        len(parts) not in (2, 3)
+        or not all(parts[:2])
+        or (len(parts) == 3 and not parts[2].isdigit())
+    ):
+        raise CorpusError(
+            f"corpus.sources: {source!r}: expected hf:NAME:SPLIT or hf:NAME:SPLIT:N "
+            "(e.g. hf:monology/pile-uncopyrighted:test:20000)"
+        )
+    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 0
+
+
+def hf_documents(source: str) -> Iterator[Document]:
+    """Documents of a Hugging Face dataset ``hf:NAME:SPLIT[:N]``, streamed from the hub.
+
+    Text from the ``text`` field; the domain is the Pile's subset name
+    (``meta.pile_set_name``) when the record has one, else the dataset's name. Fails at
+    once, naming the source, when the hub cannot be reached.
+    """
+    from universal_neurons.models import _hub_reachable
+
+    name, split, limit = parse_hf_source(source)
+    if not _hub_reachable():
+        raise CorpusError(
+            f"corpus.sources: {source!r}: the Hugging Face hub cannot be reached (offline). "
+            'Export the split elsewhere (one {"text": ...} per line) and give the .jsonl '
+            "file as the source instead."
+        )
+    import datasets
+
+    stream = datasets.load_dataset(name, split=split, streaming=True)
+    fallback = name.rsplit("/", 1)[-1]
+    for number, record in enumerate(stream):
+        if limit and number >= limit:
+            return
+        meta = record.get("meta") or {}
+        domain = meta.get("pile_set_name", fallback) if isinstance(meta, dict) else fallback
+        yield Document(str(domain), record["text"])
+
+
 BUILTIN = {
     "bible": bible_documents,
     "wikipedia": wikipedia_documents,
@@ -172,9 +223,12 @@ def load_corpus(config: CorpusConfig) -> list[Document]:
     """All documents of all sources, in a fixed order, shorter ones than ``min_doc_chars`` dropped."""
     documents: list[Document] = []
     for source in config.sources:
-        texts = BUILTIN[source]() if source in BUILTIN else local_documents(Path(source))
-        domain = domain_name(source)
-        kept = [Document(domain, t) for t in texts if len(t) >= config.min_doc_chars]
+        if source.startswith(HF_PREFIX):
+            kept = [d for d in hf_documents(source) if len(d.text) >= config.min_doc_chars]
+        else:
+            texts = BUILTIN[source]() if source in BUILTIN else local_documents(Path(source))
+            domain = domain_name(source)
+            kept = [Document(domain, t) for t in texts if len(t) >= config.min_doc_chars]
         if not kept:
             raise CorpusError(
                 f"corpus.sources: {source!r} holds no document of at least "

@@ -63,13 +63,17 @@ def _check_safetensors(path: Path) -> None:
         raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes)")
 
 
-def resolve_model_source(spec: str) -> str:
-    """A local model directory, or a hub id if the hub can be reached; else a clear error."""
+def resolve_model_source(spec: str, weights: bool = True) -> str:
+    """A local model directory, or a hub id if the hub can be reached; else a clear error.
+
+    ``weights=False``: only the directory's existence is checked (a tokenizer is read).
+    """
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(f"{spec}: expected a model directory, got a file")
-        _check_local_model(path)
+        if weights:
+            _check_local_model(path)
         return str(path.resolve())
     local_parent = path.parent != Path(".") and path.parent.is_dir()
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or local_parent:
@@ -105,6 +109,12 @@ def load_model(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     return bridge
 
 
+def model_dtype(device: str) -> str:
+    """The dtype correlate runs models in: ``bfloat16`` on CUDA (half the memory and
+    bandwidth; the correlation products are bf16 there anyway), ``float32`` on CPU."""
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
 def model_shape(model) -> tuple[int, int]:
     """``(n_layers, d_mlp)`` of a loaded model."""
     return int(model.cfg.n_layers), int(model.cfg.d_mlp)
@@ -128,34 +138,36 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def capture_mlp(
-    model, tokens: torch.Tensor, kinds: tuple[str, ...] = ("post",)
+    model,
+    tokens: torch.Tensor,
+    kinds: tuple[str, ...] = ("post",),
+    layers: range | None = None,
 ) -> dict[str, torch.Tensor]:
-    """MLP activations of every layer for a batch.
+    """MLP activations of every layer (or of the consecutive ``layers``) for a batch.
 
     ``tokens``: ``[batch, pos]`` token ids. Returns, per kind in ``kinds``, a tensor
-    ``[layers, batch, pos, d_mlp]`` in the model's dtype. The forward pass stops after
-    the last layer's MLP (nothing after it is needed).
+    ``[len(layers), batch, pos, d_mlp]`` in the model's dtype. The forward pass stops
+    after the last captured layer's MLP (nothing after it is needed).
     """
     n_layers, _ = model_shape(model)
-    captured: dict[str, list[torch.Tensor | None]] = {kind: [None] * n_layers for kind in kinds}
-    last = (n_layers - 1, "post" if "post" in kinds else "pre")  # the hook that fires last
+    layers = range(n_layers) if layers is None else layers
+    captured: dict[str, list[torch.Tensor | None]] = {kind: [None] * len(layers) for kind in kinds}
+    last = (layers[-1], "post" if "post" in kinds else "pre")  # the hook that fires last
 
     def hook_for(layer: int, kind: str):
         def hook(activation: torch.Tensor, hook) -> None:
-            captured[kind][layer] = activation.detach()
+            captured[kind][layer - layers.start] = activation.detach()
             if (layer, kind) == last:
                 raise _StopForward
 
         return hook
 
     hooks = [
-        (mlp_hook_name(layer, kind), hook_for(layer, kind))
-        for layer in range(n_layers)
-        for kind in kinds
+        (mlp_hook_name(layer, kind), hook_for(layer, kind)) for layer in layers for kind in kinds
     ]
     with contextlib.suppress(_StopForward):
         model.run_with_hooks(tokens, fwd_hooks=hooks)
-    return {kind: torch.stack(layers) for kind, layers in captured.items()}  # type: ignore[arg-type]
+    return {kind: torch.stack(acts) for kind, acts in captured.items()}  # type: ignore[arg-type]
 
 
 def processed_weights(model) -> dict[str, torch.Tensor]:
@@ -206,8 +218,11 @@ def check_group(models: dict[str, object]) -> None:
 def check_fits_tokens(model, name: str, tokens, vocab_size: int, source: str) -> None:
     """Stop if the token set ``tokens [sequences, context]`` (of a tokenizer with ``vocab_size``
     ids, read from ``source``) cannot be fed to ``model``: a context longer than the model's,
-    or another tokenizer (vocabulary size)."""
-    if int(model.cfg.d_vocab) != vocab_size:
+    or another tokenizer (vocabulary size). A model whose embedding is the tokenizer's
+    size padded up to a multiple of 128 (Pythia: 50,277 ids, 50,304 rows) fits."""
+    d_vocab = int(model.cfg.d_vocab)
+    padded = d_vocab % 128 == 0 and vocab_size < d_vocab < vocab_size + 128
+    if d_vocab != vocab_size and not padded:
         raise ModelLoadError(
             f"model {name} has a vocabulary of {int(model.cfg.d_vocab)} tokens, but the token "
             f"set's tokenizer {source} has {vocab_size}: they do not share a tokenizer"

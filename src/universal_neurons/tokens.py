@@ -77,10 +77,30 @@ def gpt2_tokenizer() -> Tokenizer:
     return _byte_level_tokenizer(models.BPE(vocab, merges))
 
 
+def model_tokenizer(path: str) -> Tokenizer:
+    """The tokenizer saved with a model (``tokenizer.kind: model``): a local model directory,
+    or a hub id when the hub can be reached. Returns its fast (``tokenizers``) tokenizer."""
+    from transformers import AutoTokenizer
+
+    from universal_neurons.models import ModelLoadError, resolve_model_source
+
+    try:
+        source = resolve_model_source(path, weights=False)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (ModelLoadError, OSError, ValueError) as exc:
+        raise TokensError(f"tokenizer.path: {exc}") from None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TokensError(f"tokenizer.path: {path} has no fast tokenizer (tokenizer.json)")
+    return backend
+
+
 def build_tokenizer(config: TokenizerConfig, documents: list[Document]) -> Tokenizer:
     """The tokenizer the parameters ask for."""
     if config.kind == "gpt2":
         return gpt2_tokenizer()
+    if config.kind == "model":
+        return model_tokenizer(config.path)
     return train_bpe([doc.text for doc in documents], config.vocab_size)
 
 
