@@ -209,4 +209,4 @@ def test_preset_pipelines_have_valid_params_naming_their_group(preset):
     assert params.group.preset == preset
     assert params.train.seeds == list(range(1, len(PRESETS[preset]) + 1))
     assert params.tokenizer.kind == "model" and params.tokenizer.path == "models/seed1"
-    assert "fetch" in (REPO_ROOT / "pipelines" / preset / "dvc.yaml").read_text()
+    assert "fetch" in (REPO_ROOT / "pipelines" / preset / "dvc.preset.yaml").read_text()
