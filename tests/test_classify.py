@@ -151,6 +151,9 @@ def test_family_tables_and_metrics(classified):
         explained = (table["family"] != "unexplained") | (table["vocab_family"] != "none")
         assert entry["n_explained"] == int(explained.sum())
         assert entry["percent_explained"] == pytest.approx(100 * explained.mean())
+        by_activation = table["family"] != "unexplained"
+        assert entry["n_explained_by_activation"] == int(by_activation.sum())
+        assert entry["percent_explained_by_activation"] == pytest.approx(100 * by_activation.mean())
         # best feature and runner-up come from different groups; VRs lie in [0, 1]
         assert (table["best_group"] != table["runner_up_group"]).all()
         assert ((table["best_vr"] >= table["runner_up_vr"]) & (table["best_vr"] <= 1 + 1e-9)).all()

@@ -394,7 +394,8 @@ def family_metrics(
 
     ``counts`` holds the activation families (including ``unexplained``) and the
     vocabulary families; a neuron may be in one of each. ``n_explained``: universal
-    neurons with an activation family or a vocabulary family.
+    neurons with an activation family or a vocabulary family;
+    ``n_explained_by_activation``: those with an activation family (what they respond to).
     """
     universal = stats.loc[
         stats["is_universal"].astype(bool),
@@ -412,7 +413,8 @@ def family_metrics(
         index=rows.index,
         dtype=object,
     )
-    explained = (fam != UNEXPLAINED) | (vocab != "none")
+    by_activation = fam != UNEXPLAINED
+    explained = by_activation | (vocab != "none")
     counts: dict[str, int] = {}
     per_layer: dict[str, list[int]] = {}
     for name, labels in [(f, fam) for f in FAMILIES] + [(v, vocab) for v in VOCAB_FAMILIES]:
@@ -426,6 +428,10 @@ def family_metrics(
         "n_universal": n_universal,
         "n_explained": int(explained.sum()),
         "percent_explained": float(100.0 * explained.sum() / n_universal) if n_universal else 0.0,
+        "n_explained_by_activation": int(by_activation.sum()),
+        "percent_explained_by_activation": (
+            float(100.0 * by_activation.sum() / n_universal) if n_universal else 0.0
+        ),
         "counts": counts,
         "counts_per_layer": per_layer,
     }
