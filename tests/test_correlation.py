@@ -117,3 +117,25 @@ def test_save_and_load_round_trip(tmp_path):
 def test_mismatched_token_counts_are_refused():
     with pytest.raises(ValueError, match="tokens"):
         CrossMoments.empty(2, 3).update(torch.zeros(4, 2), torch.zeros(5, 3))
+
+
+def test_saved_statistics_are_byte_identical_across_processes(tmp_path):
+    """DVC hashes the files: the same statistics must give the same bytes in every process
+    (safetensors writes a metadata map in arbitrary order, so it is kept to one key)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from universal_neurons.correlation import CrossMoments\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x, y = torch.randn(50, 4, generator=g), torch.randn(50, 3, generator=g)\n"
+        "s = CrossMoments.empty(4, 3).update(x, y, 'float64')\n"
+        "s.save(sys.argv[1], {'a': 'seed1', 'b': 'seed2', 'rows': [0, 4], 'batches': 1})\n"
+    )
+    paths = [tmp_path / f"run{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert len({path.read_bytes() for path in paths}) == 1
+    loaded, info = CrossMoments.load(paths[0])
+    assert loaded.count == 50 and info == {"a": "seed1", "b": "seed2", "batches": 1, "rows": [0, 4]}

@@ -203,7 +203,12 @@ class CrossMoments:
     # --- files: one safetensors file per accumulator, mergeable across shards ---------------
 
     def save(self, path: str | Path, metadata: dict | None = None) -> None:
-        """Write the statistics to ``path`` (safetensors, float64; ``count`` in the metadata)."""
+        """Write the statistics to ``path`` (safetensors, float64; ``count`` in the metadata).
+
+        The metadata is one JSON string under one key: safetensors writes a metadata map in
+        arbitrary order, so several keys would make the bytes (and DVC's hash) differ between
+        runs of the same computation.
+        """
         from safetensors.torch import save_file
 
         tensors = {
@@ -213,7 +218,9 @@ class CrossMoments:
             "m2_y": self.m2_y,
             "cxy": self.cxy,
         }
-        meta = {"count": str(self.count), "info": json.dumps(metadata or {}, sort_keys=True)}
+        meta = {
+            "statistics": json.dumps({"count": self.count, "info": metadata or {}}, sort_keys=True)
+        }
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), meta)
 
     @classmethod
@@ -227,17 +234,18 @@ class CrossMoments:
         with safe_open(str(path), framework="pt", device=device) as handle:
             meta = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        if "count" not in meta:
-            raise ValueError(f"{path}: not a CrossMoments file (no count in metadata)")
+        if "statistics" not in meta:
+            raise ValueError(f"{path}: not a CrossMoments file (no statistics in metadata)")
+        header = json.loads(meta["statistics"])
         stats = cls(
-            count=int(meta["count"]),
+            count=int(header["count"]),
             mean_x=tensors["mean_x"],
             mean_y=tensors["mean_y"],
             m2_x=tensors["m2_x"],
             m2_y=tensors["m2_y"],
             cxy=tensors["cxy"],
         )
-        return stats, json.loads(meta.get("info", "{}"))
+        return stats, header["info"]
 
 
 def correlation_from_covariance(
