@@ -50,6 +50,11 @@ def tiny_params_dict(**sections) -> dict:
     raw = copy.deepcopy(TINY_PARAMS)
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
+    # Every section present (defaults where TINY_PARAMS says nothing): DVC requires each
+    # params section that dvc.yaml names to exist in params.yaml.
+    defaults = Params().model_dump(mode="json")
+    for section, values in defaults.items():
+        raw.setdefault(section, values)
     return raw
 
 
