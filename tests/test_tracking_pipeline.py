@@ -62,11 +62,12 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
-    """Reference flattening of a YAML/JSON mapping: dotted key -> leaf (lists are leaves)."""
+    """Reference flattening of a YAML/JSON mapping: dotted key -> leaf (lists and empty
+    mappings, e.g. ``group.models: {}``, are leaves: the parameter is logged as ``{}``)."""
     out: dict[str, object] = {}
     for key, value in tree.items():
         name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             out.update(leaves(value, name))
         else:
             out[name] = value
