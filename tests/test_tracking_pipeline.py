@@ -285,8 +285,8 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
     run(repo, "dvc", "exp", "run", "--temp", "-n", "lr-temp", "-S", "train.learning_rate=0.02", env=env)  # fmt: skip
     run(repo, "dvc", "exp", "run", "--queue", "-n", "lr-queue", "-S", "train.learning_rate=0.005", env=env)  # fmt: skip
     run(repo, "dvc", "exp", "run", "--run-all", env=env)
-    # in the workspace: train.threads changes no result, so only the log stage runs again
-    run(repo, "dvc", "exp", "run", "-n", "threads-ws", "-S", "train.threads=2", env=env)
+    # in the workspace: train.workers changes no result, so only the log stage runs again
+    run(repo, "dvc", "exp", "run", "-n", "workers-ws", "-S", "train.workers=1", env=env)
     baseline_params = leaves(yaml.safe_load(run(repo, "git", "show", "HEAD:params.yaml").stdout))
     run(repo, "git", "checkout", "--", ".")  # back to the baseline workspace
 
@@ -296,7 +296,7 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
     client = MlflowClient(f"sqlite:///{store}")
     experiment = client.get_experiment_by_name("universal-neurons")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"lr-temp", "lr-queue", "threads-ws"}
+    assert set(runs) == {"lr-temp", "lr-queue", "workers-ws"}
     temp, queued = runs["lr-temp"], runs["lr-queue"]
     differing = {
         key
@@ -306,12 +306,12 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
     assert differing == {"train.learning_rate"}
     assert json.loads(temp.data.params["train.learning_rate"]) == 0.02
     assert json.loads(queued.data.params["train.learning_rate"]) == 0.005
-    workspace = runs["threads-ws"].data.params
+    workspace = runs["workers-ws"].data.params
     assert set(workspace) == set(baseline_params)
     assert {k for k, v in baseline_params.items() if decoded(workspace[k], v) != v} == {
-        "train.threads"
+        "train.workers"
     }
-    assert workspace["train.threads"] == "2"
+    assert workspace["train.workers"] == "1"
 
     # each experiment's commit records its run, and the run holds that commit's metrics
     refs = run(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()

@@ -42,7 +42,7 @@ def test_different_seeds_give_different_weights(tiny_group):
 
 @pytest.mark.slow
 def test_same_seed_gives_identical_weights(tiny_group, tiny_tokens_dir, tmp_path):
-    train.run(tiny_params(), 2, tiny_tokens_dir, tmp_path / "again")
+    train.train_seed(tiny_params(), 2, tiny_tokens_dir, tmp_path / "again")
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == (
         tiny_group[2] / "model.safetensors"
     ).read_bytes()
@@ -63,7 +63,7 @@ def test_learning_rate_schedule():
 
 def test_unknown_seed_is_refused(tiny_tokens_dir, tmp_path):
     with pytest.raises(ValueError, match=r"--seed: 9 is not one of train.seeds \[1, 2, 3\]"):
-        train.run(tiny_params(), 9, tiny_tokens_dir, tmp_path / "m")
+        train.run(tiny_params(), [9], tiny_tokens_dir, tmp_path / "m", tmp_path / "t.json")
     assert not (tmp_path / "m").exists()
 
 
@@ -73,5 +73,5 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_tokens_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="train.device: 'cuda' was asked for"):
-        train.run(tiny_params(train={"device": "cuda"}), 1, tiny_tokens_dir, tmp_path / "m")
-    assert not (tmp_path / "m").exists()
+        train.run(tiny_params(train={"device": "cuda"}), [1], tiny_tokens_dir, tmp_path / "m", None)
+    assert not (tmp_path / "m" / "seed1").exists()

@@ -81,14 +81,20 @@ def tokenize(params_path: Path) -> None:
 
 @main.command()
 @params_option
-@click.option("--seed", type=int, required=True, help="Which seed of train.seeds to train.")
+@click.option(
+    "--seed",
+    "seeds",
+    type=int,
+    multiple=True,
+    help="Train only this seed of train.seeds (repeatable; default: every seed).",
+)
 @_user_errors
-def train(params_path: Path, seed: int) -> None:
-    """Stage train: train the model of one seed."""
+def train(params_path: Path, seeds: tuple[int, ...]) -> None:
+    """Stage train: train the model of every seed (in parallel processes, train.workers)."""
     from stages import train as stage
 
-    report = stage.run(_load(params_path), seed)
-    click.echo(json.dumps(report, indent=2))
+    reports = stage.run(_load(params_path), list(seeds) or None)
+    click.echo(json.dumps(reports, indent=2))
 
 
 # --- collect / correlate / baseline / universality (issue 4) -------------------------------

@@ -108,7 +108,13 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Training of one model per seed; the seed sets initialisation and data order."""
+    """Training of one model per seed; the seed sets initialisation and data order.
+
+    ``threads``: torch CPU threads per training process; the weights depend on it (the
+    order of float32 sums does), so it is a parameter of the result. ``workers``: how many
+    seeds train at once in separate processes (0 = CPU cores // threads); it changes only
+    the wall time, never the weights.
+    """
 
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     tokens_per_model: PositiveInt = 1_000_000
@@ -120,7 +126,8 @@ class TrainConfig(_Section):
     eval_every_steps: PositiveInt = 50
     checkpoint_tokens: list[PositiveInt] = Field(default_factory=list)
     device: Literal["cpu", "cuda"] = "cpu"
-    threads: NonNegativeInt = 0
+    threads: Annotated[int, Field(ge=1, le=256)] = 1
+    workers: NonNegativeInt = 0
 
     @field_validator("seeds")
     @classmethod
@@ -133,9 +140,15 @@ class TrainConfig(_Section):
 
     @field_validator("checkpoint_tokens")
     @classmethod
-    def _sorted_checkpoints(cls, tokens: list[int]) -> list[int]:
+    def _sorted_checkpoints(cls, tokens: list[int], info: Any) -> list[int]:
         if tokens != sorted(set(tokens)):
             raise ValueError(f"must be strictly increasing, got {tokens}")
+        total = info.data.get("tokens_per_model")
+        if total is not None and tokens and tokens[-1] >= total:
+            raise ValueError(
+                f"must be below train.tokens_per_model={total} (the final model is saved anyway), "
+                f"got {tokens[-1]}"
+            )
         return tokens
 
 

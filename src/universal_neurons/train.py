@@ -36,6 +36,7 @@ class TrainResult:
     unigram_entropy: float
     wall_time_s: float
     device: str
+    threads: int
     curve: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -117,8 +118,7 @@ def train_model(
     device = config.device
     if device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("train.device: 'cuda' was asked for, but no CUDA device is available")
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     started = time.perf_counter()
     context = tokens.shape[1]
@@ -161,5 +161,6 @@ def train_model(
         unigram_entropy=unigram_entropy(tokens, model_config.vocab_size),
         wall_time_s=time.perf_counter() - started,
         device=device,
+        threads=config.threads,
         curve=curve,
     )
