@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from universal_neurons.analysis.correlation import CrossMoments  # noqa: E402
 from universal_neurons.config import ModelConfig  # noqa: E402
-from universal_neurons.correlation import CrossMoments  # noqa: E402
-from universal_neurons.gpt2 import gpt2_config, init_model, save_model  # noqa: E402
+from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -107,8 +107,8 @@ def _tiny_models(
 
 def memory_child(args) -> None:
     """Run one correlate pass over ``args.memory_tokens`` tokens; print peak memory as JSON."""
-    from universal_neurons.models import load_model
-    from universal_neurons.pairs import correlate_group
+    from universal_neurons.analysis.pairs import correlate_group
+    from universal_neurons.models.loading import load_model
 
     root = Path(args.model_root)
     models = {p.name: load_model(str(p), device=args.device) for p in sorted(root.iterdir())}
@@ -164,7 +164,7 @@ def bench_memory(args, root: Path) -> dict:
 
 def bench_hooks(path: Path, args) -> dict:
     """(c): capture_mlp (hooks, stops after the last MLP) vs a bare forward of the same model."""
-    from universal_neurons.models import capture_mlp, load_model
+    from universal_neurons.models.loading import capture_mlp, load_model
 
     model = load_model(str(path), device=args.device)
     tokens = torch.as_tensor(
@@ -179,7 +179,7 @@ def bench_hooks(path: Path, args) -> dict:
 
 def bench_gpt2_small(args) -> dict:
     """(d): a GPT2-small-shaped pair on the GPU, bf16 products, float64 accumulators."""
-    from universal_neurons.models import capture_mlp, load_model, model_dtype
+    from universal_neurons.models.loading import capture_mlp, load_model, model_dtype
 
     device = args.device
     layers = args.gpt2_layers  # 12 = GPT2-small; fewer for a quick CPU check of the code path

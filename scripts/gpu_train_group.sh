@@ -21,7 +21,7 @@ seeds=$(python3 -c "from universal_neurons.config import load_params; print(*loa
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 start=$(date +%s)
 for seed in $seeds; do
-  python3 -m universal_neurons.cli train --seed "$seed" > "$OUT/train_seed$seed.log" 2>&1 &
+  python3 -m universal_neurons train --seed "$seed" > "$OUT/train_seed$seed.log" 2>&1 &
 done
 wait
 echo "trained seeds: $seeds in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"

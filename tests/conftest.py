@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from universal_neurons.config import Params, params_from_dict
+from universal_neurons.pipeline.layout import Layout
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -66,19 +67,21 @@ def tiny_params(**sections) -> Params:
 @pytest.fixture(scope="session")
 def tiny_tokens_dir(tmp_path_factory) -> Path:
     """A tokenize stage output built from real text with TINY_PARAMS."""
-    from stages import tokenize
+    from universal_neurons.pipeline.stages import tokenize
 
-    directory = tmp_path_factory.mktemp("tokens") / "tokens"
-    tokenize.run(tiny_params(), directory)
+    root = tmp_path_factory.mktemp("tokens")
+    directory = root / "tokens"
+    tokenize.run(tiny_params(), Layout.at(root, tokens=directory))
     return directory
 
 
 @pytest.fixture(scope="session")
 def tiny_group(tiny_tokens_dir, tmp_path_factory) -> dict[int, Path]:
     """Three tiny GPT-2s trained on the tiny token set, one per seed: ``{seed: model_dir}``."""
-    from stages import train
+    from universal_neurons.pipeline.stages import train
 
     params = tiny_params()
     root = tmp_path_factory.mktemp("models")
-    train.run(params, None, tiny_tokens_dir, root, timing_path=None)  # in parallel processes
+    layout = Layout.at(tmp_path_factory.mktemp("train"), tokens=tiny_tokens_dir, models=root)
+    train.run(params, layout)  # in parallel processes
     return {seed: root / f"seed{seed}" for seed in params.train.seeds}

@@ -27,7 +27,7 @@ import yaml
 from click.testing import CliRunner
 from conftest import REPO_ROOT, tiny_params_dict
 
-from universal_neurons.cli import main
+from universal_neurons.pipeline.cli import main
 
 # --------------------------------------------------------------------------- workspace
 
@@ -165,7 +165,7 @@ def _replace_model(seed: int, vocab_size: int = 512, n_ctx: int = 32, **model):
 
     def setup(root: Path) -> None:
         from universal_neurons.config import ModelConfig
-        from universal_neurons.gpt2 import gpt2_config, init_model, save_model
+        from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model
 
         config = ModelConfig(**{**tiny_params_dict()["model"], **model})
         directory = root / "models" / f"seed{seed}"
@@ -598,7 +598,7 @@ def _run_cli(root: Path, case: Case, monkeypatch) -> tuple[int, str, str]:
             **case.env,
         )
         done = subprocess.run(
-            [sys.executable, "-m", "universal_neurons.cli", *args],
+            [sys.executable, "-m", "universal_neurons", *args],
             cwd=root,
             env=env,
             capture_output=True,
@@ -660,7 +660,7 @@ def test_docs_list_every_bad_input_with_its_message():
 
 def test_hub_id_while_offline(monkeypatch, tmp_path):
     """No stage takes a hub id yet; the library call a user makes stops before any download."""
-    from universal_neurons.models import ModelLoadError, load_model
+    from universal_neurons.models.loading import ModelLoadError, load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)

@@ -18,10 +18,10 @@ import yaml
 from click.testing import CliRunner
 from conftest import tiny_params
 
-from universal_neurons.activations import iter_batches, kept_mask
-from universal_neurons.cli import main
-from universal_neurons.families import FAMILIES, VOCAB_FAMILIES
-from universal_neurons.features import load_analysis_features
+from universal_neurons.analysis.activations import iter_batches, kept_mask
+from universal_neurons.analysis.families import FAMILIES, VOCAB_FAMILIES
+from universal_neurons.analysis.features import load_analysis_features
+from universal_neurons.pipeline.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,8 @@ def _neuron_tables(n_layers: int, d_mlp: int, seed: int) -> tuple[pd.DataFrame, 
 
 @pytest.fixture(scope="module")
 def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
-    from stages import classify, syntax
+    from universal_neurons.pipeline.layout import Layout
+    from universal_neurons.pipeline.stages import classify, syntax
 
     root = tmp_path_factory.mktemp("families")
     params = tiny_params(families=FAMILY_PARAMS)
@@ -74,20 +75,11 @@ def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
         universality, stats = _neuron_tables(2, 64, seed)
         universality.to_parquet(data / "universality" / f"seed{seed}.parquet")
         stats.to_parquet(data / "stats" / f"seed{seed}.parquet")
-    syntax.run(params, tiny_tokens_dir, data / "syntax")
     models_dir = tiny_group[params.train.seeds[0]].parent
-    metrics_dir = root / "metrics"
-    metrics = classify.run(
-        params,
-        tokens_dir=tiny_tokens_dir,
-        models_dir=models_dir,
-        stats_dir=data / "stats",
-        syntax_dir=data / "syntax",
-        output_dir=data / "families",
-        metrics_path=metrics_dir / "families.json",
-        csv_path=metrics_dir / "families_per_layer.csv",
-        plot_path=metrics_dir / "families_per_layer.png",
-    )
+    layout = Layout.at(root, tokens=tiny_tokens_dir, models=models_dir)
+    syntax.run(params, layout)
+    metrics_dir = layout.metrics
+    metrics = classify.run(params, layout)
     return {
         "params": params,
         "params_file": params_file,
@@ -102,7 +94,7 @@ def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stored(classified):
     """Post activations of seed1 at kept positions ``[positions, layers, d_mlp]`` + features."""
-    from universal_neurons.models import capture_mlp, load_model
+    from universal_neurons.models.loading import capture_mlp, load_model
 
     params = classified["params"]
     tokens, features, excluded, pieces = load_analysis_features(
@@ -283,7 +275,7 @@ def test_dvc_repro_runs_syntax_and_classify(classified, tmp_path):
 
     work = tmp_path / "repo"
     work.mkdir()
-    for name in ("dvc.yaml", "src", "stages"):
+    for name in ("dvc.yaml", "src"):
         copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy
         copy(REPO_ROOT / name, work / name)
     shutil.copy(classified["params_file"], work / "params.yaml")

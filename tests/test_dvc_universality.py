@@ -30,7 +30,7 @@ def _run(args, cwd, env):
 def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("src", "stages"):
+    for name in ("src",):
         shutil.copytree(REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = tiny_params(analysis={"max_sequences": 100}, baseline={"samples": 2})

@@ -12,8 +12,8 @@ from conftest import tiny_params
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from universal_neurons.config import ConfigError, GroupConfig, params_from_dict
-from universal_neurons.corpus import CorpusError, load_corpus
-from universal_neurons.group import PRESETS, GroupError, group_members, member
+from universal_neurons.models.group import PRESETS, GroupError, group_members, member
+from universal_neurons.text.corpus import CorpusError, load_corpus
 
 
 def test_presets_are_the_papers_models_as_transformerlens_names_them():
@@ -67,14 +67,15 @@ def test_presets_by_local_directory_and_overrides(tmp_path):
 
 
 def test_hub_preset_offline_fails_fast_naming_the_model(monkeypatch, tmp_path):
-    from stages import fetch
+    from universal_neurons.pipeline.layout import Layout
+    from universal_neurons.pipeline.stages import fetch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     params = params_from_dict({"group": {"preset": "pythia-160m"}, "train": {"seeds": [1, 2]}})
     with pytest.raises(
         Exception, match="EleutherAI/pythia-160m-seed2: not a local directory.*offline"
     ):
-        fetch.run(params, 2, tmp_path / "seed2")
+        fetch.run(params, Layout.at(tmp_path, models=tmp_path), 2)
     assert not (tmp_path / "seed2").exists()
 
 
@@ -118,7 +119,7 @@ def _hf_post_activations(directory, tokens, excluded, arch):
     """[kept, layers * d_mlp] float64 from the plain Hugging Face model (not TransformerLens)."""
     from transformers import AutoModelForCausalLM
 
-    from universal_neurons.activations import kept_mask
+    from universal_neurons.analysis.activations import kept_mask
 
     model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
     blocks = model.gpt_neox.layers if arch == "neox" else model.transformer.h
@@ -146,8 +147,9 @@ def test_local_pretrained_group_fetches_tokenizes_and_correlates(
 ):
     """A custom group of two local HF directories: fetch -> tokenize (the models' own
     tokenizer) -> correlate in units; maxima equal numpy.corrcoef on HF's own activations."""
-    from stages import correlate, fetch, tokenize
-    from universal_neurons.collect import load_analysis_set
+    from universal_neurons.analysis.activations import load_analysis_set
+    from universal_neurons.pipeline.layout import Layout
+    from universal_neurons.pipeline.stages import correlate, fetch, tokenize
 
     sources = {}
     for seed in (1, 2):
@@ -159,6 +161,8 @@ def test_local_pretrained_group_fetches_tokenizes_and_correlates(
             _save_tokenizer(tiny_tokens_dir, directory)
         sources[f"{arch}-{seed}"] = str(directory)
     models_dir = tmp_path / "models"
+    tokens_dir = tmp_path / "tokens"
+    layout = Layout.at(tmp_path / "work", tokens=tokens_dir, models=models_dir)
     params = tiny_params(
         group={"preset": "custom", "models": sources},
         train={"seeds": [1, 2]},
@@ -166,19 +170,18 @@ def test_local_pretrained_group_fetches_tokenizes_and_correlates(
         correlate={"products": "float64", "neuron_block": 48, "token_shards": 2},
     )
     for seed in (1, 2):
-        info = fetch.run(params, seed, models_dir / f"seed{seed}")
+        info = fetch.run(params, layout, seed)
         assert info["label"] == f"{arch}-{seed}" and info["tokenizer"] is True
     source = json.loads((models_dir / "seed2" / "source.json").read_text())
     assert source["architecture"] == ("GPTNeoXForCausalLM" if arch == "neox" else "GPT2LMHeadModel")
-    tokens_dir = tmp_path / "tokens"
-    summary = tokenize.run(params, tokens_dir)
+    summary = tokenize.run(params, layout)
     assert summary["vocab_size"] == 512
     # the model's own tokenizer gives the same token set as the tokenizer it was saved from
     np.testing.assert_array_equal(
         np.load(tokens_dir / "train_tokens.npy"), np.load(tiny_tokens_dir / "train_tokens.npy")
     )
-    out = tmp_path / "correlate"
-    result = correlate.run(params, tokens_dir, models_dir, out, progress=False)
+    out = layout.stage_dir("correlate")
+    result = correlate.run(params, layout, progress=False)
     assert result["units"]["units"] == 1 * 3 * 2  # 128 neurons in blocks of 48, 2 shards
 
     tokens, excluded, kept = load_analysis_set(tokens_dir, params.analysis)

@@ -6,7 +6,9 @@ import yaml
 from conftest import tiny_params_dict
 from mlflow.tracking import MlflowClient
 
-from stages import log
+from universal_neurons.config import load_params
+from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.stages import log
 
 
 def test_log_if_missing_logs_once_into_an_empty_store(tmp_path, monkeypatch):
@@ -25,14 +27,15 @@ def test_log_if_missing_logs_once_into_an_empty_store(tmp_path, monkeypatch):
     )
     before = record.read_bytes()
 
-    first = log.ensure(tmp_path / "params.yaml", tmp_path)
+    layout = Layout.at(tmp_path)
+    first = log.ensure(load_params(layout.params), layout)
     assert first["logged"] is True
     run = MlflowClient(uri).get_run(first["run_id"])
     assert run.data.metrics["universality.mean_percent_universal"] == 1.25
     assert run.data.tags["log.stands_for_run"] == "0123456789abcdef"
     assert record.read_bytes() == before  # the committed record is left alone
 
-    second = log.ensure(tmp_path / "params.yaml", tmp_path)
+    second = log.ensure(load_params(layout.params), layout)
     assert second == {**second, "logged": False, "run_id": first["run_id"]}
     experiment = MlflowClient(uri).get_experiment_by_name(
         run.info.experiment_id and "universal-neurons"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from universal_neurons.models import ModelLoadError, capture_mlp, load_model, model_shape
+from universal_neurons.models.loading import ModelLoadError, capture_mlp, load_model, model_shape
 
 
 def _hf_mlp_activations(directory, tokens):

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 from synthetic_results import EXPECTED, write_results
 
-from universal_neurons.report import build_report, training_summary
+from universal_neurons.outputs.report import build_report, training_summary
+from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.stages.report import report_sources
+
+
+def _sources(workdir: Path, seeds: list[int]):
+    """The report inputs of the workspace ``workdir`` (the report stage's layout)."""
+    return report_sources(Layout.at(workdir), seeds)
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +49,7 @@ def full_report(tmp_path_factory) -> tuple[Path, Path, dict]:
     workdir = tmp_path_factory.mktemp("results")
     documents = write_results(workdir)
     out = workdir / "report"
-    result = build_report(workdir, out, [1, 2])
+    result = build_report(_sources(workdir, [1, 2]), out)
     return workdir, out, {"documents": documents, "result": result}
 
 
@@ -86,7 +94,7 @@ def test_sections_follow_their_inputs(tmp_path):
     write_results(tmp_path)
     for path in [*(tmp_path / "metrics").iterdir(), *(tmp_path / "data").rglob("*.parquet")]:
         path.unlink()
-    result = build_report(tmp_path, tmp_path / "report", [1, 2])
+    result = build_report(_sources(tmp_path, [1, 2]), tmp_path / "report")
     assert result.sections == ["Training"]
     page = _parse(tmp_path / "report" / "index.html")
     assert page.sources == ["figures/training_curves.png"]
@@ -110,7 +118,9 @@ def test_curve_files_for_dvc_plots(full_report):
 
 def test_training_summary(full_report):
     workdir, _, _ = full_report
-    summary = training_summary(workdir / "models", [1, 2, 3])  # seed 3 has no model: skipped
+    summary = training_summary(
+        _sources(workdir, [1, 2, 3]).model_dirs
+    )  # seed 3 has no model: skipped
     assert summary["models"]["seed1"] == {
         "heldout_loss": 4.39,
         "unigram_entropy": 5.3,
@@ -125,4 +135,4 @@ def test_bad_metrics_file_is_named(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "universality.json").write_text('{"threshold": 0.5}')
     with pytest.raises(ValueError, match=r"universality.json: expected a 'models' mapping"):
-        build_report(tmp_path, tmp_path / "report", [1, 2])
+        build_report(_sources(tmp_path, [1, 2]), tmp_path / "report")

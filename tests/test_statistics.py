@@ -23,11 +23,11 @@ from click.testing import CliRunner
 from conftest import REPO_ROOT, tiny_params, tiny_params_dict
 from scipy import stats as scipy_stats
 
-from universal_neurons import statistics
-from universal_neurons.activations import analysis_tokens, excluded_token_ids, kept_mask
-from universal_neurons.models import capture_mlp, load_model, model_shape, processed_weights
-from universal_neurons.moments import StreamingMoments
-from universal_neurons.tokens import load_tokenizer, load_tokens
+from universal_neurons.analysis import statistics
+from universal_neurons.analysis.activations import analysis_tokens, excluded_token_ids, kept_mask
+from universal_neurons.analysis.moments import StreamingMoments
+from universal_neurons.models.loading import capture_mlp, load_model, model_shape, processed_weights
+from universal_neurons.text.tokens import load_tokenizer, load_tokens
 
 # ---------------------------------------------------------------- fixtures: the stage's inputs
 
@@ -145,21 +145,18 @@ def stage_inputs(tiny_group, tiny_tokens_dir, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def stage_outputs(stage_inputs, tmp_path_factory) -> dict:
     """The stats stage run on the tiny group."""
-    from stages import stats as stage
+    from universal_neurons.pipeline.layout import Layout
+    from universal_neurons.pipeline.stages import stats as stage
 
     out = tmp_path_factory.mktemp("stats_outputs")
+    data = stage_inputs["collect"].parent  # holds collect/ and universality/
+    layout = Layout.at(out, models=stage_inputs["models"], data=data)
     paths = {
-        "output_dir": out / "data" / "stats",
-        "metrics_path": out / "metrics" / "stats.json",
-        "percentiles_csv": out / "metrics" / "stats_percentiles.csv",
+        "output_dir": layout.stage_dir("stats"),
+        "metrics_path": layout.metric("stats.json"),
+        "percentiles_csv": layout.metric("stats_percentiles.csv"),
     }
-    comparison = stage.run(
-        tiny_params(),
-        models_dir=stage_inputs["models"],
-        collect_dir=stage_inputs["collect"],
-        universality_dir=stage_inputs["universality"],
-        **paths,
-    )
+    comparison = stage.run(tiny_params(), layout)
     return {"comparison": comparison, **paths}
 
 
@@ -385,7 +382,7 @@ def test_stage_writes_plots_and_csvs(stage_outputs):
 
 
 def test_letter_values_of_a_known_sample():
-    from universal_neurons.statistics_plots import letter_values
+    from universal_neurons.outputs.plots import letter_values
 
     values = np.arange(1.0, 129.0)  # n = 128: depth log2(128) - 3 = 4
     boxes, median, outliers = letter_values(values)
@@ -396,7 +393,7 @@ def test_letter_values_of_a_known_sample():
 
 
 def _invoke(*args):
-    from universal_neurons.cli import main
+    from universal_neurons.pipeline.cli import main
 
     return CliRunner().invoke(main, list(args))
 
@@ -510,7 +507,7 @@ def test_findings_cli_reads_the_stage_metrics(stage_outputs, tmp_path):
 @pytest.mark.slow
 def test_dvc_repro_runs_the_stats_stage(stage_inputs, tmp_path):
     repo = tmp_path / "repo"
-    for part in ("src", "stages", "dvc.yaml", "pyproject.toml"):
+    for part in ("src", "dvc.yaml", "pyproject.toml"):
         source = REPO_ROOT / part
         (shutil.copytree if source.is_dir() else shutil.copy)(source, repo / part)
     (repo / "params.yaml").write_text(json.dumps(tiny_params_dict(stats={"alpha": 0.05})))

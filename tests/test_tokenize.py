@@ -9,10 +9,11 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, tiny_params
 
-from stages import tokenize
 from universal_neurons.config import CorpusConfig, TokenizerConfig
-from universal_neurons.corpus import CorpusError, load_corpus
-from universal_neurons.tokens import build_tokenizer, gpt2_tokenizer, load_domains, load_tokens
+from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.stages import tokenize
+from universal_neurons.text.corpus import CorpusError, load_corpus
+from universal_neurons.text.tokens import build_tokenizer, gpt2_tokenizer, load_domains, load_tokens
 
 
 def _file_bytes(directory):
@@ -30,7 +31,7 @@ def dvc_dir_md5(directory) -> str:
 
 def test_tokenize_is_byte_identical_when_rerun(tiny_tokens_dir, tmp_path):
     again = tmp_path / "tokens"
-    tokenize.run(tiny_params(), again)
+    tokenize.run(tiny_params(), Layout.at(tmp_path, tokens=again))
     assert _file_bytes(again) == _file_bytes(tiny_tokens_dir)
 
 
@@ -51,7 +52,7 @@ def test_token_array_layout(tiny_tokens_dir):
 
 
 def test_each_sequence_comes_from_its_domain(tiny_tokens_dir):
-    from universal_neurons.tokens import load_tokenizer
+    from universal_neurons.text.tokens import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_tokens_dir)
     train = load_tokens(tiny_tokens_dir, "train")
@@ -116,5 +117,5 @@ def test_default_tokens_match_the_committed_dvc_lock(tmp_path):
     lock = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text())
     expected = lock["stages"]["tokenize"]["outs"][0]["md5"]
     out = tmp_path / "tokens"
-    tokenize.run(load_params(REPO_ROOT / "params.yaml"), out)
+    tokenize.run(load_params(REPO_ROOT / "params.yaml"), Layout.at(tmp_path, tokens=out))
     assert dvc_dir_md5(out) == expected

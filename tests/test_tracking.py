@@ -10,7 +10,7 @@ import pytest
 import yaml
 from synthetic_results import write_results
 
-from universal_neurons.tracking import (
+from universal_neurons.outputs.tracking import (
     default_tracking_uri,
     flatten_metrics,
     flatten_params,
@@ -18,6 +18,8 @@ from universal_neurons.tracking import (
     project_root,
     tracking_uri,
 )
+from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.stages.log import run_inputs
 
 
 def test_flatten_metrics_by_hand():
@@ -130,7 +132,8 @@ def test_log_run_to_sqlite(tmp_path, monkeypatch):
     uri = default_tracking_uri(tmp_path / "store")
     (tmp_path / "store").mkdir()
 
-    record = log_run(work, raw_params, [1, 2], uri=uri, exclude_outputs=["tracking/run.json"])
+    inputs = run_inputs(Layout.at(work), [1, 2])
+    record = log_run(inputs, raw_params, uri=uri, exclude_outputs=["tracking/run.json"])
 
     client = MlflowClient(uri)
     run = client.get_run(record.run_id)
@@ -185,7 +188,7 @@ def test_log_run_to_sqlite(tmp_path, monkeypatch):
 def test_ui_refuses_a_busy_port(tmp_path, monkeypatch):
     import socket
 
-    from universal_neurons.tracking import serve_ui
+    from universal_neurons.outputs.tracking import serve_ui
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
@@ -199,7 +202,7 @@ def test_ui_refuses_a_busy_port(tmp_path, monkeypatch):
 
 
 def test_ui_points_at_a_tracking_server(monkeypatch):
-    from universal_neurons.tracking import serve_ui
+    from universal_neurons.outputs.tracking import serve_ui
 
     lines = []
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")

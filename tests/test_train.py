@@ -8,8 +8,9 @@ import pytest
 from conftest import tiny_params
 from safetensors.numpy import load_file
 
-from stages import train
-from universal_neurons.train import lr_at, unigram_entropy
+from universal_neurons.models.training import lr_at, unigram_entropy
+from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.stages import train
 
 
 def test_training_beats_the_unigram_entropy(tiny_group):
@@ -63,7 +64,9 @@ def test_learning_rate_schedule():
 
 def test_unknown_seed_is_refused(tiny_tokens_dir, tmp_path):
     with pytest.raises(ValueError, match=r"--seed: 9 is not one of train.seeds \[1, 2, 3\]"):
-        train.run(tiny_params(), [9], tiny_tokens_dir, tmp_path / "m", tmp_path / "t.json")
+        train.run(
+            tiny_params(), Layout.at(tmp_path, tokens=tiny_tokens_dir, models=tmp_path / "m"), (9,)
+        )
     assert not (tmp_path / "m").exists()
 
 
@@ -73,5 +76,6 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_tokens_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="train.device: 'cuda' was asked for"):
-        train.run(tiny_params(train={"device": "cuda"}), [1], tiny_tokens_dir, tmp_path / "m", None)
+        layout = Layout.at(tmp_path, tokens=tiny_tokens_dir, models=tmp_path / "m")
+        train.run(tiny_params(train={"device": "cuda"}), layout, (1,))
     assert not (tmp_path / "m" / "seed1").exists()

@@ -9,16 +9,16 @@ import pytest
 import torch
 from conftest import tiny_params
 
-from universal_neurons.collect import load_analysis_set
-from universal_neurons.models import load_model
-from universal_neurons.pairs import correlate_group
-from universal_neurons.units import (
+from universal_neurons.analysis.activations import load_analysis_set
+from universal_neurons.analysis.pairs import correlate_group
+from universal_neurons.analysis.units import (
     UnitContext,
     UnitError,
     execute,
     merge_units,
     plan_units,
 )
+from universal_neurons.models.loading import load_model
 
 
 def test_plan_covers_pairs_blocks_and_batch_aligned_shards():
@@ -91,11 +91,13 @@ def test_missing_or_foreign_unit_files_are_named(unit_setup, tmp_path):
         merge_units(units, tmp_path, 128)
 
 
-def _run_stage(params, tiny_group, tiny_tokens_dir, out):
-    from stages import correlate
+def _run_stage(params, tiny_group, tiny_tokens_dir, root):
+    from universal_neurons.pipeline.layout import Layout
+    from universal_neurons.pipeline.stages import correlate
 
     models_dir = tiny_group[1].parent
-    return correlate.run(params, tiny_tokens_dir, models_dir, out, progress=False)
+    layout = Layout.at(root, tokens=tiny_tokens_dir, models=models_dir)
+    return correlate.run(params, layout, progress=False), layout.stage_dir("correlate")
 
 
 @pytest.mark.slow
@@ -112,8 +114,8 @@ def test_submitit_local_executor_gives_the_inline_maxima(tiny_group, tiny_tokens
             "log_dir": str(tmp_path / "submitit"),
         }
     )
-    want = _run_stage(inline, tiny_group, tiny_tokens_dir, tmp_path / "inline")
-    got = _run_stage(local, tiny_group, tiny_tokens_dir, tmp_path / "local")
+    want, inline_dir = _run_stage(inline, tiny_group, tiny_tokens_dir, tmp_path / "inline")
+    got, local_dir = _run_stage(local, tiny_group, tiny_tokens_dir, tmp_path / "local")
     assert got["units"] == {
         "units": 3 * 2 * 2,
         "pairs": 3,
@@ -125,20 +127,20 @@ def test_submitit_local_executor_gives_the_inline_maxima(tiny_group, tiny_tokens
     # the work really ran in submitit's worker processes: their logs name run_units
     logs = list((tmp_path / "submitit").glob("*_log.out"))
     assert len(logs) == 2
-    a = pd.read_parquet(tmp_path / "inline" / "max_corr.parquet")
-    b = pd.read_parquet(tmp_path / "local" / "max_corr.parquet")
+    a = pd.read_parquet(inline_dir / "max_corr.parquet")
+    b = pd.read_parquet(local_dir / "max_corr.parquet")
     pd.testing.assert_frame_equal(
         a.drop(columns="max_corr"), b.drop(columns="max_corr"), check_exact=True
     )
     assert np.nanmax(np.abs(a["max_corr"] - b["max_corr"])) <= 1e-9
     assert a["max_corr"].isna().equals(b["max_corr"].isna())
-    assert len(list((tmp_path / "local" / "units").glob("*.safetensors"))) == 12
-    summary = json.loads((tmp_path / "local" / "summary.json").read_text())
+    assert len(list((local_dir / "units").glob("*.safetensors"))) == 12
+    summary = json.loads((local_dir / "summary.json").read_text())
     assert summary["units"]["executor"] == "local"
-    from universal_neurons.correlation import CrossMoments
+    from universal_neurons.analysis.correlation import CrossMoments
 
-    pair_a, _ = CrossMoments.load(tmp_path / "inline" / "pairs" / "seed1__seed3.safetensors")
-    pair_b, _ = CrossMoments.load(tmp_path / "local" / "pairs" / "seed1__seed3.safetensors")
+    pair_a, _ = CrossMoments.load(inline_dir / "pairs" / "seed1__seed3.safetensors")
+    pair_b, _ = CrossMoments.load(local_dir / "pairs" / "seed1__seed3.safetensors")
     assert torch.allclose(pair_a.cxy, pair_b.cxy, rtol=1e-9, atol=1e-9)
 
 
@@ -150,8 +152,8 @@ def test_submitit_local_executor_gives_the_inline_maxima(tiny_group, tiny_tokens
 def test_gpu_path_bf16_models_and_bf16_products_on_cpu(unit_setup):
     """The CUDA combination (bf16 models, bf16 products, float32 accumulation, float64 merge),
     emulated on CPU: within 1e-3 of float64 products on the same bf16 activations."""
-    from universal_neurons.models import model_dtype
-    from universal_neurons.units import Unit, correlate_unit
+    from universal_neurons.analysis.units import Unit, correlate_unit
+    from universal_neurons.models.loading import model_dtype
 
     assert model_dtype("cuda") == "bfloat16" and model_dtype("cuda:1") == "bfloat16"
     assert model_dtype("cpu") == "float32"

@@ -19,18 +19,21 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from universal_neurons.activations import excluded_token_ids, kept_mask
-from universal_neurons.baseline import pair_baselines
-from universal_neurons.collect import (
+from universal_neurons.analysis.activations import (
+    excluded_token_ids,
+    kept_mask,
+    load_analysis_set,
+)
+from universal_neurons.analysis.baseline import pair_baselines
+from universal_neurons.analysis.collect import (
     NonFiniteActivationError,
     collect_model,
     kept_neuron_matrix,
-    load_analysis_set,
 )
-from universal_neurons.models import capture_mlp, load_model
-from universal_neurons.pairs import correlate_group, pair_maxima
-from universal_neurons.tokens import load_tokenizer, load_tokens
-from universal_neurons.universality import model_summary, universality_table
+from universal_neurons.analysis.pairs import correlate_group, pair_maxima
+from universal_neurons.analysis.universality import model_summary, universality_table
+from universal_neurons.models.loading import capture_mlp, load_model
+from universal_neurons.text.tokens import load_tokenizer, load_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +163,7 @@ def _wide_random_model(root: Path) -> Path:
     """An untrained one-layer GPT-2 (d_model 256, d_mlp 256): its neurons are far less
     mutually correlated than the tiny trained ones, so the rotation baseline is low."""
     from universal_neurons.config import ModelConfig
-    from universal_neurons.gpt2 import gpt2_config, init_model, save_model
+    from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model
 
     shape = ModelConfig(n_layers=1, d_model=256, n_heads=4, d_mlp=256)
     save_model(init_model(gpt2_config(shape, 512, 32, 0), seed=0), root / "wide")
@@ -270,20 +273,18 @@ def test_non_finite_activations_stop_collect_naming_model_layer_and_batch(
 def test_stages_end_to_end(tiny_group, tiny_tokens_dir, tmp_path):
     from conftest import tiny_params
 
-    from stages import baseline, collect, correlate, universality
+    from universal_neurons.pipeline.layout import Layout
+    from universal_neurons.pipeline.stages import baseline, collect, correlate, universality
 
     params = tiny_params(analysis={"max_sequences": 100}, baseline={"samples": 2})
     models_dir = tiny_group[1].parent
-    out = tmp_path / "data"
+    layout = Layout.at(tmp_path, tokens=tiny_tokens_dir, models=models_dir)
+    out = layout.data
     for seed in params.train.seeds:
-        collect.run(
-            params, seed, tiny_tokens_dir, models_dir, out / "collect" / f"seed{seed}", False
-        )
-    correlate.run(params, tiny_tokens_dir, models_dir, out / "correlate", False)
-    baseline.run(params, out / "correlate", out / "collect", out / "baseline", tmp_path / "metrics")
-    metrics = universality.run(
-        params, out / "correlate", out / "baseline", out / "universality", tmp_path / "metrics"
-    )
+        collect.run(params, layout, seed, progress=False)
+    correlate.run(params, layout, progress=False)
+    baseline.run(params, layout)
+    metrics = universality.run(params, layout)
     _, _, kept = load_analysis_set(tiny_tokens_dir, params.analysis)
 
     moments = pd.read_parquet(out / "collect" / "seed1" / "moments.parquet")

@@ -9,18 +9,29 @@ section it needs (``params.train``), never the raw YAML.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from universal_neurons.errors import UserError
+
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+# The choices of a parameter, written once; code that needs them as a tuple uses get_args.
+Device = Literal["cpu", "cuda"]
+Products = Literal["float64", "float32", "bfloat16"]
+"""Precision of the per-batch products of the correlation (accumulation is always float64)."""
+BaselineKind = Literal["rotation", "gaussian_rows"]
+GroupPreset = Literal["trained", "gpt2-small", "gpt2-medium", "pythia-160m", "custom"]
+BASELINE_KINDS: tuple[str, ...] = get_args(BaselineKind)
+PRODUCTS: tuple[str, ...] = get_args(Products)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A parameter file that cannot be used; the message names every bad key."""
 
 
@@ -125,7 +136,7 @@ class TrainConfig(_Section):
     heldout_sequences: PositiveInt = 256
     eval_every_steps: PositiveInt = 50
     checkpoint_tokens: list[PositiveInt] = Field(default_factory=list)
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Device = "cpu"
     threads: Annotated[int, Field(ge=1, le=256)] = 1
     workers: NonNegativeInt = 0
 
@@ -168,10 +179,7 @@ class AnalysisConfig(_Section):
         default_factory=lambda: ["special", "newline"]
     )
     exclude_ids: list[NonNegativeInt] = Field(default_factory=list)
-    device: Literal["cpu", "cuda"] = "cpu"
-
-
-# --- correlate / baseline / universality (issue 4) -----------------------------------------
+    device: Device = "cpu"
 
 
 class SlurmConfig(_Section):
@@ -207,9 +215,9 @@ class CorrelateConfig(_Section):
     defaults (inline, 0, 1) correlate makes its one pass over the group, as before.
     """
 
-    products: Literal["auto", "float64", "float32", "bfloat16"] = "auto"
+    products: Literal["auto", Products] = "auto"
     dead_variance: Annotated[float, Field(ge=0.0)] = 0.0
-    # --- work units and executors (issue 8, docs/scale.md) ---
+    # work units and executors (docs/scale.md)
     executor: Literal["inline", "local", "slurm"] = "inline"
     neuron_block: NonNegativeInt = 0
     token_shards: PositiveInt = 1
@@ -228,7 +236,7 @@ class BaselineConfig(_Section):
     is the baseline, their spread is reported), all from ``seed``.
     """
 
-    kind: Literal["rotation", "gaussian_rows"] = "rotation"
+    kind: BaselineKind = "rotation"
     samples: Annotated[int, Field(ge=1, le=100)] = 3
     seed: NonNegativeInt = 0
 
@@ -293,11 +301,6 @@ class FamiliesConfig(_Section):
         return neurons
 
 
-# --- model groups: the trained group or a pretrained preset (issue 8, docs/scale.md) ---------
-
-GROUP_PRESETS = ("trained", "gpt2-small", "gpt2-medium", "pythia-160m", "custom")
-
-
 class GroupConfig(_Section):
     """Which models form the group. ``trained``: the train stage's ``models/seed{s}``.
     A preset (``gpt2-small``, ``gpt2-medium``, ``pythia-160m``) or ``custom`` is put into
@@ -308,7 +311,7 @@ class GroupConfig(_Section):
     for a preset, a folder holding each member as ``<local_dir>/<repo name>``.
     """
 
-    preset: Literal["trained", "gpt2-small", "gpt2-medium", "pythia-160m", "custom"] = "trained"
+    preset: GroupPreset = "trained"
     models: dict[str, str] = Field(default_factory=dict)
     local_dir: str = ""
 

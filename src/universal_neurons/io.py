@@ -1,4 +1,5 @@
-"""Atomic outputs: everything a stage writes appears whole or not at all.
+"""Files: atomic outputs (everything a stage writes appears whole or not at all), and reading
+JSON and parquet inputs with messages that name the file.
 
 A stage writes into a temporary sibling of its output and renames it into place
 only when it has finished, so a killed run leaves the previous output intact.
@@ -18,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from universal_neurons.errors import MissingInputError, UserError
 
 
-class OutputError(OSError):
+class OutputError(UserError, OSError):
     """An output location that cannot be written."""
 
 
@@ -135,21 +136,15 @@ def write_json(path: str | Path, data: Any) -> None:
         temp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def write_npy(path: str | Path, array: np.ndarray) -> None:
-    """Write one array as ``.npy``, atomically."""
-    with atomic_path(path) as temp, temp.open("wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-
-
 def read_json(path: str | Path) -> Any:
     """Read a JSON file, naming the file when it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found (run the stage that writes it)")
+        raise MissingInputError(f"{path}: file not found (run the stage that writes it)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
 def read_parquet(path: str | Path, stage: str):
@@ -159,12 +154,12 @@ def read_parquet(path: str | Path, stage: str):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found (run the {stage} stage first)")
+        raise MissingInputError(f"{path}: file not found (run the {stage} stage first)")
     try:
         return pd.read_parquet(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         reason = str(exc).replace(f"Could not open Parquet input source '{path}': ", "")
-        raise ValueError(
+        raise UserError(
             f"{path}: not a readable parquet file ({reason}); rerun the {stage} stage "
             "or restore it with `dvc checkout`"
         ) from None

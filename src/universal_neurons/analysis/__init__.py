@@ -1,0 +1,1 @@
+"""Analysis: streaming statistics of neuron activations, universality, neuron statistics, families."""

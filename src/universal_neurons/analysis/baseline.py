@@ -1,0 +1,158 @@
+"""The random-rotation baseline, computed analytically from the correlation statistics.
+
+For a neuron i of model a and partner model m, the baseline is the largest correlation
+of x_i with any direction of m's rotated neuron space: per layer l, ``ỹ_l = Q_l y_l``
+with ``Q_l`` a seeded Haar-random orthogonal ``[d_mlp, d_mlp]`` matrix. No second pass
+over the data is needed, because for any fixed matrix M::
+
+    Cov(x, M y_l) = Cov(x, y_l) Mᵀ        Var((M y_l)_j) = (M Σ_ll Mᵀ)_jj
+
+with Σ_ll the within-layer covariance of m (from collect). ``gaussian_rows`` uses the
+paper's matrix instead: Gaussian entries, each row scaled to unit norm (not orthogonal).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from universal_neurons.analysis.correlation import MaxCorrelation, row_max
+from universal_neurons.config import BASELINE_KINDS
+from universal_neurons.errors import UserError
+
+
+def haar_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-random orthogonal ``[d, d]`` float64 matrix: QR of a Gaussian, columns sign-fixed.
+
+    Multiplying Q's columns by sign(diag(R)) makes the factorisation unique, which is what
+    makes Q Haar-distributed (Mezzadri 2007).
+    """
+    gaussian = rng.standard_normal((d, d))
+    q, r = np.linalg.qr(gaussian)
+    signs = np.sign(np.diag(r))
+    signs[signs == 0] = 1.0
+    return q * signs[None, :]
+
+
+def gaussian_rows(d: int, rng: np.random.Generator) -> np.ndarray:
+    """The paper's baseline matrix ``[d, d]``: standard Gaussian entries, every row of unit norm."""
+    gaussian = rng.standard_normal((d, d))
+    return gaussian / np.linalg.norm(gaussian, axis=1, keepdims=True)
+
+
+def mixing_matrices(
+    kind: str, n_layers: int, d_mlp: int, seed: int, partner: int, sample: int
+) -> np.ndarray:
+    """``[n_layers, d_mlp, d_mlp]`` float64 baseline matrices of one partner model and one draw.
+
+    Reproducible: layer l's matrix is drawn from ``SeedSequence([seed, partner, sample, l])``,
+    so the same partner gets the same matrices whichever model it is compared with.
+    """
+    draw = {"rotation": haar_orthogonal, "gaussian_rows": gaussian_rows}.get(kind)
+    if draw is None:
+        raise UserError(f"baseline.kind: expected one of {', '.join(BASELINE_KINDS)}, got {kind!r}")
+    return np.stack(
+        [
+            draw(
+                d_mlp, np.random.default_rng(np.random.SeedSequence([seed, partner, sample, layer]))
+            )
+            for layer in range(n_layers)
+        ]
+    )
+
+
+@torch.no_grad()
+def mixed_max_correlation(
+    covariance: torch.Tensor,
+    var_x: torch.Tensor,
+    within_cov: torch.Tensor,
+    matrices: torch.Tensor,
+    dead_variance: float = 0.0,
+) -> MaxCorrelation:
+    """Per x neuron, the max correlation with any mixed partner direction ``M_l y_l``.
+
+    ``covariance [n_x, n_layers * d_mlp]``: population cross-covariance of x with the partner's
+    neurons (layer-major); ``var_x [n_x]``; ``within_cov [n_layers, d_mlp, d_mlp]``: the
+    partner's within-layer covariance; ``matrices [n_layers, d_mlp, d_mlp]``. The argmax
+    indexes the mixed directions (``layer * d_mlp + j``). Everything in float64.
+    """
+    n_layers, d_mlp, _ = matrices.shape
+    covariance = covariance.to(torch.float64)
+    matrices = matrices.to(device=covariance.device, dtype=torch.float64)
+    within_cov = within_cov.to(device=covariance.device, dtype=torch.float64)
+    sx = torch.where(var_x > dead_variance, var_x.sqrt(), torch.nan).to(covariance.device)
+    parts = []
+    for layer in range(n_layers):
+        m = matrices[layer]
+        cov_mixed = covariance[:, layer * d_mlp : (layer + 1) * d_mlp] @ m.T  # [n_x, d_mlp]
+        var_mixed = ((m @ within_cov[layer]) * m).sum(dim=1)  # diag(M Σ Mᵀ)
+        sy = torch.where(var_mixed > dead_variance, var_mixed.clamp_min(0).sqrt(), torch.nan)
+        parts.append(cov_mixed / sx[:, None] / sy[None, :])
+    return row_max(torch.cat(parts, dim=1))
+
+
+def pair_baselines(
+    stats,
+    names: tuple[str, str],
+    partner_ids: tuple[int, int],
+    within: tuple[np.ndarray, np.ndarray],
+    kind: str,
+    samples: int,
+    seed: int,
+    dead_variance: float = 0.0,
+):
+    """Both directions of one pair's baseline, all draws: a long table.
+
+    ``stats``: the pair's ``CrossMoments`` (x = ``names[0]``, y = ``names[1]``);
+    ``partner_ids``: the integers that seed each model's matrices (its training seed);
+    ``within``: each model's within-layer covariance ``[layers, d_mlp, d_mlp]``.
+    Rows ``model, partner, sample, layer, index, baseline`` (NaN for dead neurons).
+    """
+    import pandas as pd
+
+    n_layers, d_mlp = within[0].shape[0], within[0].shape[1]
+    cov = stats.covariance()
+    sides = [
+        (names[0], names[1], cov, stats.var_x(), within[1], partner_ids[1]),
+        (names[1], names[0], cov.T, stats.var_y(), within[0], partner_ids[0]),
+    ]
+    frames = []
+    for model, partner, covariance, var_x, partner_within, partner_id in sides:
+        within_t = torch.as_tensor(partner_within, dtype=torch.float64)
+        for sample in range(samples):
+            matrices = mixing_matrices(kind, n_layers, d_mlp, seed, partner_id, sample)
+            result = mixed_max_correlation(
+                covariance, var_x, within_t, torch.as_tensor(matrices), dead_variance
+            )
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "model": model,
+                        "partner": partner,
+                        "sample": sample,
+                        "layer": np.repeat(np.arange(n_layers, dtype=np.int64), d_mlp),
+                        "index": np.tile(np.arange(d_mlp, dtype=np.int64), n_layers),
+                        "baseline": result.max_corr,
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def baseline_spread(table) -> dict:
+    """Per model: the mean baseline over its live neurons and partners, and the standard
+    deviation of that mean across the draws (the spread of the baseline)."""
+    out = {}
+    for model, rows in table.groupby("model", sort=False):
+        per_sample = rows.groupby("sample")["baseline"].mean()
+        out[str(model)] = {
+            "mean_baseline": _finite(rows["baseline"].mean()),
+            "sample_std": _finite(per_sample.std(ddof=0)) if len(per_sample) > 1 else 0.0,
+            "sample_means": [_finite(v) for v in per_sample],
+        }
+    return out
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None

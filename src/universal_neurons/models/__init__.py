@@ -1,0 +1,1 @@
+"""Models: the GPT-2 architecture, its training, loading through TransformerLens, pretrained groups."""

@@ -1,0 +1,113 @@
+"""Model groups: the paper's pretrained seed groups as presets, resolved to hub ids or local dirs.
+
+Member ``i`` (1-based) of a group becomes ``models/seed{i}`` (the fetch stage), so every
+analysis stage runs on it unchanged; ``models/seed{i}/source.json`` records what it is.
+Hub ids are those TransformerLens lists in ``transformer_lens.supported_models``
+(TransformerLens aliases ``stanford-gpt2-small-a`` ... ``-e``, ``stanford-gpt2-medium-a``
+... ``-e``, ``pythia-160m-seed1`` ... ``-seed3``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from universal_neurons.config import GroupConfig
+from universal_neurons.errors import UserError
+from universal_neurons.models.loading import resolve_model_source
+
+PRESETS: dict[str, list[str]] = {
+    "gpt2-small": [  # the paper's GPT2-small seeds a-e (Mistral / stanford-crfm)
+        "stanford-crfm/alias-gpt2-small-x21",
+        "stanford-crfm/battlestar-gpt2-small-x49",
+        "stanford-crfm/caprica-gpt2-small-x81",
+        "stanford-crfm/darkmatter-gpt2-small-x343",
+        "stanford-crfm/expanse-gpt2-small-x777",
+    ],
+    "gpt2-medium": [  # GPT2-medium seeds a-e
+        "stanford-crfm/arwen-gpt2-medium-x21",
+        "stanford-crfm/beren-gpt2-medium-x49",
+        "stanford-crfm/celebrimbor-gpt2-medium-x81",
+        "stanford-crfm/durin-gpt2-medium-x343",
+        "stanford-crfm/eowyn-gpt2-medium-x777",
+    ],
+    "pythia-160m": [  # Pythia-160m trained with seeds 1-3
+        "EleutherAI/pythia-160m-seed1",
+        "EleutherAI/pythia-160m-seed2",
+        "EleutherAI/pythia-160m-seed3",
+    ],
+}
+
+
+class GroupError(UserError):
+    """A group that cannot be resolved; the message names the parameter."""
+
+
+def group_members(config: GroupConfig) -> list[tuple[str, str]]:
+    """``[(label, source)]`` in seed order (member i is seed i): source = local dir or hub id.
+
+    For a preset, a member's source is, in order: ``group.models[repo name or hub id]``,
+    ``<group.local_dir>/<repo name>`` when ``local_dir`` is set, else the hub id.
+    """
+    if config.preset == "trained":
+        raise GroupError("group.preset=trained: the models come from the train stage, not fetch")
+    if config.preset == "custom":
+        return list(config.models.items())
+    members = []
+    known = set()
+    for hub_id in PRESETS[config.preset]:
+        repo = hub_id.split("/", 1)[1]
+        known.update((repo, hub_id))
+        source = config.models.get(repo) or config.models.get(hub_id)
+        if source is None:
+            source = str(Path(config.local_dir) / repo) if config.local_dir else hub_id
+        members.append((repo, source))
+    unknown = sorted(set(config.models) - known)
+    if unknown:
+        raise GroupError(
+            f"group.models: {unknown} are not members of the {config.preset} preset "
+            f"({', '.join(hub.split('/', 1)[1] for hub in PRESETS[config.preset])})"
+        )
+    return members
+
+
+def member(config: GroupConfig, seed: int, seeds: list[int]) -> tuple[str, str]:
+    """``(label, source)`` of seed ``seed`` (1-based member number); checks ``train.seeds``."""
+    members = group_members(config)
+    bad = [s for s in seeds if not 1 <= s <= len(members)]
+    if bad:
+        raise GroupError(
+            f"train.seeds: {bad} are not members of group {config.preset} "
+            f"(seeds 1..{len(members)} = {', '.join(label for label, _ in members)})"
+        )
+    if seed not in seeds:
+        raise GroupError(f"--seed: {seed} is not one of train.seeds {seeds}")
+    return members[seed - 1]
+
+
+def fetch_model(label: str, source: str, output_dir: Path) -> dict:
+    """Write the model ``source`` (local dir or hub id) to ``output_dir`` in Hugging Face format.
+
+    Weights as safetensors (converted from ``*.bin`` if needed), config and tokenizer
+    files, and ``source.json`` (``label, source``). Nothing is downloaded when ``source``
+    is a local directory; a hub id needs the hub (else a clear ``ModelLoadError``).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_model_source(source)
+    model = AutoModelForCausalLM.from_pretrained(resolved)
+    output_dir.mkdir(parents=True)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    try:
+        AutoTokenizer.from_pretrained(resolved).save_pretrained(output_dir)
+        tokenizer = True
+    except (OSError, ValueError):
+        tokenizer = False  # a model without tokenizer files: tokenizer.path must name another
+    info = {
+        "label": label,
+        "source": source,
+        "architecture": type(model).__name__,
+        "tokenizer": tokenizer,
+    }
+    (output_dir / "source.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info

@@ -1,0 +1,267 @@
+"""Loading models for analysis through TransformerLens, and the checks of a group's models.
+
+Every TransformerLens call of the project lives in this module. We use
+transformer-lens 4.x's ``TransformerBridge`` (``boot_transformers`` +
+``enable_compatibility_mode()``): it loads any Hugging Face GPT-2 or GPT-NeoX
+directory or hub id with the same code, and gives the weight processing of the
+paper (LayerNorm folded, writing weights and unembedding centred) with the
+familiar hook names ``blocks.{l}.mlp.hook_pre`` / ``blocks.{l}.mlp.hook_post``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from universal_neurons.errors import UserError
+from universal_neurons.hub import hub_reachable
+from universal_neurons.text.tokens import TokensError
+
+
+class ModelLoadError(UserError):
+    """A model that cannot be loaded; the message names it and says what to do."""
+
+
+def _check_local_model(directory: Path) -> None:
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"{directory}: model directory has no config.json")
+    weights = list(directory.glob("*.safetensors")) + list(directory.glob("*.bin"))
+    if not weights:
+        raise ModelLoadError(f"{directory}: model directory has no weights (*.safetensors)")
+    for path in directory.glob("*.safetensors"):
+        _check_safetensors(path)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Stop early on a truncated or corrupt safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                handle.get_slice(key)
+    except Exception as exc:  # safetensors raises several types for the same fault
+        raise ModelLoadError(
+            f"{path}: unreadable safetensors file ({exc}); re-create or re-pull it"
+        ) from None
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+    if header_len + 8 > size:
+        raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes)")
+
+
+def resolve_model_source(spec: str, weights: bool = True) -> str:
+    """A local model directory, or a hub id if the hub can be reached; else a clear error.
+
+    ``weights=False``: only the directory's existence is checked (a tokenizer is read).
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{spec}: expected a model directory, got a file")
+        if weights:
+            _check_local_model(path)
+        return str(path.resolve())
+    local_parent = path.parent != Path(".") and path.parent.is_dir()
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or local_parent:
+        raise ModelLoadError(f"{spec}: model directory does not exist")
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"{spec}: not a local directory, and the Hugging Face hub cannot be reached "
+            "(offline). Download the model elsewhere (e.g. `huggingface-cli download "
+            f"{spec} --local-dir DIR`) and give its local directory instead."
+        )
+    return spec
+
+
+def load_model(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a model through TransformerLens with the paper's weight processing.
+
+    ``spec`` is a local Hugging Face model directory or a hub id
+    (e.g. ``stanford-crfm/alias-gpt2-small-x21``). Returns a ``TransformerBridge`` in
+    eval mode with LayerNorm folded and writing weights / unembedding centred.
+    """
+    import logging
+
+    from transformer_lens import TransformerBridge
+
+    source = resolve_model_source(spec)
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    try:
+        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"{spec}: TransformerLens could not load the model ({exc})") from exc
+    bridge.enable_compatibility_mode()
+    bridge.eval()
+    return bridge
+
+
+def model_tokenizer(path: str) -> Tokenizer:
+    """The tokenizer saved with a model (``tokenizer.kind: model``): a local model directory,
+    or a hub id when the hub can be reached. Returns its fast (``tokenizers``) tokenizer."""
+    from transformers import AutoTokenizer
+
+    try:
+        source = resolve_model_source(path, weights=False)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (ModelLoadError, OSError, ValueError) as exc:
+        raise TokensError(f"tokenizer.path: {exc}") from None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TokensError(f"tokenizer.path: {path} has no fast tokenizer (tokenizer.json)")
+    return backend
+
+
+def model_dtype(device: str) -> str:
+    """The dtype correlate runs models in: ``bfloat16`` on CUDA (half the memory and
+    bandwidth; the correlation products are bf16 there anyway), ``float32`` on CPU."""
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def model_shape(model) -> tuple[int, int]:
+    """``(n_layers, d_mlp)`` of a loaded model."""
+    return int(model.cfg.n_layers), int(model.cfg.d_mlp)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the checks of a group need to know of a model: its MLP shape, its vocabulary size
+    (embedding rows) and the longest context it accepts (tokens)."""
+
+    n_layers: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+
+
+def model_spec(model) -> ModelSpec:
+    """The ``ModelSpec`` of a loaded model."""
+    cfg = model.cfg
+    return ModelSpec(int(cfg.n_layers), int(cfg.d_mlp), int(cfg.d_vocab), int(cfg.n_ctx))
+
+
+def config_shape(directory: str | Path) -> tuple[int, int]:
+    """``(n_layers, d_mlp)`` from a Hugging Face GPT-2 or GPT-NeoX ``config.json``, without
+    loading the model."""
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{config_path}: not found; not a model directory")
+    config = json.loads(config_path.read_text())
+    n_layers = int(config.get("n_layer", config.get("num_hidden_layers", 0)))
+    d_mlp = config.get("n_inner") or config.get("intermediate_size") or 4 * int(config["n_embd"])
+    return n_layers, int(d_mlp)
+
+
+def mlp_hook_name(layer: int, kind: str = "post") -> str:
+    """Hook point of layer ``layer``'s MLP activations: ``post`` (after the nonlinearity) or ``pre``."""
+    if kind not in ("pre", "post"):
+        raise ValueError(f"kind: expected 'pre' or 'post', got {kind!r}")
+    return f"blocks.{layer}.mlp.hook_{kind}"
+
+
+class _StopForward(Exception):
+    """Raised by the last hook to skip the rest of the forward pass."""
+
+
+@torch.no_grad()
+def capture_mlp(
+    model,
+    tokens: torch.Tensor,
+    kinds: tuple[str, ...] = ("post",),
+    layers: range | None = None,
+) -> dict[str, torch.Tensor]:
+    """MLP activations of every layer (or of the consecutive ``layers``) for a batch.
+
+    ``tokens``: ``[batch, pos]`` token ids. Returns, per kind in ``kinds``, a tensor
+    ``[len(layers), batch, pos, d_mlp]`` in the model's dtype. The forward pass stops
+    after the last captured layer's MLP (nothing after it is needed).
+    """
+    n_layers, _ = model_shape(model)
+    layers = range(n_layers) if layers is None else layers
+    captured: dict[str, list[torch.Tensor | None]] = {kind: [None] * len(layers) for kind in kinds}
+    last = (layers[-1], "post" if "post" in kinds else "pre")  # the hook that fires last
+
+    def hook_for(layer: int, kind: str):
+        def hook(activation: torch.Tensor, hook) -> None:
+            captured[kind][layer - layers.start] = activation.detach()
+            if (layer, kind) == last:
+                raise _StopForward
+
+        return hook
+
+    hooks = [
+        (mlp_hook_name(layer, kind), hook_for(layer, kind)) for layer in layers for kind in kinds
+    ]
+    with contextlib.suppress(_StopForward):
+        model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return {kind: torch.stack(acts) for kind, acts in captured.items()}  # type: ignore[arg-type]
+
+
+def processed_weights(model) -> dict[str, torch.Tensor]:
+    """The processed weights the neuron statistics use.
+
+    ``W_in [layers, d_model, d_mlp]``, ``b_in [layers, d_mlp]``,
+    ``W_out [layers, d_mlp, d_model]``, ``W_U [d_model, vocab]``.
+    """
+    return {
+        "W_in": model.W_in.detach().float().cpu(),
+        "b_in": model.b_in.detach().float().cpu(),
+        "W_out": model.W_out.detach().float().cpu(),
+        "W_U": model.W_U.detach().float().cpu(),
+    }
+
+
+# --- checks at the boundary of the analysis stages ---
+
+
+def check_device(device: str, key: str = "analysis.device") -> None:
+    """Stop before loading anything when ``device`` asks for CUDA on a machine without it."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"{key}: {device!r} was asked for, but no CUDA device is available")
+
+
+def check_group(specs: dict[str, ModelSpec]) -> None:
+    """Models of one group must share their MLP shape and their vocabulary (tokenizer).
+
+    ``specs``: ``{name: ModelSpec}``. The message lists each model's value.
+    """
+    shapes = {name: (spec.n_layers, spec.d_mlp) for name, spec in specs.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(
+            f"{name} {n_layers}x{d_mlp}" for name, (n_layers, d_mlp) in shapes.items()
+        )
+        raise ModelLoadError(
+            f"models of a group must have the same (n_layers x d_mlp), got {listed}"
+        )
+    vocab = {name: spec.d_vocab for name, spec in specs.items()}
+    if len(set(vocab.values())) > 1:
+        listed = ", ".join(f"{name} {size}" for name, size in vocab.items())
+        raise ModelLoadError(
+            "models of a group must share one tokenizer, but their vocabulary sizes differ: "
+            f"{listed}"
+        )
+
+
+def check_fits_tokens(spec: ModelSpec, name: str, tokens, vocab_size: int, source: str) -> None:
+    """Stop if the token set ``tokens [sequences, context]`` (of a tokenizer with ``vocab_size``
+    ids, read from ``source``) cannot be fed to the model ``name``: a context longer than the
+    model's, or another tokenizer (vocabulary size). A model whose embedding is the
+    tokenizer's size padded up to a multiple of 128 (Pythia: 50,277 ids, 50,304 rows) fits."""
+    d_vocab = spec.d_vocab
+    padded = d_vocab % 128 == 0 and vocab_size < d_vocab < vocab_size + 128
+    if d_vocab != vocab_size and not padded:
+        raise ModelLoadError(
+            f"model {name} has a vocabulary of {d_vocab} tokens, but the token "
+            f"set's tokenizer {source} has {vocab_size}: they do not share a tokenizer"
+        )
+    if tokens.shape[1] > spec.n_ctx:
+        raise ModelLoadError(
+            f"model {name} accepts at most {spec.n_ctx} tokens of context, but the "
+            f"token set has sequences of {tokens.shape[1]} (tokens.context)"
+        )

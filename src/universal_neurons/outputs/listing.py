@@ -1,0 +1,96 @@
+"""The most universal neurons of a model as a table (``universal-neurons show``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from universal_neurons.errors import MissingInputError, UserError
+
+SHOW_COLUMNS = (
+    "layer",
+    "index",
+    "is_universal",
+    "excess_corr",
+    "max_corr",
+    "max_baseline",
+    "w_in_norm",
+    "w_out_norm",
+    "input_bias",
+    "skew",
+    "kurt",
+    "sparsity",
+    "vocab_kurt",
+)
+"""The key statistics ``universal-neurons show`` lists."""
+
+
+def find_table(model: str, stats_dir: Path, name: str) -> Path:
+    """The neuron table of ``model``: ``model`` itself when it is a ``.parquet`` path, else
+    ``{stats_dir}/{name}.parquet`` (``name``: the model's name, e.g. ``seed1``); a clear error
+    naming the known models otherwise."""
+    candidate, stats_dir = Path(model), Path(stats_dir)
+    if candidate.suffix == ".parquet":
+        if not candidate.is_file():
+            raise MissingInputError(f"{candidate}: neuron table not found")
+        return candidate
+    path = stats_dir / f"{name}.parquet"
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in stats_dir.glob("*.parquet")) if stats_dir.is_dir() else []
+    raise UserError(
+        f"MODEL: unknown model {model!r}; "
+        + (
+            f"known models in {stats_dir}: {', '.join(known)}"
+            if known
+            else f"{stats_dir} has no neuron tables (run `dvc repro stats`)"
+        )
+    )
+
+
+def _check_listing(table: pd.DataFrame, sort: str, layer: int | None, top: int) -> None:
+    """Stop on a sort column, a count or a layer the table does not have."""
+    if sort not in table.columns:
+        raise UserError(
+            f"--sort: unknown column {sort!r}; columns: {', '.join(map(str, table.columns))}"
+        )
+    if top <= 0:
+        raise UserError(f"--top: expected a positive number, got {top}")
+    if layer is not None:
+        layers = sorted(table["layer"].unique())
+        if layer not in layers:
+            raise UserError(f"--layer: no layer {layer}; the model has layers {layers}")
+
+
+def top_neurons(
+    table: pd.DataFrame,
+    sort: str = "excess_corr",
+    layer: int | None = None,
+    top: int = 20,
+    ascending: bool = False,
+    universal_only: bool = False,
+) -> pd.DataFrame:
+    """The ``top`` neurons by ``sort`` (descending unless ``ascending``; NaN last), with
+    ``SHOW_COLUMNS`` plus the sort column; only ``layer`` if given."""
+    _check_listing(table, sort, layer, top)
+    if layer is not None:
+        table = table[table["layer"] == layer]
+    if universal_only:
+        table = table[table["is_universal"].astype(bool)]
+    columns = list(SHOW_COLUMNS) + ([sort] if sort not in SHOW_COLUMNS else [])
+    ordered = table.sort_values(
+        [sort, "layer", "index"],
+        ascending=[ascending, True, True],
+        na_position="last",
+        kind="stable",
+    )
+    return ordered[columns].head(top).reset_index(drop=True)
+
+
+def format_listing(listing: pd.DataFrame, output_format: str) -> str:
+    """``table``: aligned text, 4 significant digits; ``csv``: comma-separated with a header
+    (ends with a newline)."""
+    if output_format == "csv":
+        return listing.to_csv(index=False)
+    return listing.to_string(index=False, float_format=lambda v: f"{v:.4g}")

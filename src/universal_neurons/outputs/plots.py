@@ -1,0 +1,301 @@
+"""Every figure of the project (matplotlib, drawn off-screen with Agg, saved as PNG).
+
+Every function takes plain numbers or tables, draws one figure, writes it to ``path`` and
+closes it, so a long run does not pile up open figures.
+
+- The report (``report/figures``): ``per_layer_lines``, ``correlation_vs_baseline``,
+  ``grouped_bars``, ``training_curves``; saved without a timestamp (``save``).
+- The neuron statistics (``data/stats/plots``): ``plot_percentile_boxen``, the paper's
+  figure: for each metric, the distribution of the within-layer percentiles of the universal
+  neurons, pooled over the models, as a letter-value ("boxen") plot: the innermost box spans
+  the quartiles, each further box the next pair of letter values (12.5-87.5 %,
+  6.25-93.75 %, ...), the line is the median, points beyond the last box are drawn singly. A
+  random set of neurons would sit around 50; a metric whose boxes sit high (low) is one where
+  universal neurons have larger (smaller) values than the other neurons of their layer.
+  ``plot_per_layer``: one panel per metric, the median per layer of the universal and of
+  the other live neurons, one line per model.
+- The families (``metrics/families_per_layer.png``): ``plot_family_counts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from universal_neurons.analysis.families import FAMILIES, UNEXPLAINED, VOCAB_FAMILIES  # noqa: E402
+from universal_neurons.analysis.statistics import (  # noqa: E402
+    METRICS,
+    per_layer_medians,
+    percentile_column,
+)
+
+# ----------------------------------------------------------------------------- the report
+
+DPI = 110
+
+
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG (no timestamp in the file, so equal inputs give equal bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def per_layer_lines(
+    values: Mapping[str, Sequence[float]], ylabel: str, title: str, path: str | Path
+) -> Path:
+    """One line per model over layers: ``values[model][layer]``."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for model, per_layer in values.items():
+        ax.plot(range(len(per_layer)), per_layer, marker="o", label=model)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return save(fig, path)
+
+
+def correlation_vs_baseline(
+    corr: np.ndarray,
+    baseline: np.ndarray,
+    excess: np.ndarray,
+    threshold: float,
+    title: str,
+    path: str | Path,
+) -> Path:
+    """Left: histograms of max correlation and max rotation baseline ``[neurons]``;
+    right: histogram of excess correlation with the universality threshold."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    bins = np.linspace(-0.1, 1.0, 45)
+    left.hist(corr, bins=bins, alpha=0.6, label="max correlation")
+    left.hist(baseline, bins=bins, alpha=0.6, label="max baseline (rotated)")
+    left.set_xlabel("correlation")
+    left.set_ylabel("neurons")
+    left.set_yscale("log")
+    left.legend(fontsize="small")
+    right.hist(excess, bins=45, color="tab:green", alpha=0.8)
+    right.axvline(threshold, color="black", linestyle="--", label=f"τ = {threshold:g}")
+    right.set_xlabel("excess correlation (mean corr − mean baseline)")
+    right.set_yscale("log")
+    right.legend(fontsize="small")
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+def grouped_bars(
+    categories: Sequence[str],
+    groups: Mapping[str, Sequence[float]],
+    ylabel: str,
+    title: str,
+    path: str | Path,
+    stacked: bool = False,
+) -> Path:
+    """Bars per category, one bar (or one stacked segment) per group: ``groups[g][category]``."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(categories) + 2), 3.8))
+    x = np.arange(len(categories))
+    names = list(groups)
+    width = 0.8 if stacked else 0.8 / max(1, len(names))
+    bottom = np.zeros(len(categories))
+    for i, name in enumerate(names):
+        heights = np.asarray(groups[name], dtype=float)
+        if stacked:
+            ax.bar(x, heights, width, bottom=bottom, label=name)
+            bottom += heights
+        else:
+            ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=name)
+    ax.set_xticks(x, categories, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return save(fig, path)
+
+
+def training_curves(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]], path: str | Path
+) -> Path:
+    """Loss (nats/token) over training tokens: ``curves[model][column] = [(tokens, loss)]``,
+    columns ``train_loss`` (thin) and ``heldout_loss`` (thick, markers)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for i, (model, columns) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        train = columns.get("train_loss") or []
+        heldout = columns.get("heldout_loss") or []
+        if train:
+            ax.plot(*zip(*train, strict=True), color=color, alpha=0.35, linewidth=0.8)
+        if heldout:
+            ax.plot(*zip(*heldout, strict=True), color=color, marker=".", label=model)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("Training: train loss (thin) and held-out loss (markers)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return save(fig, path)
+
+
+# ----------------------------------------------------------------------------- neuron statistics
+
+
+def letter_values(values: np.ndarray) -> tuple[list[tuple[float, float]], float, np.ndarray]:
+    """Letter-value boxes of a sample: ``(boxes, median, outliers)``.
+
+    ``boxes[k]`` = the quantiles ``(2^-(k+2), 1 - 2^-(k+2))``: quartiles first, then
+    eighths, ... The depth is Tukey's rule ``max(1, floor(log2 n) - 3)``.
+    """
+    values = np.sort(np.asarray(values, dtype=np.float64))
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return [], float("nan"), values
+    depth = max(1, int(np.floor(np.log2(len(values)))) - 3)
+    boxes = [
+        (float(np.quantile(values, 0.5 ** (k + 2))), float(np.quantile(values, 1 - 0.5 ** (k + 2))))
+        for k in range(depth)
+    ]
+    low, high = boxes[-1]
+    outliers = values[(values < low) | (values > high)]
+    return boxes, float(np.median(values)), outliers
+
+
+def _boxen_row(ax: plt.Axes, y: int, values: np.ndarray, cmap) -> None:
+    """The letter-value boxes, median line and outliers of one sample at height ``y``."""
+    boxes, median, outliers = letter_values(values)
+    for k, (low, high) in enumerate(boxes):
+        height = 0.8 * (1 - k / (len(boxes) + 1))
+        shade = cmap(0.75 - 0.5 * k / max(1, len(boxes)))
+        ax.add_patch(
+            Rectangle(
+                (low, y - height / 2),
+                high - low,
+                height,
+                facecolor=shade,
+                edgecolor="k",
+                lw=0.5,
+            )
+        )
+    if boxes:
+        ax.plot([median, median], [y - 0.4, y + 0.4], color="k", lw=1.5)
+        ax.plot(outliers, np.full(len(outliers), y), "k.", ms=3)
+
+
+def plot_percentile_boxen(
+    tables: Mapping[str, pd.DataFrame], path: str | Path, metrics: Sequence[str] = METRICS
+) -> None:
+    """Boxen plot of the universal neurons' within-layer percentiles per metric, pooled over models."""
+    pooled = pd.concat(
+        [t[(~t["dead"].astype(bool)) & t["is_universal"].astype(bool)] for t in tables.values()]
+    )
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(metrics) + 1.5))
+    cmap = plt.get_cmap("Blues")
+    for row, metric in enumerate(metrics):
+        _boxen_row(ax, len(metrics) - 1 - row, pooled[percentile_column(metric)].to_numpy(), cmap)
+    ax.axvline(50, color="grey", ls="--", lw=1)
+    ax.set_yticks(range(len(metrics)), list(reversed(metrics)))
+    ax.set_ylim(-0.7, len(metrics) - 0.3)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("within-layer percentile of universal neurons")
+    ax.set_title(f"Universal neurons ({len(pooled)}, {len(tables)} models) vs their layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _median_lines(axes, medians: pd.DataFrame, metrics: Sequence[str], model: str, colour) -> None:
+    """One model's per-layer medians: universal (solid) and other (dashed), one panel per metric."""
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for group, style in (("universal", "-"), ("other", "--")):
+            part = medians[medians["group"] == group]
+            if part.empty:
+                continue
+            ax.plot(
+                part["layer"],
+                part[metric],
+                style,
+                marker="o",
+                ms=3,
+                color=colour,
+                label=f"{model} {group}",
+            )
+
+
+def plot_per_layer(
+    tables: Mapping[str, pd.DataFrame], path: str | Path, metrics: Sequence[str] = METRICS
+) -> None:
+    """Per metric: median per layer of universal (solid) and other (dashed) live neurons, per model."""
+    columns = 4
+    rows = int(np.ceil(len(metrics) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for number, (model, table) in enumerate(tables.items()):
+        medians = per_layer_medians(table, metrics)
+        _median_lines(axes, medians, metrics, model, colours(number % 10))
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=7, ncol=2)
+    fig.suptitle("Median per layer: universal (solid) vs other (dashed) neurons")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- families
+
+
+def _family_bars(ax: plt.Axes, entry: dict, model: str, names: list[str], colours) -> None:
+    """One model's universal neurons per family (one bar each) and layer."""
+    per_layer = entry["counts_per_layer"]
+    n_layers = len(per_layer.get(UNEXPLAINED, []))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        ax.bar(
+            np.arange(n_layers) + (j - len(names) / 2 + 0.5) * width,
+            per_layer.get(name, [0] * n_layers),
+            width,
+            label=name,
+            color=colours[j],
+        )
+    ax.set_title(f"{model}: {entry['n_universal']} universal neurons")
+    ax.set_xlabel("layer")
+    ax.set_xticks(range(n_layers))
+    ax.set_ylabel("neurons")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
+def plot_family_counts(metrics: dict, path: str | Path) -> None:
+    """Bar chart per model: universal neurons of each family per layer (PNG).
+
+    ``metrics``: the ``metrics/families.json`` document (``families.family_metrics`` per model).
+    """
+    models = list(metrics["models"])
+    fig, axes = plt.subplots(
+        1, max(len(models), 1), figsize=(4.5 * max(len(models), 1), 3.6), squeeze=False
+    )
+    names = [*FAMILIES, *VOCAB_FAMILIES]
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, len(names)))
+    for ax, model in zip(axes[0], models, strict=False):
+        _family_bars(ax, metrics["models"][model], model, names, colours)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,87 @@
+"""The ``universal-neurons`` command line, built from the registry of commands.
+
+``dvc.yaml`` calls one subcommand per stage; each loads the parameter file once (``--params``)
+and hands the typed parameters and the project's ``Layout`` to the command's ``run``. A
+user's mistake (``errors.UserError``: a bad parameter, option or input) ends with
+``error: <message>`` on stderr and exit status 2; any other exception is a bug or a failure
+of the environment and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from universal_neurons.config import DEFAULT_PARAMS_PATH, load_params
+from universal_neurons.errors import UserError
+from universal_neurons.pipeline.command import Command
+from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.registry import command, command_modules, command_names
+
+params_option = click.option(
+    "--params",
+    "params_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_PARAMS_PATH,
+    show_default=True,
+    help="Parameter file.",
+)
+
+
+def _close_progress_bars() -> None:
+    """End open tqdm bars so that an error message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def run_command(declared: Command, params_path: Path | None, options: dict[str, Any]) -> Any:
+    """Run ``declared`` in the project's layout; a ``UserError`` becomes one line and exit 2."""
+    try:
+        if not declared.needs_params:
+            return declared.run(Layout(), **options)
+        layout = Layout(params=params_path or DEFAULT_PARAMS_PATH)
+        return declared.run(load_params(layout.params), layout, **options)
+    except UserError as exc:
+        _close_progress_bars()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def click_command(declared: Command) -> click.Command:
+    """The click command of a declaration: its options, ``--params``, and its output."""
+
+    def callback(params_path: Path | None = None, **options: Any) -> None:
+        text = declared.render(run_command(declared, params_path, options))
+        if text is not None:
+            click.echo(text, nl=not text.endswith("\n"))
+
+    for decorator in reversed(declared.options):
+        callback = decorator(callback)
+    if declared.needs_params:
+        callback = params_option(callback)
+    return click.command(declared.name, help=declared.help)(callback)
+
+
+class RegistryGroup(click.Group):
+    """A click group whose commands come from the registry, imported only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every registered command name."""
+        return command_names()
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The click command ``cmd_name`` (imports its module), or None if there is none."""
+        if cmd_name not in command_modules():
+            return None
+        return click_command(command(cmd_name))
+
+
+@click.group(cls=RegistryGroup)
+@click.version_option(package_name="universal-neurons")
+def main() -> None:
+    """Find universal neurons: MLP neurons that recur across models differing only in seed."""

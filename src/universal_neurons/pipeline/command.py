@@ -1,0 +1,87 @@
+"""The declaration of a ``universal-neurons`` command, and of a pipeline stage.
+
+A stage module (``pipeline/stages/<name>.py``) ends with one ``COMMAND = Stage(...)``: its
+parameter sections, the paths it reads and writes (through the ``Layout``), its ``run``
+and what it prints. The command line is built from these declarations
+(``pipeline/cli.py``), and tests/test_wiring.py checks ``dvc.yaml`` against them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from universal_neurons.pipeline.layout import SEED_ITEM, Layout
+
+ALL_PARAMS = "*"
+"""A stage that depends on every parameter (``params: [params.yaml:]`` in ``dvc.yaml``)."""
+
+
+def as_json(result: Any) -> str:
+    """The default output of a command: its result as indented JSON."""
+    return json.dumps(result, indent=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """One subcommand of ``universal-neurons``.
+
+    ``run(params, layout, **options)`` does the work (``run(layout, **options)`` when
+    ``needs_params`` is False: the command reads no parameter file); ``render(result)`` is
+    the text printed on stdout (None: nothing); ``options``: click decorators
+    (``click.option``/``click.argument``) whose values reach ``run`` as keyword arguments;
+    ``help``: the first line of ``--help``.
+    """
+
+    name: str
+    help: str
+    run: Callable[..., Any]
+    render: Callable[[Any], str | None] = as_json
+    options: Sequence[Callable] = ()
+    needs_params: bool = True
+
+
+@dataclass(frozen=True)
+class Out:
+    """An output of a stage as ``dvc.yaml`` declares it: under ``outs``, ``metrics`` or
+    ``plots``, cached by DVC or not, pushed to remotes or not, kept between runs or not."""
+
+    path: Path
+    kind: Literal["outs", "metrics", "plots"] = "outs"
+    cache: bool = True
+    push: bool = True
+    persist: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage(Command):
+    """A command that is a stage of ``dvc.yaml``.
+
+    ``params``: the parameter sections or keys it reads (``dvc.yaml``'s ``params``;
+    ``ALL_PARAMS``: every key of the parameter file); ``inputs(layout)`` / ``outputs(layout)``: the data it reads
+    and the ``Out`` it writes. A ``per_seed`` stage runs once per seed of ``train.seeds``
+    (``foreach`` in ``dvc.yaml``): its ``run``, ``inputs`` and ``outputs`` take the seed
+    after the layout, and its command line gets ``--seed``.
+    """
+
+    params: Sequence[str]
+    inputs: Callable[..., Sequence[Path]]
+    outputs: Callable[..., Sequence[Out]]
+    per_seed: bool = False
+
+    @property
+    def cmd(self) -> str:
+        """The command line ``dvc.yaml`` runs."""
+        seed = f" --seed {SEED_ITEM}" if self.per_seed else ""
+        return f"universal-neurons {self.name}{seed}"
+
+    def declared_inputs(self, layout: Layout) -> list[Path]:
+        """``inputs`` as ``dvc.yaml`` writes them (the seed of a per-seed stage: ``${item}``)."""
+        return list(self.inputs(layout, SEED_ITEM) if self.per_seed else self.inputs(layout))
+
+    def declared_outputs(self, layout: Layout) -> list[Out]:
+        """``outputs`` as ``dvc.yaml`` writes them."""
+        return list(self.outputs(layout, SEED_ITEM) if self.per_seed else self.outputs(layout))

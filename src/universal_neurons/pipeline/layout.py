@@ -1,0 +1,103 @@
+"""Where every file of the project lives: one ``Layout``, relative to the project's root.
+
+The root is the folder of ``dvc.yaml`` (DVC runs every stage there), so ``Layout()``
+gives the paths ``dvc.yaml`` names: ``data/tokens``, ``models/seed1``, ``data/stats/seed1.parquet``,
+``metrics/stats.json``, ... A layout rooted elsewhere (``Layout.at(tmp)``) holds a whole
+workspace in another folder; the token set, the models, the data folder and the parameter
+file can each be placed elsewhere too (``Layout.at(tmp, tokens=..., models=...)``).
+
+A model of the group is named after its seed (``seed1``): its directory, its tables and
+its entries in every metrics file use that name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SEED_ITEM = "${item}"
+"""The seed of a per-seed stage as ``dvc.yaml`` writes it (``foreach: ${train.seeds}``)."""
+
+
+def model_name(seed: int | str) -> str:
+    """Name of the model of ``seed`` in every path, table and metric: ``seed{s}``."""
+    return f"seed{seed}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path of the project. ``Layout()``: the project's own layout, relative to the
+    working directory; fields are the places that may be moved (``Layout.at``)."""
+
+    root: Path = Path(".")
+    params: Path = Path("params.yaml")
+    tokens: Path = Path("data/tokens")
+    models: Path = Path("models")
+    data: Path = Path("data")
+
+    @classmethod
+    def at(
+        cls,
+        root: str | Path,
+        *,
+        params: str | Path | None = None,
+        tokens: str | Path | None = None,
+        models: str | Path | None = None,
+        data: str | Path | None = None,
+    ) -> Layout:
+        """The layout of a workspace in ``root``; the keyword arguments move single places."""
+        root = Path(root)
+        return cls(
+            root=root,
+            params=Path(params) if params is not None else root / "params.yaml",
+            tokens=Path(tokens) if tokens is not None else root / "data" / "tokens",
+            models=Path(models) if models is not None else root / "models",
+            data=Path(data) if data is not None else root / "data",
+        )
+
+    # --- models ---------------------------------------------------------------------------
+
+    def model(self, seed: int | str) -> Path:
+        """The model directory of ``seed`` (Hugging Face format, plus ``curve.csv`` and
+        ``training.json`` for a trained model)."""
+        return self.models / model_name(seed)
+
+    # --- stage outputs under data/ -------------------------------------------------------
+
+    def stage_dir(self, stage: str) -> Path:
+        """The output folder of ``stage`` under ``data/`` (``data/correlate``)."""
+        return self.data / stage
+
+    def model_dir(self, stage: str, seed: int | str) -> Path:
+        """A per-model output folder of ``stage`` (``data/collect/seed1``)."""
+        return self.stage_dir(stage) / model_name(seed)
+
+    def table(self, stage: str, name: str) -> Path:
+        """The per-model parquet table ``name`` of ``stage`` (``data/stats/seed1.parquet``)."""
+        return self.stage_dir(stage) / f"{name}.parquet"
+
+    # --- metrics, report, tracking, DVC ----------------------------------------------------
+
+    @property
+    def metrics(self) -> Path:
+        """The metrics folder (DVC metrics and plots, not cached)."""
+        return self.root / "metrics"
+
+    def metric(self, name: str) -> Path:
+        """One metrics file (``metrics/stats.json``)."""
+        return self.metrics / name
+
+    @property
+    def report(self) -> Path:
+        """The report folder (``index.html``, ``figures/``, ``curves/``)."""
+        return self.root / "report"
+
+    @property
+    def run_record(self) -> Path:
+        """``tracking/run.json``: which MLflow run holds the pipeline state."""
+        return self.root / "tracking" / "run.json"
+
+    @property
+    def dvc_files(self) -> tuple[Path, Path]:
+        """``dvc.yaml`` and ``dvc.lock``."""
+        return self.root / "dvc.yaml", self.root / "dvc.lock"

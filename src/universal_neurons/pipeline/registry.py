@@ -1,0 +1,52 @@
+"""The registry: every command of ``universal-neurons``, found by module name.
+
+Each module of ``pipeline/stages`` (the stages of ``dvc.yaml``) and of ``pipeline/tools``
+(commands that write nothing DVC tracks) declares one command as its ``COMMAND``; the
+command's name is the module's name. Writing such a module is all it takes to add a
+command: the registry lists it without importing it, and imports it only when it runs,
+so ``universal-neurons <command>`` loads the libraries of that command alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+
+from universal_neurons.pipeline import stages, tools
+from universal_neurons.pipeline.command import Command, Stage
+
+PACKAGES = (stages, tools)
+
+
+@cache
+def command_modules() -> dict[str, str]:
+    """``{command name: module}`` of every command, without importing any of them."""
+    found: dict[str, str] = {}
+    for package in PACKAGES:
+        for module in pkgutil.iter_modules(package.__path__):
+            if module.name in found:
+                raise RuntimeError(f"two commands are named {module.name!r}")
+            found[module.name] = f"{package.__name__}.{module.name}"
+    return found
+
+
+def command_names() -> list[str]:
+    """Every command name, sorted."""
+    return sorted(command_modules())
+
+
+def command(name: str) -> Command:
+    """The declaration of the command ``name`` (imports its module)."""
+    module = importlib.import_module(command_modules()[name])
+    declared = module.COMMAND
+    if declared.name != name:
+        raise RuntimeError(f"{module.__name__} declares {declared.name!r}, expected {name!r}")
+    return declared
+
+
+def all_stages() -> list[Stage]:
+    """Every pipeline stage (imports every stage module)."""
+    stage_package = stages.__name__ + "."
+    names = [name for name, module in command_modules().items() if module.startswith(stage_package)]
+    return [command(name) for name in sorted(names)]  # type: ignore[misc]

@@ -1,0 +1,92 @@
+"""baseline: correlate's pair statistics + collect's within-layer covariances -> baseline maxima.
+
+Writes ``data/baseline/``: ``baseline.parquet`` (rows ``model, partner, sample, layer, index,
+baseline``) and ``summary.json``; and ``metrics/baseline.json`` (mean baseline per model and
+its spread across the draws).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from universal_neurons.analysis.baseline import baseline_spread, pair_baselines
+from universal_neurons.analysis.correlation import CrossMoments
+from universal_neurons.errors import UserError
+from universal_neurons.io import atomic_path, read_json, write_json
+from universal_neurons.pipeline.command import Out, Stage, as_json
+from universal_neurons.pipeline.inputs import correlate_summary
+from universal_neurons.pipeline.layout import Layout, model_name
+
+if TYPE_CHECKING:
+    from universal_neurons.config import Params
+
+
+def _within_covariances(params: Params, layout: Layout, kept: int) -> dict[str, np.ndarray]:
+    """Per model, collect's within-layer covariance ``[layers, d_mlp, d_mlp]``; collect must
+    have seen the same ``kept`` positions as correlate."""
+    within = {}
+    for seed in params.train.seeds:
+        directory = layout.model_dir("collect", seed)
+        collected = read_json(directory / "summary.json")
+        if collected["kept_positions"] != kept:
+            raise UserError(
+                f"{directory}: {collected['kept_positions']} kept positions, but correlate "
+                f"saw {kept}; rerun collect and correlate with the same analysis"
+            )
+        within[model_name(seed)] = np.load(directory / "within_layer_cov.npy", allow_pickle=False)
+    return within
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """Compute the baseline of every ordered pair; return the metrics."""
+    cfg = params.baseline
+    summary = correlate_summary(params, layout)
+    within = _within_covariances(params, layout, summary["kept_positions"])
+    seeds = {model_name(seed): seed for seed in params.train.seeds}
+    frames = []
+    for key in summary["pairs"]:
+        a, b = key.split("__")
+        stats, _ = CrossMoments.load(layout.stage_dir("correlate") / "pairs" / f"{key}.safetensors")
+        frames.append(
+            pair_baselines(
+                stats,
+                (a, b),
+                (seeds[a], seeds[b]),
+                (within[a], within[b]),
+                cfg.kind,
+                cfg.samples,
+                cfg.seed,
+                params.correlate.dead_variance,
+            )
+        )
+    table = pd.concat(frames, ignore_index=True)
+    metrics = {
+        "kind": cfg.kind,
+        "samples": cfg.samples,
+        "seed": cfg.seed,
+        "models": baseline_spread(table),
+    }
+    with atomic_path(layout.stage_dir("baseline")) as temp:
+        temp.mkdir()
+        table.to_parquet(temp / "baseline.parquet", index=False)
+        (temp / "summary.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_json(layout.metric("baseline.json"), metrics)
+    return metrics
+
+
+COMMAND = Stage(
+    name="baseline",
+    help="Stage baseline: the random-rotation baseline, analytic from correlate's statistics.",
+    run=run,
+    render=lambda metrics: as_json(metrics["models"]),
+    params=("baseline", "correlate.dead_variance", "train.seeds"),
+    inputs=lambda layout: [layout.stage_dir("collect"), layout.stage_dir("correlate")],
+    outputs=lambda layout: [
+        Out(layout.stage_dir("baseline")),
+        Out(layout.metric("baseline.json"), kind="metrics", cache=False),
+    ],
+)

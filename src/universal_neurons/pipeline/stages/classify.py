@@ -1,0 +1,121 @@
+"""classify: family of each universal neuron (variance reduction of token-set features).
+
+Reads the token set, the syntax labels, each model and its stats table; writes
+``data/families/seed{s}.parquet`` (+ ``topics.json``), ``metrics/families.json``,
+``metrics/families_per_layer.csv`` and ``metrics/families_per_layer.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from universal_neurons.analysis.families import (
+    classify_model,
+    family_metrics,
+    parse_neurons,
+    per_layer_rows,
+    universal_mask,
+)
+from universal_neurons.analysis.features import FeatureSet, load_analysis_features
+from universal_neurons.errors import MissingInputError
+from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.models.loading import load_model, model_shape
+from universal_neurons.outputs.plots import plot_family_counts
+from universal_neurons.pipeline.command import Out, Stage, as_json
+from universal_neurons.pipeline.layout import Layout, model_name
+
+if TYPE_CHECKING:
+    from universal_neurons.config import Params
+
+
+def classify_seed(
+    params: Params,
+    layout: Layout,
+    seed: int,
+    analysis_set: tuple[np.ndarray, FeatureSet, np.ndarray],
+) -> tuple[pd.DataFrame, dict]:
+    """The family table and the family counts of the model of ``seed``; ``analysis_set``:
+    ``(tokens, features, excluded ids)``."""
+    config, label = params.families, model_name(seed)
+    tokens, features, excluded = analysis_set
+    stats = read_parquet(layout.table("stats", label), "stats")
+    model = load_model(str(layout.model(seed)), device=params.analysis.device)
+    n_layers, d_mlp = model_shape(model)
+    neurons = parse_neurons(config.neurons, n_layers, d_mlp, universal_mask(stats, n_layers, d_mlp))
+    table, _ = classify_model(
+        model,
+        tokens,
+        features,
+        neurons,
+        excluded,
+        params.analysis,
+        config,
+        stats,
+        desc=f"classify {label}",
+    )
+    return table, family_metrics(table, stats, n_layers, config)
+
+
+def _write(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict, metrics: dict) -> None:
+    """The family tables and topic words, the metrics, the per-layer counts and their plot."""
+    with atomic_path(layout.stage_dir("families")) as temp:
+        temp.mkdir()
+        for label, table in tables.items():
+            table.to_parquet(temp / f"{label}.parquet", index=False)
+        (temp / "topics.json").write_text(json.dumps(topics, indent=2) + "\n")
+    write_json(layout.metric("families.json"), metrics)
+    with atomic_path(layout.metric("families_per_layer.csv")) as temp:
+        per_layer_rows(metrics).to_csv(temp, index=False)
+    with atomic_path(layout.metric("families_per_layer.png")) as temp:
+        plot_family_counts(metrics, temp)
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """Classify the chosen neurons of every model; write tables, metrics, CSV and plot."""
+    syntax_dir = layout.stage_dir("syntax")
+    if not syntax_dir.exists():
+        raise MissingInputError(f"{syntax_dir}: syntax labels not found (run the syntax stage)")
+    tokens, features, excluded, _ = load_analysis_features(
+        layout.tokens, params.analysis, params.families, syntax_dir
+    )
+    metrics: dict = {"models": {}}
+    tables: dict[str, pd.DataFrame] = {}
+    for seed in params.train.seeds:
+        label = model_name(seed)
+        tables[label], metrics["models"][label] = classify_seed(
+            params, layout, seed, (tokens, features, excluded)
+        )
+    _write(layout, tables, features.topic_words, metrics)
+    return metrics
+
+
+def _summary(metrics: dict) -> str:
+    keys = ("n_universal", "n_explained", "percent_explained", "counts")
+    return as_json(
+        {model: {k: entry[k] for k in keys} for model, entry in metrics["models"].items()}
+    )
+
+
+COMMAND = Stage(
+    name="classify",
+    help="Stage classify: family of each universal neuron (variance reduction of features).",
+    run=run,
+    render=_summary,
+    params=("analysis", "families", "train.seeds"),
+    inputs=lambda layout: [
+        layout.tokens,
+        layout.stage_dir("syntax"),
+        layout.stage_dir("stats"),
+        layout.models,
+    ],
+    outputs=lambda layout: [
+        Out(layout.stage_dir("families")),
+        Out(layout.metric("families.json"), kind="metrics", cache=False),
+        Out(layout.metric("families_per_layer.csv"), kind="plots", cache=False),
+        Out(layout.metric("families_per_layer.png"), kind="plots", cache=False),
+    ],
+)

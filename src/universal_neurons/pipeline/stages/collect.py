@@ -1,0 +1,85 @@
+"""collect: one model, one streaming pass -> per-neuron moments + within-layer covariance.
+
+Writes ``data/collect/seed{s}/``: ``moments.parquet`` (one row per neuron), ``within_layer_cov.npy``
+(float64 ``[layers, d_mlp, d_mlp]``, population covariance of post-activations over the kept
+positions) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+import numpy as np
+
+from universal_neurons.analysis.activations import load_analysis_set
+from universal_neurons.analysis.collect import CollectResult, collect_model, moments_table
+from universal_neurons.errors import UserError
+from universal_neurons.io import atomic_path
+from universal_neurons.models.loading import (
+    check_device,
+    check_fits_tokens,
+    load_model,
+    model_spec,
+)
+from universal_neurons.pipeline.command import Out, Stage
+from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.text.tokens import tokenizer_vocab
+
+if TYPE_CHECKING:
+    from universal_neurons.config import Params
+
+
+def _summary(result: CollectResult, name: str, sequences: int, excluded: np.ndarray) -> dict:
+    """``summary.json`` of one model's pass."""
+    return {
+        "model": name,
+        "kept_positions": int(result.kept_positions),
+        "sequences": int(sequences),
+        "batches": result.batches,
+        "excluded_ids": [int(i) for i in excluded],
+        "n_layers": result.n_layers,
+        "d_mlp": result.d_mlp,
+        "zero_variance_post": int((result.moments["post"].var == 0).sum()),
+    }
+
+
+def run(params: Params, layout: Layout, seed: int, progress: bool = True) -> dict:
+    """Collect the statistics of the model of ``seed``; return the summary."""
+    if seed not in params.train.seeds:
+        raise UserError(f"--seed: {seed} is not one of train.seeds {params.train.seeds}")
+    cfg = params.analysis
+    name = model_name(seed)
+    check_device(cfg.device)
+    tokens, excluded, kept = load_analysis_set(layout.tokens, cfg)
+    model = load_model(str(layout.model(seed)), device=cfg.device)
+    check_fits_tokens(model_spec(model), name, tokens, *tokenizer_vocab(layout.tokens))
+    result = collect_model(
+        model, name, tokens, excluded, cfg.batch_size, cfg.device, progress=progress
+    )
+    assert result.kept_positions == kept, (result.kept_positions, kept)
+    summary = _summary(result, name, len(tokens), excluded)
+    with atomic_path(layout.model_dir("collect", seed)) as temp:
+        temp.mkdir()
+        moments_table(result).to_parquet(temp / "moments.parquet", index=False)
+        with (temp / "within_layer_cov.npy").open("wb") as handle:
+            np.save(handle, result.within_layer_covariance(), allow_pickle=False)
+        (temp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+COMMAND = Stage(
+    name="collect",
+    help="Stage collect: per-neuron moments and within-layer covariance of one model.",
+    run=run,
+    options=[
+        click.option(
+            "--seed", type=int, required=True, help="Which seed of train.seeds to collect."
+        )
+    ],
+    per_seed=True,
+    params=("analysis", "train.seeds"),
+    inputs=lambda layout, seed: [layout.tokens, layout.model(seed)],
+    outputs=lambda layout, seed: [Out(layout.model_dir("collect", seed))],
+)

@@ -1,0 +1,42 @@
+"""fetch: member ``seed`` of a pretrained group (params.group) -> ``models/seed{seed}``.
+
+Replaces the train stage in the preset pipelines (``pipelines/<preset>/dvc.preset.yaml``): the
+analysis stages then read ``models/seed{s}`` exactly as they read trained models.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from universal_neurons.io import atomic_path
+from universal_neurons.models.group import fetch_model, member
+from universal_neurons.pipeline.command import Out, Stage
+from universal_neurons.pipeline.layout import Layout
+
+if TYPE_CHECKING:
+    from universal_neurons.config import Params
+
+
+def run(params: Params, layout: Layout, seed: int) -> dict:
+    """Fetch member ``seed`` of the group into ``models/seed{seed}``."""
+    label, source = member(params.group, seed, params.train.seeds)
+    with atomic_path(layout.model(seed)) as temp:
+        return fetch_model(label, source, temp)
+
+
+COMMAND = Stage(
+    name="fetch",
+    help="Stage fetch: member SEED of params.group (a preset or custom group) -> models/seed{SEED}.",
+    run=run,
+    options=[
+        click.option(
+            "--seed", type=int, required=True, help="Member number of the group (1-based)."
+        )
+    ],
+    per_seed=True,
+    params=("group", "train.seeds"),
+    inputs=lambda layout, seed: [],
+    outputs=lambda layout, seed: [Out(layout.model(seed))],
+)

@@ -1,0 +1,126 @@
+"""log: the pipeline state -> one MLflow run; ``tracking/run.json`` says where it is.
+
+The store is ``MLFLOW_TRACKING_URI`` or ``mlruns.db`` at the repository root
+(``outputs.tracking``). ``--if-missing`` (``ensure``) logs only when this store lacks the
+run that ``tracking/run.json`` names, as in a fresh clone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+import yaml
+
+from universal_neurons.io import read_json, write_json
+from universal_neurons.outputs.tracking import (
+    RunInputs,
+    find_run,
+    log_run,
+    record_dict,
+    set_run_tag,
+    tracking_uri,
+)
+from universal_neurons.pipeline.command import ALL_PARAMS, Out, Stage
+from universal_neurons.pipeline.layout import Layout, model_name
+
+if TYPE_CHECKING:
+    from universal_neurons.config import Params
+
+TABLE_STAGES = ("universality", "stats", "families")
+"""Stages whose neuron tables the run keeps as artifacts (``tables/<stage>/``)."""
+
+
+def artifacts(layout: Layout, seeds: list[int]) -> list[tuple[Path, str]]:
+    """``(path, artifact folder)`` of everything a run keeps (missing ones are skipped later):
+    the report, the metrics, the parameter file and DVC files, each model's training curve
+    and summary, and the neuron tables."""
+    items: list[tuple[Path, str]] = [(layout.report, "report")]
+    if layout.metrics.is_dir():
+        items += [(path, "metrics") for path in sorted(layout.metrics.iterdir()) if path.is_file()]
+    items += [(path, "dvc") for path in (layout.params, *layout.dvc_files)]
+    for seed in seeds:
+        for name in ("curve.csv", "training.json"):
+            items.append((layout.model(seed) / name, f"training/{model_name(seed)}"))
+    for stage in TABLE_STAGES:
+        directory = layout.stage_dir(stage)
+        if directory.is_dir():
+            items += [(path, f"tables/{stage}") for path in sorted(directory.glob("*.parquet"))]
+    return items
+
+
+def run_inputs(layout: Layout, seeds: list[int]) -> RunInputs:
+    """What the run of the pipeline state in ``layout`` logs."""
+    return RunInputs(
+        repository=layout.root,
+        metrics_dir=layout.metrics,
+        lock=layout.dvc_files[1],
+        curves={model_name(seed): layout.model(seed) / "curve.csv" for seed in seeds},
+        artifacts=artifacts(layout, seeds),
+    )
+
+
+def log_state(params: Params, layout: Layout, write_record: bool = True) -> dict:
+    """Log params, metrics, curves, tags and artifacts as one MLflow run; return its record."""
+    raw = yaml.safe_load(Path(layout.params).read_text(encoding="utf-8"))  # the file's own keys
+    own_output = str(Layout().run_record)  # as dvc.lock names it
+    record = log_run(run_inputs(layout, params.train.seeds), raw, exclude_outputs=[own_output])
+    if write_record:
+        write_json(layout.run_record, record_dict(record))
+    return record_dict(record)
+
+
+def ensure(params: Params, layout: Layout) -> dict:
+    """Make sure the current store holds a run of this state; log one if it does not.
+
+    A fresh clone restores ``tracking/run.json`` from git, so ``dvc repro`` finds the ``log``
+    stage up to date although this machine's MLflow store has never seen that run. This logs
+    the state into the local store, tagged ``log.stands_for_run`` = the recorded run id,
+    without rewriting ``tracking/run.json`` (which would make ``dvc status`` report a change).
+    Calling it again finds that run and logs nothing. Returns the record and ``logged``.
+    """
+    record_path = layout.run_record
+    recorded = read_json(record_path)["run_id"] if record_path.is_file() else None
+    if recorded is not None:
+        existing = find_run(tracking_uri(), recorded)
+        if existing is not None:
+            return {**existing, "logged": False}
+    record = log_state(params, layout, write_record=recorded is None)
+    if recorded is not None:
+        set_run_tag(record["tracking_uri"], record["run_id"], "log.stands_for_run", recorded)
+    return {**record, "logged": True}
+
+
+def run(params: Params, layout: Layout, if_missing: bool = False) -> dict:
+    """Log the pipeline state (``if_missing``: only if this store lacks its run)."""
+    return ensure(params, layout) if if_missing else log_state(params, layout)
+
+
+COMMAND = Stage(
+    name="log",
+    help="Stage log: the pipeline state -> one MLflow run (MLFLOW_TRACKING_URI or ./mlruns.db).",
+    run=run,
+    options=[
+        click.option(
+            "--if-missing",
+            is_flag=True,
+            help="Only log if this store lacks the run named in tracking/run.json "
+            "(e.g. a fresh clone).",
+        )
+    ],
+    params=(ALL_PARAMS,),
+    inputs=lambda layout: [
+        layout.models,
+        layout.report,
+        layout.metric("training.json"),
+        layout.stage_dir("universality"),
+        layout.stage_dir("stats"),
+        layout.stage_dir("families"),
+        layout.metric("universality.json"),
+        layout.metric("baseline.json"),
+        layout.metric("stats.json"),
+        layout.metric("families.json"),
+    ],
+    outputs=lambda layout: [Out(layout.run_record, cache=False, persist=True)],
+)

@@ -1,0 +1,99 @@
+"""stats: universality table + activation moments + processed weights -> the neuron table per model,
+the universal-vs-other comparison (``metrics/stats.json``) and its figures.
+
+Writes ``data/stats/``: ``seed{s}.parquet`` (the neuron tables), ``per_layer.csv`` (medians per
+layer and group) and ``plots/*.png``; ``metrics/stats.json`` and ``metrics/stats_percentiles.csv``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from tqdm import tqdm
+
+from universal_neurons.analysis.statistics import (
+    activation_statistics,
+    compare_universal,
+    neuron_table,
+    per_layer_medians,
+    universal_percentile_summary,
+    weight_statistics,
+)
+from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.models.loading import load_model, processed_weights
+from universal_neurons.outputs.plots import plot_per_layer, plot_percentile_boxen
+from universal_neurons.pipeline.command import Out, Stage
+from universal_neurons.pipeline.layout import Layout, model_name
+
+if TYPE_CHECKING:
+    from universal_neurons.config import Params
+
+
+def model_table(params: Params, layout: Layout, seed: int) -> pd.DataFrame:
+    """The neuron table of the model of ``seed``."""
+    name = model_name(seed)
+    universality = read_parquet(layout.table("universality", name), "universality")
+    moments = read_parquet(layout.model_dir("collect", seed) / "moments.parquet", "collect")
+    model = load_model(str(layout.model(seed)))
+    weights = weight_statistics(processed_weights(model), params.stats.neuron_chunk)
+    del model
+    return neuron_table(universality, weights, activation_statistics(moments, "pre"))
+
+
+def _write_tables(tables: dict[str, pd.DataFrame], output_dir: Path) -> None:
+    """The neuron tables, the per-layer medians and the two figures, in one atomic step."""
+    with atomic_path(output_dir) as temp:
+        (temp / "plots").mkdir(parents=True)
+        for model, table in tables.items():
+            table.to_parquet(temp / f"{model}.parquet", index=False)
+        per_layer = pd.concat(
+            [per_layer_medians(t).assign(model=m) for m, t in tables.items()], ignore_index=True
+        )
+        per_layer.insert(0, "model", per_layer.pop("model"))
+        per_layer.to_csv(temp / "per_layer.csv", index=False)
+        plot_percentile_boxen(tables, temp / "plots" / "universal_percentiles.png")
+        plot_per_layer(tables, temp / "plots" / "per_layer.png")
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """Write the neuron tables, the comparison and the pooled percentiles; return the
+    comparison ``{"models": {"seed{s}": {metric: {...}}}}``."""
+    tables = {
+        model_name(seed): model_table(params, layout, seed)
+        for seed in tqdm(params.train.seeds, desc="stats", unit="model")
+    }
+    comparison = {"models": {model: compare_universal(table) for model, table in tables.items()}}
+    _write_tables(tables, layout.stage_dir("stats"))
+    with atomic_path(layout.metric("stats_percentiles.csv")) as temp:
+        universal_percentile_summary(tables).to_csv(temp, index=False)
+    write_json(layout.metric("stats.json"), comparison)
+    return comparison
+
+
+def _wrote(comparison: dict) -> str:
+    layout = Layout()
+    return (
+        f"wrote {layout.stage_dir('stats')} and {layout.metric('stats.json')} "
+        f"({len(comparison['models'])} models)"
+    )
+
+
+COMMAND = Stage(
+    name="stats",
+    help="Stage stats: the neuron table of every model and universal vs other neurons.",
+    run=run,
+    render=_wrote,
+    params=("train.seeds", "stats"),
+    inputs=lambda layout: [
+        layout.models,
+        layout.stage_dir("collect"),
+        layout.stage_dir("universality"),
+    ],
+    outputs=lambda layout: [
+        Out(layout.stage_dir("stats")),
+        Out(layout.metric("stats.json"), kind="metrics", cache=False),
+        Out(layout.metric("stats_percentiles.csv"), kind="plots", cache=False),
+    ],
+)

@@ -1,0 +1,57 @@
+"""universality: correlate's maxima + baseline -> the neuron table per model and the headline metric.
+
+Writes ``data/universality/seed{s}.parquet`` (columns ``universality.TABLE_COLUMNS``),
+``metrics/universality.json`` and ``metrics/universality_per_layer.csv``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from universal_neurons.analysis.universality import (
+    model_summary,
+    per_layer_rows,
+    universality_metrics,
+    universality_table,
+)
+from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.pipeline.command import Out, Stage
+from universal_neurons.pipeline.inputs import correlate_summary
+from universal_neurons.pipeline.layout import Layout, model_name
+
+if TYPE_CHECKING:
+    from universal_neurons.config import Params
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """Build every model's neuron table and the universality metrics; return the metrics."""
+    threshold = params.universality.threshold
+    summary = correlate_summary(params, layout)
+    maxima = read_parquet(layout.stage_dir("correlate") / "max_corr.parquet", "correlate")
+    baseline = read_parquet(layout.stage_dir("baseline") / "baseline.parquet", "baseline")
+    names = [model_name(seed) for seed in params.train.seeds]
+    tables = {name: universality_table(maxima, baseline, name, threshold) for name in names}
+    summaries = {name: model_summary(table, summary["n_layers"]) for name, table in tables.items()}
+    metrics = universality_metrics(summaries, threshold, summary["kept_positions"])
+    with atomic_path(layout.stage_dir("universality")) as temp:
+        temp.mkdir()
+        for name, table in tables.items():
+            table.to_parquet(temp / f"{name}.parquet", index=False)
+    write_json(layout.metric("universality.json"), metrics)
+    with atomic_path(layout.metric("universality_per_layer.csv")) as temp:
+        per_layer_rows(summaries).to_csv(temp, index=False)
+    return metrics
+
+
+COMMAND = Stage(
+    name="universality",
+    help="Stage universality: neuron tables and the percentage of universal neurons.",
+    run=run,
+    params=("train.seeds", "universality"),
+    inputs=lambda layout: [layout.stage_dir("baseline"), layout.stage_dir("correlate")],
+    outputs=lambda layout: [
+        Out(layout.stage_dir("universality")),
+        Out(layout.metric("universality.json"), kind="metrics", cache=False),
+        Out(layout.metric("universality_per_layer.csv"), kind="plots", cache=False),
+    ],
+)

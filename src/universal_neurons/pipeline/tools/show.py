@@ -1,0 +1,71 @@
+"""show: the most universal neurons of a model, with their key statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from universal_neurons.outputs.listing import find_table, format_listing, top_neurons
+from universal_neurons.pipeline.command import Command
+from universal_neurons.pipeline.layout import Layout, model_name
+
+
+def run(
+    layout: Layout,
+    model: str,
+    sort_column: str,
+    ascending: bool,
+    layer: int | None,
+    top: int,
+    universal_only: bool,
+    output_format: str,
+    stats_dir: Path,
+) -> str:
+    """The listing of MODEL (``seed1``, ``1`` or a ``.parquet`` path) from ``stats_dir``."""
+    name = model_name(model) if model.isdigit() else model
+    table = pd.read_parquet(find_table(model, stats_dir, name))
+    listing = top_neurons(table, sort_column, layer, top, ascending, universal_only)
+    return format_listing(listing, output_format)
+
+
+COMMAND = Command(
+    name="show",
+    help="List the most universal neurons of MODEL (seed1, 1, or a .parquet path) with key statistics.",
+    run=run,
+    render=lambda text: text,
+    needs_params=False,
+    options=[
+        click.argument("model"),
+        click.option(
+            "--sort",
+            "sort_column",
+            default="excess_corr",
+            show_default=True,
+            help="Column to sort by.",
+        ),
+        click.option(
+            "--ascending", is_flag=True, help="Smallest values first (default: largest first)."
+        ),
+        click.option("--layer", type=int, default=None, help="Only neurons of this layer."),
+        click.option(
+            "--top", type=int, default=20, show_default=True, help="How many neurons to list."
+        ),
+        click.option("--universal-only", is_flag=True, help="Only neurons marked universal."),
+        click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(["table", "csv"]),
+            default="table",
+            show_default=True,
+        ),
+        click.option(
+            "--stats-dir",
+            type=click.Path(path_type=Path),
+            default=Layout().stage_dir("stats"),
+            show_default=True,
+            help="Where the stats stage wrote the neuron tables.",
+        ),
+    ],
+)

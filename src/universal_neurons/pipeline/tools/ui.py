@@ -1,0 +1,31 @@
+"""ui: the MLflow UI on the project's store."""
+
+from __future__ import annotations
+
+import click
+
+from universal_neurons.outputs.tracking import serve_ui
+from universal_neurons.pipeline.command import Command
+from universal_neurons.pipeline.layout import Layout
+
+
+def run(layout: Layout, host: str, port: int) -> None:
+    """Serve the UI until interrupted; its address is printed first."""
+    serve_ui(host, port, echo=lambda line: click.echo(line, err=False))
+
+
+COMMAND = Command(
+    name="ui",
+    help="Start the MLflow UI on the project's store and print its address.",
+    run=run,
+    render=lambda _: None,
+    needs_params=False,
+    options=[
+        click.option(
+            "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+        ),
+        click.option(
+            "--port", default=5000, show_default=True, type=int, help="Port to listen on."
+        ),
+    ],
+)

@@ -1,0 +1,1 @@
+"""Text: the corpus (real English text, one domain per source) and the token set."""
