@@ -301,6 +301,22 @@ def per_layer_medians(table: pd.DataFrame, metrics: Sequence[str] = METRICS) -> 
     return medians.reset_index()
 
 
+def pooled_universal(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The rows of the live universal neurons of every model's neuron table, together."""
+    return pd.concat(
+        [t[(~t["dead"].astype(bool)) & t["is_universal"].astype(bool)] for t in tables.values()]
+    )
+
+
+def universal_percentiles(
+    tables: Mapping[str, pd.DataFrame], metrics: Sequence[str] = METRICS
+) -> dict[str, np.ndarray]:
+    """Per metric, the within-layer percentiles ``[universal neurons]`` of the live universal
+    neurons of all models, pooled (NaN where a value is undefined)."""
+    pooled = pooled_universal(tables)
+    return {metric: pooled[percentile_column(metric)].to_numpy() for metric in metrics}
+
+
 def universal_percentile_summary(
     tables: Mapping[str, pd.DataFrame], metrics: Sequence[str] = METRICS
 ) -> pd.DataFrame:
@@ -310,9 +326,7 @@ def universal_percentile_summary(
     q75_percentile`` (NaN where there is no universal neuron). 50 is what a random
     set of neurons would give.
     """
-    pooled = pd.concat(
-        [t[(~t["dead"].astype(bool)) & t["is_universal"].astype(bool)] for t in tables.values()]
-    )
+    pooled = pooled_universal(tables)
     rows = []
     for metric in metrics:
         values = pooled[percentile_column(metric)].dropna().to_numpy(np.float64)

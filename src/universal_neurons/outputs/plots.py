@@ -32,13 +32,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from universal_neurons.analysis.families import FAMILIES, UNEXPLAINED, VOCAB_FAMILIES  # noqa: E402
-from universal_neurons.analysis.statistics import (  # noqa: E402
-    METRICS,
-    per_layer_medians,
-    percentile_column,
-)
-
 # ----------------------------------------------------------------------------- the report
 
 DPI = 110
@@ -194,22 +187,22 @@ def _boxen_row(ax: plt.Axes, y: int, values: np.ndarray, cmap) -> None:
 
 
 def plot_percentile_boxen(
-    tables: Mapping[str, pd.DataFrame], path: str | Path, metrics: Sequence[str] = METRICS
+    percentiles: Mapping[str, np.ndarray], n_models: int, path: str | Path
 ) -> None:
-    """Boxen plot of the universal neurons' within-layer percentiles per metric, pooled over models."""
-    pooled = pd.concat(
-        [t[(~t["dead"].astype(bool)) & t["is_universal"].astype(bool)] for t in tables.values()]
-    )
+    """Boxen plot of the universal neurons' within-layer percentiles per metric, pooled over
+    models: ``percentiles[metric]`` ``[universal neurons]`` (NaN allowed), top row first."""
+    metrics = list(percentiles)
+    n_neurons = len(next(iter(percentiles.values()))) if percentiles else 0
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(metrics) + 1.5))
     cmap = plt.get_cmap("Blues")
     for row, metric in enumerate(metrics):
-        _boxen_row(ax, len(metrics) - 1 - row, pooled[percentile_column(metric)].to_numpy(), cmap)
+        _boxen_row(ax, len(metrics) - 1 - row, percentiles[metric], cmap)
     ax.axvline(50, color="grey", ls="--", lw=1)
     ax.set_yticks(range(len(metrics)), list(reversed(metrics)))
     ax.set_ylim(-0.7, len(metrics) - 0.3)
     ax.set_xlim(0, 100)
     ax.set_xlabel("within-layer percentile of universal neurons")
-    ax.set_title(f"Universal neurons ({len(pooled)}, {len(tables)} models) vs their layer")
+    ax.set_title(f"Universal neurons ({n_neurons}, {n_models} models) vs their layer")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -234,16 +227,17 @@ def _median_lines(axes, medians: pd.DataFrame, metrics: Sequence[str], model: st
 
 
 def plot_per_layer(
-    tables: Mapping[str, pd.DataFrame], path: str | Path, metrics: Sequence[str] = METRICS
+    medians: Mapping[str, pd.DataFrame], metrics: Sequence[str], path: str | Path
 ) -> None:
-    """Per metric: median per layer of universal (solid) and other (dashed) live neurons, per model."""
+    """Per metric: median per layer of universal (solid) and other (dashed) live neurons, one
+    line per model; ``medians[model]``: rows ``layer, group`` (``universal``/``other``) with a
+    column per metric (``statistics.per_layer_medians``)."""
     columns = 4
     rows = int(np.ceil(len(metrics) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
     colours = plt.get_cmap("tab10")
-    for number, (model, table) in enumerate(tables.items()):
-        medians = per_layer_medians(table, metrics)
-        _median_lines(axes, medians, metrics, model, colours(number % 10))
+    for number, (model, table) in enumerate(medians.items()):
+        _median_lines(axes, table, metrics, model, colours(number % 10))
     for ax, metric in zip(axes.flat, metrics, strict=False):
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("layer", fontsize=8)
@@ -265,7 +259,7 @@ def plot_per_layer(
 def _family_bars(ax: plt.Axes, entry: dict, model: str, names: list[str], colours) -> None:
     """One model's universal neurons per family (one bar each) and layer."""
     per_layer = entry["counts_per_layer"]
-    n_layers = len(per_layer.get(UNEXPLAINED, []))
+    n_layers = max((len(counts) for counts in per_layer.values()), default=0)
     width = 0.8 / len(names)
     for j, name in enumerate(names):
         ax.bar(
@@ -282,8 +276,8 @@ def _family_bars(ax: plt.Axes, entry: dict, model: str, names: list[str], colour
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
-def plot_family_counts(metrics: dict, path: str | Path) -> None:
-    """Bar chart per model: universal neurons of each family per layer (PNG).
+def plot_family_counts(metrics: dict, names: Sequence[str], path: str | Path) -> None:
+    """Bar chart per model: universal neurons of each family in ``names`` per layer (PNG).
 
     ``metrics``: the ``metrics/families.json`` document (``families.family_metrics`` per model).
     """
@@ -291,7 +285,7 @@ def plot_family_counts(metrics: dict, path: str | Path) -> None:
     fig, axes = plt.subplots(
         1, max(len(models), 1), figsize=(4.5 * max(len(models), 1), 3.6), squeeze=False
     )
-    names = [*FAMILIES, *VOCAB_FAMILIES]
+    names = list(names)
     colours = plt.get_cmap("tab20")(np.linspace(0, 1, len(names)))
     for ax, model in zip(axes[0], models, strict=False):
         _family_bars(ax, metrics["models"][model], model, names, colours)

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from universal_neurons.analysis.families import (
+    FAMILIES,
+    VOCAB_FAMILIES,
     classify_model,
     family_metrics,
     parse_neurons,
@@ -71,7 +73,7 @@ def _write(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict, metric
     with atomic_path(layout.metric("families_per_layer.csv")) as temp:
         per_layer_rows(metrics).to_csv(temp, index=False)
     with atomic_path(layout.metric("families_per_layer.png")) as temp:
-        plot_family_counts(metrics, temp)
+        plot_family_counts(metrics, [*FAMILIES, *VOCAB_FAMILIES], temp)
 
 
 def run(params: Params, layout: Layout) -> dict:

@@ -14,11 +14,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from universal_neurons.analysis.statistics import (
+    METRICS,
     activation_statistics,
     compare_universal,
     neuron_table,
     per_layer_medians,
     universal_percentile_summary,
+    universal_percentiles,
     weight_statistics,
 )
 from universal_neurons.io import atomic_path, read_parquet, write_json
@@ -48,13 +50,16 @@ def _write_tables(tables: dict[str, pd.DataFrame], output_dir: Path) -> None:
         (temp / "plots").mkdir(parents=True)
         for model, table in tables.items():
             table.to_parquet(temp / f"{model}.parquet", index=False)
+        medians = {model: per_layer_medians(table) for model, table in tables.items()}
         per_layer = pd.concat(
-            [per_layer_medians(t).assign(model=m) for m, t in tables.items()], ignore_index=True
+            [table.assign(model=model) for model, table in medians.items()], ignore_index=True
         )
         per_layer.insert(0, "model", per_layer.pop("model"))
         per_layer.to_csv(temp / "per_layer.csv", index=False)
-        plot_percentile_boxen(tables, temp / "plots" / "universal_percentiles.png")
-        plot_per_layer(tables, temp / "plots" / "per_layer.png")
+        plot_percentile_boxen(
+            universal_percentiles(tables), len(tables), temp / "plots" / "universal_percentiles.png"
+        )
+        plot_per_layer(medians, METRICS, temp / "plots" / "per_layer.png")
 
 
 def run(params: Params, layout: Layout) -> dict:
