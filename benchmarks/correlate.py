@@ -120,7 +120,7 @@ def memory_child(args) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     stats = correlate_group(
-        models, tokens, np.array([0]), args.batch, "float32", args.device, progress=False
+        models, tokens, np.array([0]), args.batch, "float32", device=args.device, progress=False
     )
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

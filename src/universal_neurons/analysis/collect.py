@@ -154,8 +154,8 @@ def collect_model(
     tokens: np.ndarray,
     excluded_ids: np.ndarray,
     batch_size: int,
+    *,
     device: str = "cpu",
-    products: str = "float32",
     progress: bool = True,
 ) -> CollectResult:
     """One streaming pass of ``tokens [sequences, pos]`` through ``model``.
@@ -180,7 +180,7 @@ def collect_model(
         post = acts["post"]
         for layer in range(n_layers):
             block = post[:, layer * d_mlp : (layer + 1) * d_mlp]
-            within[layer] = within[layer].update(block, block, products)  # type: ignore[arg-type]
+            within[layer] = within[layer].update(block, block, "float32")
             check_finite_statistics(within[layer], model_name, model_name, d_mlp, number, layer)
     kept = moments["post"].count
     return CollectResult(n_layers, d_mlp, kept, batches, moments, within)

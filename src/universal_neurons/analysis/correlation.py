@@ -24,8 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from universal_neurons.analysis.moments import trivial_merge
 from universal_neurons.config import PRODUCTS, Products
 from universal_neurons.errors import MissingInputError, UserError
+
+Batch = torch.Tensor | np.ndarray
+"""Activations of one batch: ``[tokens, neurons]``."""
 
 
 def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -98,12 +102,7 @@ class CrossMoments:
         return int(self.mean_x.shape[0]), int(self.mean_y.shape[0])
 
     @classmethod
-    def of_batch(
-        cls,
-        x: torch.Tensor | np.ndarray,
-        y: torch.Tensor | np.ndarray,
-        products: Products = "float32",
-    ) -> CrossMoments:
+    def of_batch(cls, x: Batch, y: Batch, products: Products = "float32") -> CrossMoments:
         """Statistics of one batch: ``x [tokens, n_x]`` and ``y [tokens, n_y]`` (same tokens).
 
         Means and sums of squares are float64; the centred cross-product uses
@@ -148,10 +147,8 @@ class CrossMoments:
         """
         if self.shape != other.shape:
             raise ValueError(f"cannot merge statistics of shape {self.shape} and {other.shape}")
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
+        if (done := trivial_merge(self, other)) is not None:
+            return done
         na, nb = float(self.count), float(other.count)
         n = na + nb
         dx = other.mean_x - self.mean_x
@@ -167,12 +164,7 @@ class CrossMoments:
             cxy=cxy,
         )
 
-    def update(
-        self,
-        x: torch.Tensor | np.ndarray,
-        y: torch.Tensor | np.ndarray,
-        products: Products = "float32",
-    ) -> CrossMoments:
+    def update(self, x: Batch, y: Batch, products: Products = "float32") -> CrossMoments:
         """Merge one batch ``x [tokens, n_x]``, ``y [tokens, n_y]``; returns the merged statistics."""
         device = self.cxy.device
         x, y = _as_tensor(x).to(device), _as_tensor(y).to(device)

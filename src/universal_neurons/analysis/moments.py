@@ -8,9 +8,27 @@ all the data up to rounding, whatever the batch sizes. No activation is stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
+
+
+class _Counted(Protocol):
+    count: int
+
+
+Stream = TypeVar("Stream", bound=_Counted)
+
+
+def trivial_merge(a: Stream, b: Stream) -> Stream | None:
+    """The merge of two accumulators when one of them has seen nothing (the other one), else
+    None: the merge has to be computed."""
+    if b.count == 0:
+        return a
+    if a.count == 0:
+        return b
+    return None
 
 
 @dataclass
@@ -55,10 +73,8 @@ class StreamingMoments:
 
     def merge(self, other: StreamingMoments) -> StreamingMoments:
         """The moments of both streams together (exact pairwise merge)."""
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
+        if (done := trivial_merge(self, other)) is not None:
+            return done
         na, nb = float(self.count), float(other.count)
         n = na + nb
         delta = other.mean - self.mean

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from universal_neurons.analysis.correlation import CrossMoments, MaxCorrelation, max_correlations
-from universal_neurons.analysis.units import correlate_pass, plan_units
+from universal_neurons.analysis.units import PassSettings, correlate_pass, plan_units
 from universal_neurons.errors import UserError
 from universal_neurons.models.loading import model_shape
 
@@ -53,6 +53,7 @@ def correlate_group(
     excluded_ids: np.ndarray,
     batch_size: int,
     products: str = "float32",
+    *,
     device: str = "cpu",
     progress: bool = True,
 ) -> GroupStatistics:
@@ -70,9 +71,8 @@ def correlate_group(
         raise UserError(f"models of a group must share (n_layers, d_mlp), got {shapes}")
     n_layers, d_mlp = shapes[names[0]]
     units = plan_units(names, n_layers * d_mlp, len(tokens), batch_size)
-    stats, batches = correlate_pass(
-        units, models, tokens, excluded_ids, batch_size, products, device, progress
-    )
+    settings = PassSettings(batch_size, products, device)
+    stats, batches = correlate_pass(units, models, (tokens, excluded_ids), settings, progress)
     pairs = {(unit.a, unit.b): pair for unit, pair in stats.items()}
     kept = next(iter(pairs.values())).count
     return GroupStatistics(names, n_layers, d_mlp, kept, batches, pairs)

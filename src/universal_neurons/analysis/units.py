@@ -126,23 +126,32 @@ def _capture_layers(units: list[Unit], n_layers: int, d_mlp: int) -> dict[str, r
     return layers
 
 
+@dataclass(frozen=True)
+class PassSettings:
+    """How a pass runs: batches of ``batch_size`` sequences, per-batch products in
+    ``products`` precision (``correlation.centred_product``), models on ``device``."""
+
+    batch_size: int
+    products: str = "float32"
+    device: str = "cpu"
+
+
 @torch.no_grad()
 def correlate_pass(
     units: list[Unit],
     models: dict[str, object],
-    tokens: np.ndarray,
-    excluded_ids: np.ndarray,
-    batch_size: int,
-    products: str = "float32",
-    device: str = "cpu",
+    analysis_set: tuple[np.ndarray, np.ndarray],
+    settings: PassSettings,
     progress: bool = False,
 ) -> tuple[dict[Unit, CrossMoments], int]:
     """Statistics of ``units`` (one shard, one block of rows: see ``passes``) in one pass
-    over ``tokens [sequences, pos]``, the whole analysis set.
+    over the analysis set ``(tokens [sequences, pos], excluded token ids)``.
 
     ``models``: ``{name: loaded model}`` for every model the units name. Returns
     ``({unit: CrossMoments [rows, all neurons of b]}, batches)``.
     """
+    tokens, excluded_ids = analysis_set
+    batch_size, products, device = settings.batch_size, settings.products, settings.device
     n_layers, d_mlp = model_shape(models[units[0].a])
     (r0, r1), (s0, s1) = units[0].rows, units[0].sequences
     layers = _capture_layers(units, n_layers, d_mlp)
@@ -180,9 +189,8 @@ def correlate_unit(
     ``(CrossMoments [rows, all neurons of b], batches)``. Model ``a`` is run only up to the
     last layer holding one of the unit's neurons."""
     models = {unit.a: model_a, unit.b: model_b}
-    stats, batches = correlate_pass(
-        [unit], models, tokens, excluded_ids, batch_size, products, device
-    )
+    settings = PassSettings(batch_size, products, device)
+    stats, batches = correlate_pass([unit], models, (tokens, excluded_ids), settings)
     return stats[unit], batches
 
 
@@ -251,18 +259,10 @@ def run_units(units: list[Unit], context: UnitContext, progress: bool = False) -
     Path(context.units_dir).mkdir(parents=True, exist_ok=True)
     loaded: dict[str, object] = {}
     written = []
+    settings = PassSettings(config.batch_size, context.products, context.device)
     for group in passes(units, context.n_neurons):
         models = _models_for(group, loaded, context)
-        results, batches = correlate_pass(
-            group,
-            models,
-            tokens,
-            excluded,
-            config.batch_size,
-            context.products,
-            context.device,
-            progress,
-        )
+        results, batches = correlate_pass(group, models, (tokens, excluded), settings, progress)
         for unit, stats in results.items():
             written.append(str(_save_unit(unit, stats, batches, context.units_dir)))
     return written

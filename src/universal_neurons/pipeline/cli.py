@@ -17,7 +17,7 @@ import click
 
 from universal_neurons.config import DEFAULT_PARAMS_PATH, load_params
 from universal_neurons.errors import UserError
-from universal_neurons.pipeline.command import Command
+from universal_neurons.pipeline.command import Command, Stage
 from universal_neurons.pipeline.layout import Layout
 from universal_neurons.pipeline.registry import command, command_modules, command_names
 
@@ -60,7 +60,10 @@ def click_command(declared: Command) -> click.Command:
         if text is not None:
             click.echo(text, nl=not text.endswith("\n"))
 
-    for decorator in reversed(declared.options):
+    options = list(declared.options)
+    if isinstance(declared, Stage) and declared.per_seed:
+        options.insert(0, click.option("--seed", type=int, required=True, help=declared.seed_help))
+    for decorator in reversed(options):
         callback = decorator(callback)
     if declared.needs_params:
         callback = params_option(callback)

@@ -21,8 +21,15 @@ ALL_PARAMS = "*"
 
 
 def as_json(result: Any) -> str:
-    """The default output of a command: its result as indented JSON."""
+    """A command's result as indented JSON."""
     return json.dumps(result, indent=2)
+
+
+def as_output(result: Any) -> str | None:
+    """The default output of a command: text as it is, nothing for None, else ``as_json``."""
+    if result is None or isinstance(result, str):
+        return result
+    return as_json(result)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,13 +40,13 @@ class Command:
     ``needs_params`` is False: the command reads no parameter file); ``render(result)`` is
     the text printed on stdout (None: nothing); ``options``: click decorators
     (``click.option``/``click.argument``) whose values reach ``run`` as keyword arguments;
-    ``help``: the first line of ``--help``.
+    ``help``: what ``--help`` says (the registry gives it the module's docstring).
     """
 
     name: str
-    help: str
     run: Callable[..., Any]
-    render: Callable[[Any], str | None] = as_json
+    help: str = ""
+    render: Callable[[Any], str | None] = as_output
     options: Sequence[Callable] = ()
     needs_params: bool = True
 
@@ -61,16 +68,17 @@ class Stage(Command):
     """A command that is a stage of ``dvc.yaml``.
 
     ``params``: the parameter sections or keys it reads (``dvc.yaml``'s ``params``;
-    ``ALL_PARAMS``: every key of the parameter file); ``inputs(layout)`` / ``outputs(layout)``: the data it reads
-    and the ``Out`` it writes. A ``per_seed`` stage runs once per seed of ``train.seeds``
+    ``ALL_PARAMS``: every key of the parameter file); ``inputs(layout)`` / ``outputs(layout)``:
+    the data it reads (default: none) and the ``Out`` it writes. A ``per_seed`` stage runs once per seed of ``train.seeds``
     (``foreach`` in ``dvc.yaml``): its ``run``, ``inputs`` and ``outputs`` take the seed
-    after the layout, and its command line gets ``--seed``.
+    after the layout, and its command line gets a required ``--seed`` (help: ``seed_help``).
     """
 
     params: Sequence[str]
-    inputs: Callable[..., Sequence[Path]]
     outputs: Callable[..., Sequence[Out]]
+    inputs: Callable[..., Sequence[Path]] = lambda layout, *seed: ()
     per_seed: bool = False
+    seed_help: str = "Which seed of train.seeds."
 
     @property
     def cmd(self) -> str:

@@ -76,6 +76,13 @@ class Layout:
         """The per-model parquet table ``name`` of ``stage`` (``data/stats/seed1.parquet``)."""
         return self.stage_dir(stage) / f"{name}.parquet"
 
+    def analysis_results(self) -> list[Path]:
+        """What the analysis stages conclude, as the report and the MLflow run read it: the
+        universality, stats and family tables and their metrics (and the baseline's)."""
+        tables = [self.stage_dir(stage) for stage in ("universality", "stats", "families")]
+        names = ("universality.json", "baseline.json", "stats.json", "families.json")
+        return tables + [self.metric(name) for name in names]
+
     # --- metrics, report, tracking, DVC ----------------------------------------------------
 
     @property

@@ -2,14 +2,16 @@
 
 Each module of ``pipeline/stages`` (the stages of ``dvc.yaml``) and of ``pipeline/tools``
 (commands that write nothing DVC tracks) declares one command as its ``COMMAND``; the
-command's name is the module's name. Writing such a module is all it takes to add a
+command's name is the module's name and its ``--help`` the module's docstring. Writing such a module is all it takes to add a
 command: the registry lists it without importing it, and imports it only when it runs,
 so ``universal-neurons <command>`` loads the libraries of that command alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import pkgutil
 from functools import cache
 
@@ -37,12 +39,13 @@ def command_names() -> list[str]:
 
 
 def command(name: str) -> Command:
-    """The declaration of the command ``name`` (imports its module)."""
+    """The declaration of the command ``name`` (imports its module); its help is the
+    module's docstring."""
     module = importlib.import_module(command_modules()[name])
     declared = module.COMMAND
     if declared.name != name:
         raise RuntimeError(f"{module.__name__} declares {declared.name!r}, expected {name!r}")
-    return declared
+    return dataclasses.replace(declared, help=declared.help or inspect.cleandoc(module.__doc__))
 
 
 def all_stages() -> list[Stage]:

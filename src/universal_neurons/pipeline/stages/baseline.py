@@ -1,4 +1,6 @@
-"""baseline: correlate's pair statistics + collect's within-layer covariances -> baseline maxima.
+"""Stage baseline: the random-rotation baseline, analytic from correlate's statistics.
+
+Correlate's pair statistics + collect's within-layer covariances -> baseline maxima.
 
 Writes ``data/baseline/``: ``baseline.parquet`` (rows ``model, partner, sample, layer, index,
 baseline``) and ``summary.json``; and ``metrics/baseline.json`` (mean baseline per model and
@@ -80,13 +82,12 @@ def run(params: Params, layout: Layout) -> dict:
 
 COMMAND = Stage(
     name="baseline",
-    help="Stage baseline: the random-rotation baseline, analytic from correlate's statistics.",
-    run=run,
-    render=lambda metrics: as_json(metrics["models"]),
     params=("baseline", "correlate.dead_variance", "train.seeds"),
     inputs=lambda layout: [layout.stage_dir("collect"), layout.stage_dir("correlate")],
     outputs=lambda layout: [
         Out(layout.stage_dir("baseline")),
         Out(layout.metric("baseline.json"), kind="metrics", cache=False),
     ],
+    run=run,
+    render=lambda metrics: as_json(metrics["models"]),
 )

@@ -1,4 +1,6 @@
-"""classify: family of each universal neuron (variance reduction of token-set features).
+"""Stage classify: family of each universal neuron (variance reduction of features).
+
+Family of each universal neuron (variance reduction of token-set features).
 
 Reads the token set, the syntax labels, each model and its stats table; writes
 ``data/families/seed{s}.parquet`` (+ ``topics.json``), ``metrics/families.json``,
@@ -104,9 +106,6 @@ def _summary(metrics: dict) -> str:
 
 COMMAND = Stage(
     name="classify",
-    help="Stage classify: family of each universal neuron (variance reduction of features).",
-    run=run,
-    render=_summary,
     params=("analysis", "families", "train.seeds"),
     inputs=lambda layout: [
         layout.tokens,
@@ -120,4 +119,6 @@ COMMAND = Stage(
         Out(layout.metric("families_per_layer.csv"), kind="plots", cache=False),
         Out(layout.metric("families_per_layer.png"), kind="plots", cache=False),
     ],
+    run=run,
+    render=_summary,
 )

@@ -1,4 +1,6 @@
-"""collect: one model, one streaming pass -> per-neuron moments + within-layer covariance.
+"""Stage collect: per-neuron moments and within-layer covariance of one model.
+
+One model, one streaming pass -> per-neuron moments + within-layer covariance.
 
 Writes ``data/collect/seed{s}/``: ``moments.parquet`` (one row per neuron), ``within_layer_cov.npy``
 (float64 ``[layers, d_mlp, d_mlp]``, population covariance of post-activations over the kept
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-import click
 import numpy as np
 
 from universal_neurons.analysis.activations import load_analysis_set
@@ -56,7 +57,7 @@ def run(params: Params, layout: Layout, seed: int, progress: bool = True) -> dic
     model = load_model(str(layout.model(seed)), device=cfg.device)
     check_fits_tokens(model_spec(model), name, tokens, *tokenizer_vocab(layout.tokens))
     result = collect_model(
-        model, name, tokens, excluded, cfg.batch_size, cfg.device, progress=progress
+        model, name, tokens, excluded, cfg.batch_size, device=cfg.device, progress=progress
     )
     assert result.kept_positions == kept, (result.kept_positions, kept)
     summary = _summary(result, name, len(tokens), excluded)
@@ -71,15 +72,10 @@ def run(params: Params, layout: Layout, seed: int, progress: bool = True) -> dic
 
 COMMAND = Stage(
     name="collect",
-    help="Stage collect: per-neuron moments and within-layer covariance of one model.",
-    run=run,
-    options=[
-        click.option(
-            "--seed", type=int, required=True, help="Which seed of train.seeds to collect."
-        )
-    ],
-    per_seed=True,
     params=("analysis", "train.seeds"),
     inputs=lambda layout, seed: [layout.tokens, layout.model(seed)],
     outputs=lambda layout, seed: [Out(layout.model_dir("collect", seed))],
+    run=run,
+    per_seed=True,
+    seed_help="Which seed of train.seeds to collect.",
 )

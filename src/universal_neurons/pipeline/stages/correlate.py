@@ -1,4 +1,6 @@
-"""correlate: every model of the group -> every pair's statistics and maxima, in work units.
+"""Stage correlate: every pair's correlation statistics and per-neuron maxima.
+
+Every model of the group -> every pair's statistics and maxima, in work units.
 
 The pairs are split into work units (pair x block of neurons x token shard, ``correlate.*``;
 ``analysis.units``) that an executor runs; with the defaults (inline, no neuron blocks, one
@@ -156,12 +158,11 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
 
 COMMAND = Stage(
     name="correlate",
-    help="Stage correlate: every pair's correlation statistics and per-neuron maxima.",
+    params=("analysis", "correlate", "train.seeds"),
+    inputs=lambda layout: [layout.tokens, layout.models],
+    outputs=lambda layout: [Out(layout.stage_dir("correlate"))],
     run=run,
     render=lambda summary: json.dumps(
         {k: summary[k] for k in ("pairs", "kept_positions", "dead")}, indent=2
     ),
-    params=("analysis", "correlate", "train.seeds"),
-    inputs=lambda layout: [layout.tokens, layout.models],
-    outputs=lambda layout: [Out(layout.stage_dir("correlate"))],
 )

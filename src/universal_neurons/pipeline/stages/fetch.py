@@ -1,4 +1,6 @@
-"""fetch: member ``seed`` of a pretrained group (params.group) -> ``models/seed{seed}``.
+"""Stage fetch: member SEED of params.group (a preset or custom group) -> models/seed{SEED}.
+
+Member ``seed`` of a pretrained group (params.group) -> ``models/seed{seed}``.
 
 Replaces the train stage in the preset pipelines (``pipelines/<preset>/dvc.preset.yaml``): the
 analysis stages then read ``models/seed{s}`` exactly as they read trained models.
@@ -7,8 +9,6 @@ analysis stages then read ``models/seed{s}`` exactly as they read trained models
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-
-import click
 
 from universal_neurons.io import atomic_path
 from universal_neurons.models.group import fetch_model, member
@@ -28,15 +28,9 @@ def run(params: Params, layout: Layout, seed: int) -> dict:
 
 COMMAND = Stage(
     name="fetch",
-    help="Stage fetch: member SEED of params.group (a preset or custom group) -> models/seed{SEED}.",
-    run=run,
-    options=[
-        click.option(
-            "--seed", type=int, required=True, help="Member number of the group (1-based)."
-        )
-    ],
-    per_seed=True,
     params=("group", "train.seeds"),
-    inputs=lambda layout, seed: [],
     outputs=lambda layout, seed: [Out(layout.model(seed))],
+    run=run,
+    per_seed=True,
+    seed_help="Member number of the group (1-based).",
 )

@@ -1,4 +1,6 @@
-"""log: the pipeline state -> one MLflow run; ``tracking/run.json`` says where it is.
+"""Stage log: the pipeline state -> one MLflow run (MLFLOW_TRACKING_URI or ./mlruns.db).
+
+The pipeline state -> one MLflow run; ``tracking/run.json`` says where it is.
 
 The store is ``MLFLOW_TRACKING_URI`` or ``mlruns.db`` at the repository root
 (``outputs.tracking``). ``--if-missing`` (``ensure``) logs only when this store lacks the
@@ -99,7 +101,14 @@ def run(params: Params, layout: Layout, if_missing: bool = False) -> dict:
 
 COMMAND = Stage(
     name="log",
-    help="Stage log: the pipeline state -> one MLflow run (MLFLOW_TRACKING_URI or ./mlruns.db).",
+    params=(ALL_PARAMS,),
+    inputs=lambda layout: [
+        layout.models,
+        layout.report,
+        layout.metric("training.json"),
+        *layout.analysis_results(),
+    ],
+    outputs=lambda layout: [Out(layout.run_record, cache=False, persist=True)],
     run=run,
     options=[
         click.option(
@@ -109,18 +118,4 @@ COMMAND = Stage(
             "(e.g. a fresh clone).",
         )
     ],
-    params=(ALL_PARAMS,),
-    inputs=lambda layout: [
-        layout.models,
-        layout.report,
-        layout.metric("training.json"),
-        layout.stage_dir("universality"),
-        layout.stage_dir("stats"),
-        layout.stage_dir("families"),
-        layout.metric("universality.json"),
-        layout.metric("baseline.json"),
-        layout.metric("stats.json"),
-        layout.metric("families.json"),
-    ],
-    outputs=lambda layout: [Out(layout.run_record, cache=False, persist=True)],
 )

@@ -1,5 +1,8 @@
-"""report: metrics, tables and training curves -> ``report/index.html`` + figures, and
-``metrics/training.json`` (the training summary of every model)."""
+"""Stage report: metrics, tables and curves -> report/index.html + figures.
+
+Metrics, tables and training curves -> ``report/index.html`` + figures, and
+``metrics/training.json`` (the training summary of every model).
+"""
 
 from __future__ import annotations
 
@@ -40,22 +43,12 @@ def run(params: Params, layout: Layout) -> dict:
 
 COMMAND = Stage(
     name="report",
-    help="Stage report: metrics, tables and curves -> report/index.html + figures.",
-    run=run,
-    render=lambda result: as_json({"sections": result["sections"], "figures": result["figures"]}),
     params=("train.seeds",),
-    inputs=lambda layout: [
-        layout.models,
-        layout.stage_dir("universality"),
-        layout.stage_dir("stats"),
-        layout.stage_dir("families"),
-        layout.metric("universality.json"),
-        layout.metric("baseline.json"),
-        layout.metric("stats.json"),
-        layout.metric("families.json"),
-    ],
+    inputs=lambda layout: [layout.models, *layout.analysis_results()],
     outputs=lambda layout: [
         Out(layout.report),
         Out(layout.metric("training.json"), kind="metrics", cache=False),
     ],
+    run=run,
+    render=lambda result: as_json({"sections": result["sections"], "figures": result["figures"]}),
 )

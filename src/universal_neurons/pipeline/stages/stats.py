@@ -1,4 +1,6 @@
-"""stats: universality table + activation moments + processed weights -> the neuron table per model,
+"""Stage stats: the neuron table of every model and universal vs other neurons.
+
+Universality table + activation moments + processed weights -> the neuron table per model,
 the universal-vs-other comparison (``metrics/stats.json``) and its figures.
 
 Writes ``data/stats/``: ``seed{s}.parquet`` (the neuron tables), ``per_layer.csv`` (medians per
@@ -87,9 +89,6 @@ def _wrote(comparison: dict) -> str:
 
 COMMAND = Stage(
     name="stats",
-    help="Stage stats: the neuron table of every model and universal vs other neurons.",
-    run=run,
-    render=_wrote,
     params=("train.seeds", "stats"),
     inputs=lambda layout: [
         layout.models,
@@ -101,4 +100,6 @@ COMMAND = Stage(
         Out(layout.metric("stats.json"), kind="metrics", cache=False),
         Out(layout.metric("stats_percentiles.csv"), kind="plots", cache=False),
     ],
+    run=run,
+    render=_wrote,
 )

@@ -1,4 +1,6 @@
-"""syntax: spaCy part of speech and dependency label of every position of the analysis token set.
+"""Stage syntax: spaCy part of speech / dependency label of every analysis position.
+
+SpaCy part of speech and dependency label of every position of the analysis token set.
 
 Model-independent, so it is computed once and cached (``data/syntax``: ``pos.npy``, ``dep.npy``,
 ``labels.json``; see ``analysis.syntax``) for every classify run.
@@ -46,9 +48,8 @@ def run(params: Params, layout: Layout) -> dict:
 
 COMMAND = Stage(
     name="syntax",
-    help="Stage syntax: spaCy part of speech / dependency label of every analysis position.",
-    run=run,
     params=("analysis.split", "analysis.max_sequences", "families.spacy_model"),
     inputs=lambda layout: [layout.tokens],
     outputs=lambda layout: [Out(layout.stage_dir("syntax"))],
+    run=run,
 )

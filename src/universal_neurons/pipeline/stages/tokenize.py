@@ -1,4 +1,6 @@
-"""tokenize: corpus sources -> tokenizer + token array with domain labels.
+"""Stage tokenize: corpus -> tokenizer and token array.
+
+Corpus sources -> tokenizer + token array with domain labels.
 
 Writes ``data/tokens/`` (see ``text.tokens``): ``tokenizer.json``, ``{train,heldout}_tokens.npy``
 uint16 ``[sequences, context]``, ``{train,heldout}_domains.npy`` and ``summary.json``.
@@ -51,10 +53,8 @@ def run(params: Params, layout: Layout) -> dict:
 
 COMMAND = Stage(
     name="tokenize",
-    help="Stage tokenize: corpus -> tokenizer and token array.",
+    params=("corpus", "tokenizer", "tokens"),
+    outputs=lambda layout: [Out(layout.tokens, push=False)],
     run=run,
     render=lambda summary: as_json(summary["corpus"]),
-    params=("corpus", "tokenizer", "tokens"),
-    inputs=lambda layout: [],
-    outputs=lambda layout: [Out(layout.tokens, push=False)],
 )

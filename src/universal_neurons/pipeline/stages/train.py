@@ -1,4 +1,6 @@
-"""train: token array -> one trained GPT-2 per seed (Hugging Face format) + its training curve.
+"""Stage train: train the model of every seed (in parallel processes, train.workers).
+
+Token array -> one trained GPT-2 per seed (Hugging Face format) + its training curve.
 
 The seeds are trained in parallel worker processes (``train.workers``; each uses
 ``train.threads`` torch threads), so a 2-core machine trains two seeds at once. The
@@ -133,17 +135,6 @@ def train_seed(params: Params, seed: int, tokens_dir: Path, output_dir: Path) ->
 
 COMMAND = Stage(
     name="train",
-    help="Stage train: train the model of every seed (in parallel processes, train.workers).",
-    run=run,
-    options=[
-        click.option(
-            "--seed",
-            "seeds",
-            type=int,
-            multiple=True,
-            help="Train only this seed of train.seeds (repeatable; default: every seed).",
-        )
-    ],
     params=(
         "model",
         "train.seeds",
@@ -162,5 +153,15 @@ COMMAND = Stage(
     outputs=lambda layout: [
         Out(layout.models),
         Out(layout.metric("train_time.json"), cache=False),
+    ],
+    run=run,
+    options=[
+        click.option(
+            "--seed",
+            "seeds",
+            type=int,
+            multiple=True,
+            help="Train only this seed of train.seeds (repeatable; default: every seed).",
+        )
     ],
 )

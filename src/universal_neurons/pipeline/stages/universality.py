@@ -1,4 +1,6 @@
-"""universality: correlate's maxima + baseline -> the neuron table per model and the headline metric.
+"""Stage universality: neuron tables and the percentage of universal neurons.
+
+Correlate's maxima + baseline -> the neuron table per model and the headline metric.
 
 Writes ``data/universality/seed{s}.parquet`` (columns ``universality.TABLE_COLUMNS``),
 ``metrics/universality.json`` and ``metrics/universality_per_layer.csv``.
@@ -45,8 +47,6 @@ def run(params: Params, layout: Layout) -> dict:
 
 COMMAND = Stage(
     name="universality",
-    help="Stage universality: neuron tables and the percentage of universal neurons.",
-    run=run,
     params=("train.seeds", "universality"),
     inputs=lambda layout: [layout.stage_dir("baseline"), layout.stage_dir("correlate")],
     outputs=lambda layout: [
@@ -54,4 +54,5 @@ COMMAND = Stage(
         Out(layout.metric("universality.json"), kind="metrics", cache=False),
         Out(layout.metric("universality_per_layer.csv"), kind="plots", cache=False),
     ],
+    run=run,
 )

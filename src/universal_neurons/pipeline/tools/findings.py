@@ -1,4 +1,4 @@
-"""findings: which of the paper's findings on universal neurons hold (for the README)."""
+"""Print which of the paper's findings on universal neurons hold (for the README)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ def run(params: Params, layout: Layout, metrics_path: Path) -> str:
 
 COMMAND = Command(
     name="findings",
-    help="Print which of the paper's findings on universal neurons hold (for the README).",
     run=run,
-    render=lambda text: text,
     options=[
         click.option(
             "--metrics",

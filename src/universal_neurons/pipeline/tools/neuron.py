@@ -1,4 +1,9 @@
-"""neuron: one neuron of a model: statistics, universality, family, top-activating contexts."""
+"""Show one neuron: MODEL (seed1, or a model directory) and LAYER.INDEX (e.g. 0.17).
+
+Its statistics, universality and family (from the pipeline's tables, or computed
+now), top features with their variance reduction, and its top-activating contexts
+in the analysis token set with the token highlighted.
+"""
 
 from __future__ import annotations
 
@@ -95,14 +100,7 @@ def run(
 
 COMMAND = Command(
     name="neuron",
-    help="""Show one neuron: MODEL (seed1, or a model directory) and LAYER.INDEX (e.g. 0.17).
-
-    Its statistics, universality and family (from the pipeline's tables, or computed
-    now), top features with their variance reduction, and its top-activating contexts
-    in the analysis token set with the token highlighted.
-    """,
     run=run,
-    render=lambda text: text,
     options=[
         click.argument("model"),
         click.argument("neuron"),

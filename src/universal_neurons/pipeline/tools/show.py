@@ -1,4 +1,4 @@
-"""show: the most universal neurons of a model, with their key statistics."""
+"""List the most universal neurons of MODEL (seed1, 1, or a .parquet path) with key statistics."""
 
 from __future__ import annotations
 
@@ -32,10 +32,7 @@ def run(
 
 COMMAND = Command(
     name="show",
-    help="List the most universal neurons of MODEL (seed1, 1, or a .parquet path) with key statistics.",
     run=run,
-    render=lambda text: text,
-    needs_params=False,
     options=[
         click.argument("model"),
         click.option(
@@ -68,4 +65,5 @@ COMMAND = Command(
             help="Where the stats stage wrote the neuron tables.",
         ),
     ],
+    needs_params=False,
 )

@@ -1,4 +1,4 @@
-"""ui: the MLflow UI on the project's store."""
+"""Start the MLflow UI on the project's store and print its address."""
 
 from __future__ import annotations
 
@@ -16,10 +16,7 @@ def run(layout: Layout, host: str, port: int) -> None:
 
 COMMAND = Command(
     name="ui",
-    help="Start the MLflow UI on the project's store and print its address.",
     run=run,
-    render=lambda _: None,
-    needs_params=False,
     options=[
         click.option(
             "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
@@ -28,4 +25,5 @@ COMMAND = Command(
             "--port", default=5000, show_default=True, type=int, help="Port to listen on."
         ),
     ],
+    needs_params=False,
 )

@@ -1,4 +1,4 @@
-"""validate: check the parameter file and print the resolved parameters."""
+"""Check the parameter file and print the resolved parameters."""
 
 from __future__ import annotations
 
@@ -18,6 +18,5 @@ def run(params: Params, layout: Layout) -> dict:
 
 COMMAND = Command(
     name="validate",
-    help="Check the parameter file and print the resolved parameters.",
     run=run,
 )
