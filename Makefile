@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup pipeline test lint bench
+.PHONY: setup pipeline test lint metrics bench
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,13 @@ pipeline: setup
 	universal-neurons log --if-missing   # a fresh clone's MLflow store gets this state's run once
 
 test: setup
-	ruff check src stages tests benchmarks
-	ruff format --check src stages tests benchmarks
+	ruff check src tests benchmarks scripts
+	ruff format --check src tests benchmarks scripts
 	python -m pytest
 
 lint: setup
-	ruff check --fix src stages tests benchmarks
-	ruff format src stages tests benchmarks
+	ruff check --fix src tests benchmarks scripts
+	ruff format src tests benchmarks scripts
+
+metrics: setup   # function lengths and docstrings of src/ (limits checked by tests/test_code_metrics.py)
+	python scripts/code_metrics.py

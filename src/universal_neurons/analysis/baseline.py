@@ -14,6 +14,7 @@ paper's matrix instead: Gaussian entries, each row scaled to unit norm (not orth
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from universal_neurons.analysis.correlation import MaxCorrelation, row_max
@@ -91,6 +92,22 @@ def mixed_max_correlation(
     return row_max(torch.cat(parts, dim=1))
 
 
+def _baseline_frame(
+    model: str, partner: str, sample: int, n_layers: int, d_mlp: int, baseline: np.ndarray
+) -> pd.DataFrame:
+    """Rows ``model, partner, sample, layer, index, baseline`` of one draw of one direction."""
+    return pd.DataFrame(
+        {
+            "model": model,
+            "partner": partner,
+            "sample": sample,
+            "layer": np.repeat(np.arange(n_layers, dtype=np.int64), d_mlp),
+            "index": np.tile(np.arange(d_mlp, dtype=np.int64), n_layers),
+            "baseline": baseline,
+        }
+    )
+
+
 def pair_baselines(
     stats,
     names: tuple[str, str],
@@ -100,7 +117,7 @@ def pair_baselines(
     samples: int,
     seed: int,
     dead_variance: float = 0.0,
-):
+) -> pd.DataFrame:
     """Both directions of one pair's baseline, all draws: a long table.
 
     ``stats``: the pair's ``CrossMoments`` (x = ``names[0]``, y = ``names[1]``);
@@ -108,8 +125,6 @@ def pair_baselines(
     ``within``: each model's within-layer covariance ``[layers, d_mlp, d_mlp]``.
     Rows ``model, partner, sample, layer, index, baseline`` (NaN for dead neurons).
     """
-    import pandas as pd
-
     n_layers, d_mlp = within[0].shape[0], within[0].shape[1]
     cov = stats.covariance()
     sides = [
@@ -124,18 +139,7 @@ def pair_baselines(
             result = mixed_max_correlation(
                 covariance, var_x, within_t, torch.as_tensor(matrices), dead_variance
             )
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "model": model,
-                        "partner": partner,
-                        "sample": sample,
-                        "layer": np.repeat(np.arange(n_layers, dtype=np.int64), d_mlp),
-                        "index": np.tile(np.arange(d_mlp, dtype=np.int64), n_layers),
-                        "baseline": result.max_corr,
-                    }
-                )
-            )
+            frames.append(_baseline_frame(model, partner, sample, n_layers, d_mlp, result.max_corr))
     return pd.concat(frames, ignore_index=True)
 
 

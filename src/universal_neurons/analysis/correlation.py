@@ -92,6 +92,8 @@ class CrossMoments:
 
     @classmethod
     def empty(cls, n_x: int, n_y: int, device: str | torch.device = "cpu") -> CrossMoments:
+        """Statistics of no token position: ``[n_x]`` / ``[n_y]`` / ``[n_x, n_y]`` zeros."""
+
         def zeros(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, dtype=torch.float64, device=device)
 
@@ -99,6 +101,7 @@ class CrossMoments:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n_x, n_y)``."""
         return int(self.mean_x.shape[0]), int(self.mean_y.shape[0])
 
     @classmethod
@@ -272,41 +275,38 @@ def row_max(corr: torch.Tensor) -> MaxCorrelation:
     return MaxCorrelation(values, index)
 
 
+def _row_maxima(
+    cxy: torch.Tensor,
+    count: int,
+    var_rows: torch.Tensor,
+    var_cols: torch.Tensor,
+    dead_variance: float,
+    block: int,
+) -> MaxCorrelation:
+    """Row maxima of the correlation of the cross-product sums ``cxy [rows, cols]`` over
+    ``count`` positions, ``block`` rows at a time."""
+    parts = [
+        row_max(
+            correlation_from_covariance(
+                cxy[start : start + block] / count,
+                var_rows[start : start + block],
+                var_cols,
+                dead_variance,
+            )
+        )
+        for start in range(0, cxy.shape[0], block)
+    ]
+    return MaxCorrelation(
+        np.concatenate([p.max_corr for p in parts]), np.concatenate([p.argmax for p in parts])
+    )
+
+
 def max_correlations(
     stats: CrossMoments, dead_variance: float = 0.0, block: int = 4096
 ) -> tuple[MaxCorrelation, MaxCorrelation]:
-    """Both directions of a pair: (for each x neuron the max over y, for each y neuron the max over x).
-
-    Works in blocks of ``block`` rows/columns so the correlation matrix is never held twice.
-    """
+    """Both directions of a pair: per x neuron the max over y, per y neuron the max over x;
+    ``block`` rows at a time, so that the correlation matrix is never held whole."""
     var_x, var_y = stats.var_x(), stats.var_y()
-    n_x, n_y = stats.shape
-    parts_x = [
-        row_max(
-            correlation_from_covariance(
-                stats.cxy[start : start + block] / stats.count,
-                var_x[start : start + block],
-                var_y,
-                dead_variance,
-            )
-        )
-        for start in range(0, n_x, block)
-    ]
-    parts_y = [
-        row_max(
-            correlation_from_covariance(
-                stats.cxy[:, start : start + block].T / stats.count,
-                var_y[start : start + block],
-                var_x,
-                dead_variance,
-            )
-        )
-        for start in range(0, n_y, block)
-    ]
-
-    def join(parts: list[MaxCorrelation]) -> MaxCorrelation:
-        return MaxCorrelation(
-            np.concatenate([p.max_corr for p in parts]), np.concatenate([p.argmax for p in parts])
-        )
-
-    return join(parts_x), join(parts_y)
+    forward = _row_maxima(stats.cxy, stats.count, var_x, var_y, dead_variance, block)
+    backward = _row_maxima(stats.cxy.T, stats.count, var_y, var_x, dead_variance, block)
+    return forward, backward

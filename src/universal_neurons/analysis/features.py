@@ -67,6 +67,7 @@ class Variable:
 
     @property
     def size(self) -> int:
+        """Number of categories."""
         return len(self.labels)
 
     def feature_name(self, category: int) -> str:
@@ -88,6 +89,7 @@ class FeatureSet:
     topic_words: dict[str, list[str]] = field(default_factory=dict)
 
     def variable(self, name: str) -> Variable:
+        """The variable called ``name``."""
         for var in self.variables:
             if var.name == name:
                 return var

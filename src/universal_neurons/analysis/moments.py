@@ -49,6 +49,7 @@ class StreamingMoments:
 
     @classmethod
     def empty(cls, n_neurons: int) -> StreamingMoments:
+        """Moments of no observation: ``[n_neurons]`` zeros."""
         zeros = np.zeros(n_neurons, dtype=np.float64)
         return cls(0, zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy())
 

@@ -200,15 +200,10 @@ def within_layer_percentiles(table: pd.DataFrame, metrics: Sequence[str]) -> pd.
     )
 
 
-def neuron_table(
+def _check_same_neurons(
     universality: pd.DataFrame, weight_stats: pd.DataFrame, activation_stats: pd.DataFrame
-) -> pd.DataFrame:
-    """The neuron table of one model: one row per neuron, ordered by ``(layer, index)``.
-
-    ``universality``: the universality stage's table; ``weight_stats``: from
-    ``weight_statistics``; ``activation_stats``: from ``activation_statistics``. All
-    three must describe the same neurons. Columns: ``table_columns()``.
-    """
+) -> None:
+    """Stop unless the three tables describe the same neurons (and universality has its columns)."""
     missing = [c for c in UNIVERSALITY_COLUMNS if c not in universality.columns]
     if missing:
         raise UserError(f"universality table: missing columns {', '.join(missing)}")
@@ -220,6 +215,18 @@ def neuron_table(
                 f"{name}: its neurons ({len(keys)}) differ from the universality table's "
                 f"({len(reference)}); were they computed for the same model?"
             )
+
+
+def neuron_table(
+    universality: pd.DataFrame, weight_stats: pd.DataFrame, activation_stats: pd.DataFrame
+) -> pd.DataFrame:
+    """The neuron table of one model: one row per neuron, ordered by ``(layer, index)``.
+
+    ``universality``: the universality stage's table; ``weight_stats``: from
+    ``weight_statistics``; ``activation_stats``: from ``activation_statistics``. All
+    three must describe the same neurons. Columns: ``table_columns()``.
+    """
+    _check_same_neurons(universality, weight_stats, activation_stats)
     table = (
         universality[list(UNIVERSALITY_COLUMNS)]
         .astype({"layer": np.int64, "index": np.int64})

@@ -293,6 +293,17 @@ def _chunks(units: list[Unit], executor: str, workers: int) -> list[list[Unit]]:
     return [[unit] for unit in units]
 
 
+def _submitit_engine(executor: str, log_dir: str | Path, slurm: dict):
+    """submitit's executor for ``local`` worker processes or a ``slurm`` job array, its job
+    files in ``log_dir``."""
+    import submitit
+
+    engine = submitit.AutoExecutor(folder=str(log_dir), cluster=executor)
+    local = {"timeout_min": int(slurm.get("timeout_min", 240))}
+    engine.update_parameters(**(local if executor == "local" else _slurm_options(slurm)))
+    return engine
+
+
 def execute(
     units: list[Unit],
     context: UnitContext,
@@ -315,14 +326,7 @@ def execute(
         return
     if executor not in ("local", "slurm"):
         raise UserError(f"correlate.executor: expected inline, local or slurm, got {executor!r}")
-    import submitit
-
-    slurm = slurm or {}
-    engine = submitit.AutoExecutor(folder=str(log_dir), cluster=executor)
-    if executor == "local":
-        engine.update_parameters(timeout_min=int(slurm.get("timeout_min", 240)))
-    else:
-        engine.update_parameters(**_slurm_options(slurm))
+    engine = _submitit_engine(executor, log_dir, slurm or {})
     chunks = _chunks(units, executor, workers)
     jobs = engine.map_array(run_units, chunks, [context] * len(chunks))
     for job in tqdm(jobs, desc=f"correlate jobs ({executor})", disable=not progress):

@@ -123,6 +123,7 @@ class TopActivations:
 
     @classmethod
     def empty(cls, n_neurons: int, k: int) -> TopActivations:
+        """No activation seen yet: values -inf, places -1."""
         return cls(
             torch.full((n_neurons, k), -torch.inf, dtype=torch.float64),
             torch.full((n_neurons, k), -1, dtype=torch.int64),

@@ -105,6 +105,15 @@ def heldout_loss(
     return total / count
 
 
+def _prepare_torch(config: TrainConfig) -> None:
+    """Stop if CUDA is asked for but missing; set the thread count and deterministic
+    algorithms (the weights depend on both)."""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device: 'cuda' was asked for, but no CUDA device is available")
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def train_model(
     tokens: np.ndarray,
     heldout: np.ndarray,
@@ -120,10 +129,7 @@ def train_model(
     to ``output_dir/checkpoints/tokens_{n}`` in the same Hugging Face format.
     """
     device = config.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device: 'cuda' was asked for, but no CUDA device is available")
-    torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _prepare_torch(config)
     started = time.perf_counter()
     context = tokens.shape[1]
     tokens_per_step = config.batch_size * context

@@ -185,6 +185,18 @@ class PageSettings:
     after: int = 4
 
 
+def _top_activations(
+    model, analysis_set: tuple[np.ndarray, np.ndarray], neuron, settings: PageSettings, desc: str
+) -> TopActivations:
+    """The neuron's ``settings.top`` activations over ``(tokens, excluded ids)``, one pass."""
+    tokens, excluded = analysis_set
+    batch_size, device = settings.analysis.batch_size, settings.analysis.device
+    no_features = FeatureSet(variables=[], codes={})
+    return collect_feature_sums(
+        model, tokens, no_features, [neuron], excluded, batch_size, device, settings.top, desc
+    )[1]
+
+
 def _family_and_top(
     sources: NeuronSources, neuron: tuple[int, int], settings: PageSettings, style: Style
 ) -> tuple[list[str], TopActivations, np.ndarray, list[str]]:
@@ -199,17 +211,7 @@ def _family_and_top(
     desc = f"{sources.label} L{neuron[0]}.N{neuron[1]}"
     lines = [style("family", "heading")]
     if family is not None:  # the family is known: the pass only looks for top contexts
-        _, best = collect_feature_sums(
-            model,
-            tokens,
-            FeatureSet(variables=[], codes={}),
-            [neuron],
-            excluded,
-            analysis.batch_size,
-            analysis.device,
-            top_k=settings.top,
-            desc=desc,
-        )
+        best = _top_activations(model, (tokens, excluded), neuron, settings, desc)
         return lines + family_lines(family, False, style), best, tokens, pieces
     stats = pd.read_parquet(sources.stats_table) if sources.stats_table.is_file() else None
     table, best = classify_model(

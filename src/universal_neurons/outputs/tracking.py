@@ -352,6 +352,15 @@ def _log_contents(
             client.log_artifact(run_id, str(path), where)
 
 
+def _create_run(client: Any, experiment: str, uri: str, run_name: str) -> tuple[str, str]:
+    """``(experiment id, run id)`` of a new run of ``experiment`` in the store ``uri``."""
+    try:
+        experiment_id = _experiment_id(client, experiment, uri)
+        return experiment_id, client.create_run(experiment_id, run_name=run_name).info.run_id
+    except Exception as exc:
+        raise TrackingError(f"MLflow store {uri}: cannot create a run ({exc})") from exc
+
+
 def log_run(
     inputs: RunInputs,
     raw_params: dict,
@@ -377,11 +386,7 @@ def log_run(
     params = flatten_params(raw_params)
     run_name = _run_name(tags)
     client = MlflowClient(tracking_uri=uri)
-    try:
-        experiment_id = _experiment_id(client, name, uri)
-        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
-    except Exception as exc:
-        raise TrackingError(f"MLflow store {uri}: cannot create a run ({exc})") from exc
+    experiment_id, run_id = _create_run(client, name, uri, run_name)
     try:
         existing = [(path, where) for path, where in artifacts if path.exists()]
         _log_contents(client, run_id, (scalars, series), params, tags, existing)

@@ -39,6 +39,13 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _exit_with(error: UserError) -> None:
+    """``error: <message>`` on stderr, exit status 2."""
+    _close_progress_bars()
+    click.echo(f"error: {error}", err=True)
+    sys.exit(2)
+
+
 def run_command(declared: Command, params_path: Path | None, options: dict[str, Any]) -> Any:
     """Run ``declared`` in the project's layout; a ``UserError`` becomes one line and exit 2."""
     try:
@@ -47,9 +54,7 @@ def run_command(declared: Command, params_path: Path | None, options: dict[str, 
         layout = Layout(params=params_path or DEFAULT_PARAMS_PATH)
         return declared.run(load_params(layout.params), layout, **options)
     except UserError as exc:
-        _close_progress_bars()
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _exit_with(exc)
 
 
 def click_command(declared: Command) -> click.Command:

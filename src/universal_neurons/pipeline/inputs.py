@@ -16,8 +16,7 @@ def correlate_summary(params: Params, layout: Layout) -> dict:
     """correlate's ``summary.json``, checked to be about the models of ``train.seeds``."""
     path = layout.stage_dir("correlate") / "summary.json"
     summary = read_json(path)
-    names = [model_name(seed) for seed in params.train.seeds]
-    if summary["models"] != names:
+    if summary["models"] != [model_name(seed) for seed in params.train.seeds]:
         raise UserError(
             f"{path}: models {summary['models']} do not match "
             f"train.seeds {params.train.seeds}; rerun correlate"

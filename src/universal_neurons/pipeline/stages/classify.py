@@ -64,13 +64,18 @@ def classify_seed(
     return table, family_metrics(table, stats, n_layers, config)
 
 
-def _write(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict, metrics: dict) -> None:
-    """The family tables and topic words, the metrics, the per-layer counts and their plot."""
+def _write_tables(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict) -> None:
+    """``data/families``: the family table of every model and the topic words."""
     with atomic_path(layout.stage_dir("families")) as temp:
         temp.mkdir()
         for label, table in tables.items():
             table.to_parquet(temp / f"{label}.parquet", index=False)
         (temp / "topics.json").write_text(json.dumps(topics, indent=2) + "\n")
+
+
+def _write(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict, metrics: dict) -> None:
+    """The family tables and topic words, the metrics, the per-layer counts and their plot."""
+    _write_tables(layout, tables, topics)
     write_json(layout.metric("families.json"), metrics)
     with atomic_path(layout.metric("families_per_layer.csv")) as temp:
         per_layer_rows(metrics).to_csv(temp, index=False)

@@ -54,14 +54,18 @@ if TYPE_CHECKING:
     from universal_neurons.config import Params
 
 
+def load_specs(seeds: list[int], layout: Layout) -> dict[str, ModelSpec]:
+    """``{name: ModelSpec}`` of the models of ``seeds``, each loaded once on the CPU."""
+    return {
+        model_name(seed): model_spec(load_model(str(layout.model(seed)), device="cpu"))
+        for seed in seeds
+    }
+
+
 def group_specs(seeds: list[int], layout: Layout, tokens: np.ndarray) -> dict[str, ModelSpec]:
-    """Load each model once (CPU) to check that the group's models share their shape and
-    tokenizer, and that they accept the token set; return ``{name: ModelSpec}``."""
-    specs = {}
-    for seed in seeds:
-        model = load_model(str(layout.model(seed)), device="cpu")
-        specs[model_name(seed)] = model_spec(model)
-        del model
+    """The ``ModelSpec`` of every model, checked to share one shape and one tokenizer and to
+    accept the token set ``tokens``."""
+    specs = load_specs(seeds, layout)
     check_group(specs)
     vocab = tokenizer_vocab(layout.tokens)
     for name, spec in specs.items():

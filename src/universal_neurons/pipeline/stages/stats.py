@@ -9,7 +9,6 @@ layer and group) and ``plots/*.png``; ``metrics/stats.json`` and ``metrics/stats
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -46,9 +45,10 @@ def model_table(params: Params, layout: Layout, seed: int) -> pd.DataFrame:
     return neuron_table(universality, weights, activation_statistics(moments, "pre"))
 
 
-def _write_tables(tables: dict[str, pd.DataFrame], output_dir: Path) -> None:
-    """The neuron tables, the per-layer medians and the two figures, in one atomic step."""
-    with atomic_path(output_dir) as temp:
+def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout) -> None:
+    """The neuron tables, the per-layer medians and the two figures (in one atomic step), and
+    the pooled percentiles of the universal neurons."""
+    with atomic_path(layout.stage_dir("stats")) as temp:
         (temp / "plots").mkdir(parents=True)
         for model, table in tables.items():
             table.to_parquet(temp / f"{model}.parquet", index=False)
@@ -62,19 +62,18 @@ def _write_tables(tables: dict[str, pd.DataFrame], output_dir: Path) -> None:
             universal_percentiles(tables), len(tables), temp / "plots" / "universal_percentiles.png"
         )
         plot_per_layer(medians, METRICS, temp / "plots" / "per_layer.png")
+    with atomic_path(layout.metric("stats_percentiles.csv")) as temp:
+        universal_percentile_summary(tables).to_csv(temp, index=False)
 
 
 def run(params: Params, layout: Layout) -> dict:
-    """Write the neuron tables, the comparison and the pooled percentiles; return the
-    comparison ``{"models": {"seed{s}": {metric: {...}}}}``."""
+    """Write every model's neuron table and figures; return ``{"models": {name: comparison}}``."""
     tables = {
         model_name(seed): model_table(params, layout, seed)
         for seed in tqdm(params.train.seeds, desc="stats", unit="model")
     }
     comparison = {"models": {model: compare_universal(table) for model, table in tables.items()}}
-    _write_tables(tables, layout.stage_dir("stats"))
-    with atomic_path(layout.metric("stats_percentiles.csv")) as temp:
-        universal_percentile_summary(tables).to_csv(temp, index=False)
+    _write_tables(tables, layout)
     write_json(layout.metric("stats.json"), comparison)
     return comparison
 
