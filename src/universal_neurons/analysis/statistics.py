@@ -1,7 +1,7 @@
 """Neuron statistics: the neuron table, and how universal neurons differ from the rest.
 
 Per neuron ``i`` of layer ``l``, on the processed weights (LayerNorm folded, writing
-weights and unembedding centred; see ``models.processed_weights``):
+weights and unembedding centred; see ``models.loading.processed_weights``):
 
 - ``w_in_norm`` = ‖W_in[l, :, i]‖, ``w_out_norm`` = ‖W_out[l, i, :]‖ (Euclidean norms),
   ``input_bias`` = b_in[l, i], ``in_out_sim`` = cos(W_in[l, :, i], W_out[l, i, :]),
