@@ -23,9 +23,11 @@ Device = Literal["cpu", "cuda"]
 Products = Literal["float64", "float32", "bfloat16"]
 """Precision of the per-batch products of the correlation (accumulation is always float64)."""
 BaselineKind = Literal["rotation", "gaussian_rows"]
+Executor = Literal["inline", "local", "slurm"]
 GroupPreset = Literal["trained", "gpt2-small", "gpt2-medium", "pythia-160m", "custom"]
 BASELINE_KINDS: tuple[str, ...] = get_args(BaselineKind)
 PRODUCTS: tuple[str, ...] = get_args(Products)
+EXECUTORS: tuple[str, ...] = get_args(Executor)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -218,7 +220,7 @@ class CorrelateConfig(_Section):
     products: Literal["auto", Products] = "auto"
     dead_variance: Annotated[float, Field(ge=0.0)] = 0.0
     # work units and executors (docs/scale.md)
-    executor: Literal["inline", "local", "slurm"] = "inline"
+    executor: Executor = "inline"
     neuron_block: NonNegativeInt = 0
     token_shards: PositiveInt = 1
     workers: PositiveInt = 2

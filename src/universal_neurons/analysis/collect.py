@@ -126,7 +126,7 @@ def model_batches(
         yield number, kept_activations(model, model_name, batch, mask, number, kinds, None, device)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CollectResult:
     """What one pass over the token set gives for one model.
 

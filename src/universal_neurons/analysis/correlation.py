@@ -74,7 +74,7 @@ def centred_product(x: torch.Tensor, y: torch.Tensor, products: Products) -> tor
     raise ValueError(f"products: expected one of {', '.join(PRODUCTS)}, got {products!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CrossMoments:
     """Sufficient statistics of the correlations between neurons x and neurons y.
 

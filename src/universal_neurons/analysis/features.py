@@ -80,7 +80,7 @@ class Variable:
         return f"{self.name}={label}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class FeatureSet:
     """All variables of the analysis token set: ``codes[name]`` is int32 ``[sequences, context]``."""
 

@@ -31,7 +31,7 @@ def trivial_merge(a: Stream, b: Stream) -> Stream | None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamingMoments:
     """Moments of ``n_neurons`` variables over a stream of observations.
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from universal_neurons.analysis.activations import iter_batches, kept_mask, load_analysis_set
 from universal_neurons.analysis.collect import check_finite_statistics, kept_activations
 from universal_neurons.analysis.correlation import CrossMoments
-from universal_neurons.config import AnalysisConfig
+from universal_neurons.config import EXECUTORS, AnalysisConfig
 from universal_neurons.errors import UserError
 from universal_neurons.models.loading import load_model, model_shape
 
@@ -324,8 +324,10 @@ def execute(
     if executor == "inline":
         run_units(units, context, progress)
         return
-    if executor not in ("local", "slurm"):
-        raise UserError(f"correlate.executor: expected inline, local or slurm, got {executor!r}")
+    if executor not in EXECUTORS:
+        raise UserError(
+            f"correlate.executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}"
+        )
     engine = _submitit_engine(executor, log_dir, slurm or {})
     chunks = _chunks(units, executor, workers)
     jobs = engine.map_array(run_units, chunks, [context] * len(chunks))

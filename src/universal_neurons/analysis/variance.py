@@ -115,7 +115,9 @@ class FeatureSums:
 
 @dataclass
 class TopActivations:
-    """The ``k`` highest activations per neuron and where they are: ``[n_neurons, k]`` each."""
+    """The ``k`` highest activations per neuron and where they are: ``[n_neurons, k]`` each.
+
+    An accumulator: ``update`` replaces the arrays batch after batch."""
 
     values: torch.Tensor
     sequence: torch.Tensor

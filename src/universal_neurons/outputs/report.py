@@ -57,7 +57,7 @@ class ReportSources:
     model_dirs: Mapping[str, Path]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportResult:
     """What was rendered: section titles, figure paths (relative to the report directory)."""
 

@@ -450,13 +450,16 @@ def ui_command(host: str, port: int, uri: str, root: Path) -> list[str]:
     return command
 
 
-def serve_ui(host: str, port: int, echo: Callable[[str], None] = print) -> int:
-    """Serve the MLflow UI of the project's store on ``host:port`` until interrupted.
+def serve_ui(
+    host: str, port: int, echo: Callable[[str], None] = print, root: Path | None = None
+) -> int:
+    """Serve the MLflow UI of the store of the project at ``root`` (default: found from the
+    working directory, ``project_root``) on ``host:port`` until interrupted.
 
     When ``MLFLOW_TRACKING_URI`` names a server (http/https), that server is the UI: its
     address is printed and nothing is started.
     """
-    root = project_root()
+    root = project_root(root)
     uri = tracking_uri(root)
     if uri.startswith(("http://", "https://")):
         echo(f"MLflow UI: {uri} (MLFLOW_TRACKING_URI names a running server)")

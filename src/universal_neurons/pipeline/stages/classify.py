@@ -1,7 +1,5 @@
 """Stage classify: family of each universal neuron (variance reduction of features).
 
-Family of each universal neuron (variance reduction of token-set features).
-
 Reads the token set, the syntax labels, each model and its stats table; writes
 ``data/families/seed{s}.parquet`` (+ ``topics.json``), ``metrics/families.json``,
 ``metrics/families_per_layer.csv`` and ``metrics/families_per_layer.png``.

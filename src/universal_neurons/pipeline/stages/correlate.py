@@ -1,7 +1,5 @@
 """Stage correlate: every pair's correlation statistics and per-neuron maxima.
 
-Every model of the group -> every pair's statistics and maxima, in work units.
-
 The pairs are split into work units (pair x block of neurons x token shard, ``correlate.*``;
 ``analysis.units``) that an executor runs; with the defaults (inline, no neuron blocks, one
 shard) that is one pass over the token set in this process, every model running once per

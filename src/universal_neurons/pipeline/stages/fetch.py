@@ -1,7 +1,5 @@
 """Stage fetch: member SEED of params.group (a preset or custom group) -> models/seed{SEED}.
 
-Member ``seed`` of a pretrained group (params.group) -> ``models/seed{seed}``.
-
 Replaces the train stage in the preset pipelines (``pipelines/<preset>/dvc.preset.yaml``): the
 analysis stages then read ``models/seed{s}`` exactly as they read trained models.
 """

@@ -20,6 +20,7 @@ from universal_neurons.outputs.tracking import (
     RunInputs,
     find_run,
     log_run,
+    project_root,
     record_dict,
     set_run_tag,
     tracking_uri,
@@ -67,7 +68,10 @@ def log_state(params: Params, layout: Layout, write_record: bool = True) -> dict
     """Log params, metrics, curves, tags and artifacts as one MLflow run; return its record."""
     raw = yaml.safe_load(Path(layout.params).read_text(encoding="utf-8"))  # the file's own keys
     own_output = str(Layout().run_record)  # as dvc.lock names it
-    record = log_run(run_inputs(layout, params.train.seeds), raw, exclude_outputs=[own_output])
+    uri = tracking_uri(project_root(layout.root))
+    record = log_run(
+        run_inputs(layout, params.train.seeds), raw, uri=uri, exclude_outputs=[own_output]
+    )
     if write_record:
         write_json(layout.run_record, record_dict(record))
     return record_dict(record)
@@ -85,7 +89,7 @@ def ensure(params: Params, layout: Layout) -> dict:
     record_path = layout.run_record
     recorded = read_json(record_path)["run_id"] if record_path.is_file() else None
     if recorded is not None:
-        existing = find_run(tracking_uri(), recorded)
+        existing = find_run(tracking_uri(project_root(layout.root)), recorded)
         if existing is not None:
             return {**existing, "logged": False}
     record = log_state(params, layout, write_record=recorded is None)

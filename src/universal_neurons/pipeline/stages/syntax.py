@@ -1,7 +1,5 @@
 """Stage syntax: spaCy part of speech / dependency label of every analysis position.
 
-SpaCy part of speech and dependency label of every position of the analysis token set.
-
 Model-independent, so it is computed once and cached (``data/syntax``: ``pos.npy``, ``dep.npy``,
 ``labels.json``; see ``analysis.syntax``) for every classify run.
 """

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import click
 
-from universal_neurons.outputs.tracking import serve_ui
+from universal_neurons.outputs.tracking import project_root, serve_ui
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 
 
 def run(layout: Layout, host: str, port: int) -> None:
     """Serve the UI until interrupted; its address is printed first."""
-    serve_ui(host, port, echo=lambda line: click.echo(line, err=False))
+    serve_ui(
+        host, port, echo=lambda line: click.echo(line, err=False), root=project_root(layout.root)
+    )
 
 
 COMMAND = Command(
