@@ -2,4 +2,5 @@
 
 from universal_neurons.pipeline.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -7,12 +7,12 @@ sequences of the analysis token set (a *shard*, starting and ending on batch bou
 Its statistics go to ``{units_dir}/{unit.name}.safetensors`` (``CrossMoments.save``; metadata
 ``a, b, rows, sequences, batches``).
 
-Units run in *passes* over the token set (``correlate_pass``): the units of one shard that
-take every neuron of model ``a`` share a pass, in which every model they need runs once per
-batch. With the default plan (no neuron blocks, one shard) the whole group is one pass: the
-classic one-pass correlate. A unit over a block of neurons runs alone, so that its memory
-stays bounded by the block: ``[block, n_b]`` float64 accumulator + the same in the
-product's precision + one batch of activations (docs/scale.md).
+Units run in *passes* over the token set (``correlate_pass``), in which every model the
+units of the pass need runs once per batch. The default plan (no neuron blocks, one shard,
+in process) is one pass of all units: the one-pass correlate of the whole group, which holds
+every pair's accumulator at once. A split plan runs each unit alone, so that its memory stays
+bounded by the unit: ``[block, n_b]`` float64 accumulator + the same in the product's
+precision + one batch of activations (docs/scale.md).
 
 ``merge_units`` reads the files back: the shards of a block are merged with Chan's exact
 merge (float64), then the blocks of a pair are stacked along model ``a``'s neurons. The
@@ -100,17 +100,14 @@ def plan_units(
     ]
 
 
-def passes(units: list[Unit], n_neurons: int) -> list[list[Unit]]:
-    """``units`` grouped into passes over the token set, in plan order.
-
-    Units of the same token shard that take all ``n_neurons`` neurons of model ``a`` share a
-    pass; a unit over a block of neurons (or any unit when ``n_neurons`` is 0, unknown) runs
-    alone.
-    """
-    grouped: dict[object, list[Unit]] = {}
+def passes(units: list[Unit], one_pass: bool) -> list[list[Unit]]:
+    """``units`` in passes over the token set, in plan order: with ``one_pass`` the units of
+    each token shard together (all of them, for the default plan), else each unit alone."""
+    if not one_pass:
+        return [[unit] for unit in units]
+    grouped: dict[tuple[int, int], list[Unit]] = {}
     for unit in units:
-        key = unit.sequences if unit.rows == (0, n_neurons) else unit
-        grouped.setdefault(key, []).append(unit)
+        grouped.setdefault(unit.sequences, []).append(unit)
     return list(grouped.values())
 
 
@@ -200,8 +197,8 @@ class UnitContext:
 
     ``models``: ``{name: local model directory or hub id}`` (absolute paths for workers on
     other machines); ``analysis``: ``AnalysisConfig`` as a dict; ``products``: the resolved
-    per-batch product precision; ``units_dir``: where the unit files go; ``n_neurons``: the
-    neurons of one model (units taking all of them share passes; 0 = every unit alone).
+    per-batch product precision; ``units_dir``: where the unit files go; ``one_pass``: run
+    the units of a token shard in one pass (see ``passes``).
     """
 
     models: dict[str, str]
@@ -211,7 +208,7 @@ class UnitContext:
     device: str
     units_dir: str
     dtype: str = "float32"
-    n_neurons: int = 0
+    one_pass: bool = False
 
 
 def unit_path(units_dir: str | Path, unit: Unit) -> Path:
@@ -260,7 +257,7 @@ def run_units(units: list[Unit], context: UnitContext, progress: bool = False) -
     loaded: dict[str, object] = {}
     written = []
     settings = PassSettings(config.batch_size, context.products, context.device)
-    for group in passes(units, context.n_neurons):
+    for group in passes(units, context.one_pass):
         models = _models_for(group, loaded, context)
         results, batches = correlate_pass(group, models, (tokens, excluded), settings, progress)
         for unit, stats in results.items():

@@ -110,7 +110,7 @@ def _write(output_dir: Path, stats: GroupStatistics, summary: dict, maxima, unit
         (temp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
-def _unit_context(params: Params, layout: Layout, products, work, n_neurons) -> UnitContext:
+def _unit_context(params: Params, layout: Layout, products: str, work: Path) -> UnitContext:
     """What the unit runs need, as plain values (absolute paths: workers may run elsewhere)."""
     device = params.analysis.device
     return UnitContext(
@@ -121,17 +121,18 @@ def _unit_context(params: Params, layout: Layout, products, work, n_neurons) -> 
         device=device,
         units_dir=str(work.resolve()),
         dtype=model_dtype(device),  # bf16 models on CUDA (docs/scale.md)
-        n_neurons=n_neurons,
+        one_pass=not params.correlate.split(),
     )
 
 
-def _run_units(params: Params, units: list[Unit], context: UnitContext, progress: bool):
-    """Run every unit with the configured executor; merge them into every pair's statistics."""
+def _run_units(params: Params, units: list[Unit], context: UnitContext, progress: bool, n: int):
+    """Run every unit with the configured executor; merge them into every pair's statistics
+    ``[n, n]``."""
     corr = params.correlate
     execute(
         units, context, corr.executor, corr.workers, corr.log_dir, corr.slurm.model_dump(), progress
     )
-    return merge_units(units, context.units_dir, context.n_neurons)
+    return merge_units(units, context.units_dir, n)
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
@@ -146,8 +147,8 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     units = plan_units(names, n, len(tokens), cfg.batch_size, corr.neuron_block, corr.token_shards)
     output_dir = layout.stage_dir("correlate")
     with _work_folder(output_dir) as work:
-        context = _unit_context(params, layout, products, work, n)
-        pairs, batches = _run_units(params, units, context, progress)
+        context = _unit_context(params, layout, products, work)
+        pairs, batches = _run_units(params, units, context, progress, n)
         stats = GroupStatistics(names, spec.n_layers, spec.d_mlp, kept, batches, pairs)
         assert next(iter(pairs.values())).count == kept
         maxima, dead = pair_maxima(stats, corr.dead_variance)
