@@ -21,6 +21,7 @@ from universal_neurons.statistics import (
 )
 
 COLLECT_DIR = Path("data/collect")
+EMERGENCE_NEURONS = Path("data/emergence/neurons.parquet")
 UNIVERSALITY_DIR = Path("data/universality")
 STATS_DIR = Path("data/stats")
 STATS_METRICS = METRICS_DIR / "stats.json"
@@ -32,9 +33,15 @@ def _read_parquet(path: Path, stage: str) -> pd.DataFrame:
 
 
 def model_table(
-    params: Params, seed: int, models_dir: Path, collect_dir: Path, universality_dir: Path
+    params: Params,
+    seed: int,
+    models_dir: Path,
+    collect_dir: Path,
+    universality_dir: Path,
+    first_universal: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The neuron table of the model of ``seed``."""
+    """The neuron table of the model of ``seed``; ``first_universal``: the emergence stage's
+    ``first_universal_tokens`` of every model (None: no emergence measurement)."""
     from universal_neurons.models import load_model, processed_weights
 
     universality = _read_parquet(universality_dir / f"seed{seed}.parquet", "universality")
@@ -42,7 +49,10 @@ def model_table(
     model = load_model(str(models_dir / f"seed{seed}"))
     weights = weight_statistics(processed_weights(model), params.stats.neuron_chunk)
     del model
-    return neuron_table(universality, weights, activation_statistics(moments, "pre"))
+    emergence = None
+    if first_universal is not None:
+        emergence = first_universal[first_universal["model"] == f"seed{seed}"]
+    return neuron_table(universality, weights, activation_statistics(moments, "pre"), emergence)
 
 
 def run(
@@ -53,14 +63,23 @@ def run(
     output_dir: Path = STATS_DIR,
     metrics_path: Path = STATS_METRICS,
     percentiles_csv: Path = STATS_PERCENTILES_CSV,
+    emergence_path: Path | None = None,
 ) -> dict:
     """Write ``{output_dir}/seed{s}.parquet``, ``per_layer.csv`` and ``plots/*.png``, the
     comparison to ``metrics_path`` and the pooled percentiles to ``percentiles_csv``;
-    return the comparison ``{"models": {"seed{s}": {metric: {...}}}}``."""
+    return the comparison ``{"models": {"seed{s}": {metric: {...}}}}``. ``emergence_path``:
+    the emergence stage's ``neurons.parquet`` (the trained group), or None."""
     from universal_neurons.statistics_plots import plot_per_layer, plot_percentile_boxen
 
+    first_universal = None
+    if emergence_path is not None:
+        from universal_neurons.emergence import first_universal_tokens
+
+        first_universal = first_universal_tokens(_read_parquet(emergence_path, "emergence"))
     tables = {
-        f"seed{seed}": model_table(params, seed, models_dir, collect_dir, universality_dir)
+        f"seed{seed}": model_table(
+            params, seed, models_dir, collect_dir, universality_dir, first_universal
+        )
         for seed in tqdm(params.train.seeds, desc="stats", unit="model")
     }
     comparison = {"models": {model: compare_universal(table) for model, table in tables.items()}}

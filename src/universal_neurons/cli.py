@@ -142,6 +142,22 @@ def universality(params_path: Path) -> None:
     click.echo(json.dumps(stage.run(_load(params_path)), indent=2))
 
 
+@main.command()
+@params_option
+@_user_errors
+def emergence(params_path: Path) -> None:
+    """Stage emergence: the percentage of universal neurons at every training checkpoint."""
+    from stages import emergence as stage
+
+    rows = stage.run(_load(params_path))
+    for row in rows:
+        click.echo(
+            f"{row['tokens']:>12,} tokens: {row['mean_percent_universal']:6.2f} % universal, "
+            f"median corr {row['median_corr']:.3f}, median baseline {row['median_baseline']:.3f}, "
+            f"held-out loss {row['mean_heldout_loss']:.3f}"
+        )
+
+
 # --- neuron statistics (issue 5): stage `stats`, tools `show` and `findings` ---
 
 
@@ -152,7 +168,9 @@ def stats(params_path: Path) -> None:
     """Stage stats: the neuron table of every model and universal vs other neurons."""
     from stages import stats as stage
 
-    comparison = stage.run(_load(params_path))
+    params = _load(params_path)
+    trained = params.group.preset == "trained"  # only a trained group has checkpoints
+    comparison = stage.run(params, emergence_path=stage.EMERGENCE_NEURONS if trained else None)
     click.echo(
         f"wrote {stage.STATS_DIR} and {stage.STATS_METRICS} ({len(comparison['models'])} models)"
     )

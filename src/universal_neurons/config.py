@@ -293,6 +293,15 @@ class FamiliesConfig(_Section):
         return neurons
 
 
+class EmergenceConfig(_Section):
+    """Universality across training (emergence stage): the universality test at every
+    ``train.checkpoint_tokens`` checkpoint and at the end of training, over the first
+    ``max_sequences`` sequences of ``analysis.split`` (0 = the analysis set itself,
+    ``analysis.max_sequences``); every other setting is the analysis stages' own."""
+
+    max_sequences: NonNegativeInt = 1000
+
+
 # --- model groups: the trained group or a pretrained preset (issue 8, docs/scale.md) ---------
 
 GROUP_PRESETS = ("trained", "gpt2-small", "gpt2-medium", "pythia-160m", "custom")
@@ -339,6 +348,7 @@ class Params(_Section):
     universality: UniversalityConfig = UniversalityConfig()
     stats: StatsConfig = StatsConfig()
     families: FamiliesConfig = FamiliesConfig()
+    emergence: EmergenceConfig = EmergenceConfig()
     group: GroupConfig = GroupConfig()
 
 

@@ -9,6 +9,7 @@ Sections, each rendered only when its inputs exist in the workspace:
 | Correlation vs baseline | ``data/universality/seed{s}.parquet`` (``max_corr``, ``max_baseline``, ``excess_corr``) |
 | Neuron statistics | ``metrics/stats.json`` |
 | Families | ``metrics/families.json``, examples from ``data/families/seed{s}.parquet`` |
+| Across training | ``metrics/emergence.csv`` (the emergence stage) |
 | Training | ``models/seed{s}/curve.csv``, ``models/seed{s}/training.json`` |
 
 Besides the HTML the report writes ``report/curves/seed{s}.csv`` (the evaluation rows of each
@@ -175,6 +176,60 @@ def _training_section(workdir: Path, seeds: Sequence[int], out: Path, result: Re
         + _figure(result, "training_curves.png", "Loss over training tokens, per seed")
         + _table(
             ["model", "tokens", "steps", "final held-out loss", "unigram entropy"],
+            rows,
+        )
+    )
+
+
+def _emergence_section(path: Path, out: Path, result: ReportResult) -> str:
+    """Universality at every training checkpoint: figure + table (from the emergence stage)."""
+    import pandas as pd
+
+    if not path.is_file():
+        return ""
+    curve = pd.read_csv(path)
+    models = [
+        c.removesuffix("_percent_universal")
+        for c in curve.columns
+        if c.endswith("_percent_universal") and c != "mean_percent_universal"
+    ]
+    tokens = curve["tokens"].tolist()
+    percents = {m: curve[f"{m}_percent_universal"].tolist() for m in models}
+    percents["mean"] = curve["mean_percent_universal"].tolist()
+    medians = {
+        "median correlation": curve["median_corr"].tolist(),
+        "median baseline": curve["median_baseline"].tolist(),
+    }
+    plots.emergence_curves(
+        tokens,
+        percents,
+        medians,
+        curve["mean_heldout_loss"].tolist(),
+        out / FIGURES / "emergence.png",
+    )
+    rows = [
+        [count(r.tokens), f"<b>{percent(r.mean_percent_universal)}</b>"]
+        + [percent(getattr(r, f"{m}_percent_universal")) for m in models]
+        + [number(r.median_corr), number(r.median_baseline), number(r.mean_heldout_loss, 4)]
+        for r in curve.itertuples(index=False)
+    ]
+    result.sections.append("Across training")
+    return (
+        "<h2>Across training</h2>"
+        + _figure(
+            result,
+            "emergence.png",
+            "Universal neurons at every training checkpoint of the group (same test, emergence analysis set)",
+        )
+        + _table(
+            [
+                "training tokens",
+                "% universal (mean)",
+                *models,
+                "median corr",
+                "median baseline",
+                "held-out loss",
+            ],
             rows,
         )
     )
@@ -412,6 +467,7 @@ def build_report(workdir: str | Path, out: str | Path, seeds: Sequence[int]) -> 
     families = _read_json(families_path)
     if families is not None:
         body.append(_families_section(families, families_path, workdir, out, result))
+    body.append(_emergence_section(workdir / "metrics" / "emergence.csv", out, result))
     body.append(_training_section(workdir, seeds, out, result))
 
     sections = [s for s in body if s]

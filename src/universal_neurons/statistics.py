@@ -68,9 +68,19 @@ def percentile_column(metric: str) -> str:
     return f"{metric}_pct"
 
 
+EMERGENCE_COLUMN = "first_universal_tokens"
+"""Training tokens of the first checkpoint at which the neuron was universal (NaN: never,
+or no emergence measurement), from the emergence stage."""
+
+
 def table_columns() -> list[str]:
     """Every column of the neuron table, in order."""
-    return list(UNIVERSALITY_COLUMNS) + list(METRICS) + [percentile_column(m) for m in METRICS]
+    return [
+        *UNIVERSALITY_COLUMNS,
+        EMERGENCE_COLUMN,
+        *METRICS,
+        *(percentile_column(m) for m in METRICS),
+    ]
 
 
 def _float64(array: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -184,13 +194,18 @@ def within_layer_percentiles(table: pd.DataFrame, metrics: Sequence[str]) -> pd.
 
 
 def neuron_table(
-    universality: pd.DataFrame, weight_stats: pd.DataFrame, activation_stats: pd.DataFrame
+    universality: pd.DataFrame,
+    weight_stats: pd.DataFrame,
+    activation_stats: pd.DataFrame,
+    emergence: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The neuron table of one model: one row per neuron, ordered by ``(layer, index)``.
 
     ``universality``: the universality stage's table; ``weight_stats``: from
     ``weight_statistics``; ``activation_stats``: from ``activation_statistics``. All
-    three must describe the same neurons. Columns: ``table_columns()``.
+    three must describe the same neurons. ``emergence``: rows ``layer, index,
+    first_universal_tokens`` of this model (``emergence.first_universal_tokens``), or None
+    (the column is then NaN). Columns: ``table_columns()``.
     """
     missing = [c for c in UNIVERSALITY_COLUMNS if c not in universality.columns]
     if missing:
@@ -212,6 +227,12 @@ def neuron_table(
         .merge(activation_stats[["layer", "index", *ACTIVATION_METRICS]], on=["layer", "index"])
         .sort_values(["layer", "index"], ignore_index=True)
     )
+    if emergence is None:
+        table[EMERGENCE_COLUMN] = np.nan
+    else:
+        table = table.merge(
+            emergence[["layer", "index", EMERGENCE_COLUMN]], on=["layer", "index"], how="left"
+        )
     table = table.astype(
         {
             **{c: np.int64 for c in INT_COLUMNS},
@@ -391,6 +412,7 @@ SHOW_COLUMNS = (
     "index",
     "is_universal",
     "excess_corr",
+    EMERGENCE_COLUMN,
     "max_corr",
     "max_baseline",
     "w_in_norm",

@@ -190,6 +190,24 @@ def read_metrics(metrics_dir: Path) -> tuple[dict[str, float], dict[str, list[tu
     return scalars, series
 
 
+def read_emergence(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """``metrics/emergence.csv`` -> one series per column with ``step`` = training tokens:
+    ``emergence.<column>`` (e.g. ``emergence.mean_percent_universal``); {} if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    series: dict[str, list[tuple[int, float]]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            step = int(float(row["tokens"]))
+            for column, cell in row.items():
+                if column != "tokens" and (cell or "").strip():
+                    series.setdefault(metric_key(f"emergence.{column}"), []).append(
+                        (step, float(cell))
+                    )
+    return series
+
+
 def read_curve(path: Path) -> dict[str, list[tuple[int, float]]]:
     """``curve.csv`` -> ``{"train_loss": [(step, value)], "heldout_loss": [...]}`` (empty cells skipped)."""
     columns: dict[str, list[tuple[int, float]]] = {"train_loss": [], "heldout_loss": []}
@@ -342,6 +360,7 @@ def log_run(
     name = experiment or experiment_name()
     scalars, series = read_metrics(workdir / "metrics")
     series.update(training_curves(workdir / "models", seeds))
+    series.update(read_emergence(workdir / "metrics" / "emergence.csv"))
     params = flatten_params(raw_params)
     tags = run_tags(workdir, lock_hashes(workdir / "dvc.lock"), exclude_outputs)
     run_name = os.environ.get("DVC_EXP_NAME") or (

@@ -7,6 +7,7 @@ differ only in their seed. On the same device, the same seed gives the same weig
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -101,6 +102,18 @@ def heldout_loss(
     return total / count
 
 
+def save_checkpoint(
+    model: GPT2LMHeadModel, output_dir: Path, requested: int, steps: int, tokens: int
+) -> None:
+    """Save the model as ``checkpoints/tokens_{requested}`` (Hugging Face format) with
+    ``checkpoint.json``: the steps and training tokens it has seen (``tokens >= requested``:
+    whole steps)."""
+    directory = output_dir / "checkpoints" / f"tokens_{requested}"
+    save_model(model, directory)
+    record = {"requested_tokens": requested, "steps": steps, "tokens": tokens}
+    (directory / "checkpoint.json").write_text(json.dumps(record, sort_keys=True) + "\n")
+
+
 def train_model(
     tokens: np.ndarray,
     heldout: np.ndarray,
@@ -151,7 +164,7 @@ def train_model(
             progress.set_postfix(heldout=f"{row['heldout_loss']:.3f}")
         curve.append(row)
         while checkpoints and seen >= checkpoints[0]:
-            save_model(model, output_dir / "checkpoints" / f"tokens_{checkpoints.pop(0)}")
+            save_checkpoint(model, output_dir, checkpoints.pop(0), step + 1, seen)
     save_model(model.to("cpu"), output_dir)
     return TrainResult(
         seed=seed,
