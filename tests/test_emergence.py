@@ -83,6 +83,33 @@ def test_checkpoints_are_saved_at_the_configured_token_counts(tiny_tokens_dir, t
     )
 
 
+@pytest.mark.slow
+def test_checkpoints_can_be_stored_in_half_precision(tiny_tokens_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    params = tiny_params(
+        train={
+            "tokens_per_model": 30_000,
+            "checkpoint_tokens": [10_240],
+            "checkpoint_dtype": "float16",
+        }
+    )
+    train.train_seed(params, 2, tiny_tokens_dir, tmp_path / "seed2")
+    stored = load_file(tmp_path / "seed2" / "checkpoints" / "tokens_10240" / "model.safetensors")
+    final = load_file(tmp_path / "seed2" / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    assert {t.dtype for t in final.values()} == {torch.float32}
+    # the same training run as with float32 checkpoints: storing a copy changes nothing
+    again = tiny_params(train={**params.train.model_dump(), "checkpoint_dtype": "float32"})
+    train.train_seed(again, 2, tiny_tokens_dir, tmp_path / "again")
+    reference = load_file(tmp_path / "again" / "checkpoints" / "tokens_10240" / "model.safetensors")
+    assert load_file(tmp_path / "again" / "model.safetensors").keys() == final.keys()
+    for key, value in load_file(tmp_path / "again" / "model.safetensors").items():
+        assert torch.equal(value, final[key])
+    for key, value in reference.items():
+        assert torch.equal(value.to(torch.float16), stored[key])
+
+
 @pytest.fixture(scope="module")
 def stage_run(tiny_group, tiny_tokens_dir, tmp_path_factory):
     """The analysis stages and the emergence stage on the tiny group, same analysis set."""

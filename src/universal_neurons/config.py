@@ -110,7 +110,8 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Training of one model per seed; the seed sets initialisation and data order.
 
-    ``threads``: torch CPU threads per training process; the weights depend on it (the
+    ``checkpoint_dtype``: the dtype checkpoints are stored in (the final model is always
+    float32). ``threads``: torch CPU threads per training process; the weights depend on it (the
     order of float32 sums does), so it is a parameter of the result. ``workers``: how many
     seeds train at once in separate processes (0 = CPU cores // threads); it changes only
     the wall time, never the weights.
@@ -125,6 +126,7 @@ class TrainConfig(_Section):
     heldout_sequences: PositiveInt = 256
     eval_every_steps: PositiveInt = 50
     checkpoint_tokens: list[PositiveInt] = Field(default_factory=list)
+    checkpoint_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["cpu", "cuda"] = "cpu"
     threads: Annotated[int, Field(ge=1, le=256)] = 1
     workers: NonNegativeInt = 0

@@ -7,6 +7,7 @@ differ only in their seed. On the same device, the same seed gives the same weig
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -103,13 +104,19 @@ def heldout_loss(
 
 
 def save_checkpoint(
-    model: GPT2LMHeadModel, output_dir: Path, requested: int, steps: int, tokens: int
+    model: GPT2LMHeadModel,
+    output_dir: Path,
+    requested: int,
+    steps: int,
+    tokens: int,
+    dtype: str = "float32",
 ) -> None:
-    """Save the model as ``checkpoints/tokens_{requested}`` (Hugging Face format) with
-    ``checkpoint.json``: the steps and training tokens it has seen (``tokens >= requested``:
-    whole steps)."""
+    """Save the model as ``checkpoints/tokens_{requested}`` (Hugging Face format, weights in
+    ``dtype``) with ``checkpoint.json``: the steps and training tokens it has seen
+    (``tokens >= requested``: whole steps). Training goes on with the float32 model."""
     directory = output_dir / "checkpoints" / f"tokens_{requested}"
-    save_model(model, directory)
+    stored = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
+    save_model(stored, directory)
     record = {"requested_tokens": requested, "steps": steps, "tokens": tokens}
     (directory / "checkpoint.json").write_text(json.dumps(record, sort_keys=True) + "\n")
 
@@ -164,7 +171,9 @@ def train_model(
             progress.set_postfix(heldout=f"{row['heldout_loss']:.3f}")
         curve.append(row)
         while checkpoints and seen >= checkpoints[0]:
-            save_checkpoint(model, output_dir, checkpoints.pop(0), step + 1, seen)
+            save_checkpoint(
+                model, output_dir, checkpoints.pop(0), step + 1, seen, config.checkpoint_dtype
+            )
     save_model(model.to("cpu"), output_dir)
     return TrainResult(
         seed=seed,
