@@ -116,6 +116,28 @@ PLANTED_UNIVERSAL = {
 PLANTED_DEAD = {"seed1": {(0, 1), (1, 2)}, "seed2": {(1, 7)}, "seed3": {(0, 4)}}
 
 
+def planted_emergence(n_layers: int, d_mlp: int) -> pd.DataFrame:
+    """An emergence table (``model, tokens, layer, index, is_universal``) at 1,000 / 2,000 /
+    4,000 tokens: layer-0 planted universal neurons are universal from 1,000 tokens, layer-1
+    ones from 2,000 (with a lapse at 4,000 for neuron 1.5), every other neuron never."""
+    rows = []
+    for model, planted in PLANTED_UNIVERSAL.items():
+        for tokens in (1_000, 2_000, 4_000):
+            for layer in range(n_layers):
+                for index in range(d_mlp):
+                    universal = (layer, index) in planted and (layer == 0 or tokens >= 2_000)
+                    universal &= not (tokens == 4_000 and (layer, index) == (1, 5))
+                    rows.append((model, tokens, layer, index, universal))
+    return pd.DataFrame(rows, columns=["model", "tokens", "layer", "index", "is_universal"])
+
+
+def expected_first_universal(model: str, layer: int, index: int) -> float:
+    """``first_universal_tokens`` that ``planted_emergence`` implies."""
+    if (layer, index) not in PLANTED_UNIVERSAL[model]:
+        return float("nan")
+    return 1_000.0 if layer == 0 else 2_000.0
+
+
 @pytest.fixture(scope="module")
 def stage_inputs(tiny_group, tiny_tokens_dir, tmp_path_factory) -> dict:
     """Model, collect and universality directories of the tiny group, plus stored activations."""
@@ -133,10 +155,13 @@ def stage_inputs(tiny_group, tiny_tokens_dir, tmp_path_factory) -> dict:
             n_layers, d_mlp, PLANTED_UNIVERSAL[name], PLANTED_DEAD[name], seed
         ).to_parquet(universality / f"{name}.parquet")
     models_dir = next(iter(tiny_group.values())).parent
+    (root / "emergence").mkdir()
+    planted_emergence(n_layers, d_mlp).to_parquet(root / "emergence" / "neurons.parquet")
     return {
         "models": models_dir,
         "collect": collect,
         "universality": universality,
+        "emergence": root / "emergence",
         "activations": activations,
         "group": tiny_group,
     }
@@ -149,14 +174,14 @@ def stage_outputs(stage_inputs, tmp_path_factory) -> dict:
     from universal_neurons.pipeline.stages import stats as stage
 
     out = tmp_path_factory.mktemp("stats_outputs")
-    data = stage_inputs["collect"].parent  # holds collect/ and universality/
+    data = stage_inputs["collect"].parent  # holds collect/, universality/ and emergence/
     layout = Layout.at(out, models=stage_inputs["models"], data=data)
     paths = {
         "output_dir": layout.stage_dir("stats"),
         "metrics_path": layout.metric("stats.json"),
         "percentiles_csv": layout.metric("stats_percentiles.csv"),
     }
-    comparison = stage.run(tiny_params(), layout)
+    comparison = stage.run(tiny_params(), layout)  # reads data/emergence too
     return {"comparison": comparison, **paths}
 
 
@@ -256,8 +281,13 @@ def test_table_schema(stage_outputs):
         "layer", "index", "dead", "max_corr", "mean_corr", "min_corr",
         "max_baseline", "mean_baseline", "min_baseline", "excess_corr", "is_universal",
     ]  # fmt: skip
-    expected = universality + metrics + [f"{m}_pct" for m in metrics]
+    expected = universality + ["first_universal_tokens"] + metrics + [f"{m}_pct" for m in metrics]
     assert list(table.columns) == expected
+    expected_first = [
+        expected_first_universal("seed1", layer, index)
+        for layer, index in table[["layer", "index"]].to_numpy()
+    ]
+    np.testing.assert_array_equal(table["first_universal_tokens"], expected_first)
     dtypes = {c: str(t) for c, t in table.dtypes.items()}
     assert dtypes.pop("layer") == "int64" and dtypes.pop("index") == "int64"
     assert dtypes.pop("dead") == "bool" and dtypes.pop("is_universal") == "bool"
@@ -514,6 +544,7 @@ def test_dvc_repro_runs_the_stats_stage(stage_inputs, tmp_path):
     shutil.copytree(stage_inputs["models"], repo / "models")
     shutil.copytree(stage_inputs["collect"], repo / "data" / "collect")
     shutil.copytree(stage_inputs["universality"], repo / "data" / "universality")
+    shutil.copytree(stage_inputs["emergence"], repo / "data" / "emergence")
     bin_dir = Path(sys.executable).parent
     env = {
         "PATH": f"{bin_dir}:/usr/bin:/bin",

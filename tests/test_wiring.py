@@ -154,10 +154,11 @@ def _stage_problems(
     body = entry.get("do", entry)
     if body.get("cmd") != stage.cmd:
         problems.append(f"{name}: cmd {body.get('cmd')!r}, expected {stage.cmd!r}")
-    if _dvc_params(body) != set(stage.params):
-        problems.append(
-            f"{name}: params {sorted(_dvc_params(body))}, expected {sorted(stage.params)}"
-        )
+    written, declared = _dvc_params(body), set(stage.params)
+    if declared - written:
+        problems.append(f"{name}: params lack {sorted(declared - written)}")
+    if written - declared:
+        problems.append(f"{name}: params list {sorted(written - declared)}, not declared")
     layout = Layout()
     declared = {str(out.path): out for out in stage.declared_outputs(layout)}
     problems += _output_problems(name, _dvc_outs(body), declared)
@@ -173,8 +174,10 @@ def _stage_problems(
         )
     data = {str(dep) for dep in deps if dep.suffix != ".py"}
     inputs = {str(path) for path in stage.declared_inputs(layout)}
-    if not inputs <= data or (not preset and data != inputs):
-        problems.append(f"{name}: data deps {sorted(data)}, declared inputs {sorted(inputs)}")
+    trained = {str(path) for path in stage.trained_inputs(layout)}
+    if not inputs <= data or (not preset and data != inputs | trained):
+        declared = f"declared inputs {sorted(inputs)} (trained group only: {sorted(trained)})"
+        problems.append(f"{name}: data deps {sorted(data)}, {declared}")
     return problems
 
 

@@ -123,7 +123,8 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Training of one model per seed; the seed sets initialisation and data order.
 
-    ``threads``: torch CPU threads per training process; the weights depend on it (the
+    ``checkpoint_dtype``: the dtype checkpoints are stored in (the final model is always
+    float32). ``threads``: torch CPU threads per training process; the weights depend on it (the
     order of float32 sums does), so it is a parameter of the result. ``workers``: how many
     seeds train at once in separate processes (0 = CPU cores // threads); it changes only
     the wall time, never the weights.
@@ -138,6 +139,7 @@ class TrainConfig(_Section):
     heldout_sequences: PositiveInt = 256
     eval_every_steps: PositiveInt = 50
     checkpoint_tokens: list[PositiveInt] = Field(default_factory=list)
+    checkpoint_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Device = "cpu"
     threads: Annotated[int, Field(ge=1, le=256)] = 1
     workers: NonNegativeInt = 0
@@ -303,6 +305,15 @@ class FamiliesConfig(_Section):
         return neurons
 
 
+class EmergenceConfig(_Section):
+    """Universality across training (emergence stage): the universality test at every
+    ``train.checkpoint_tokens`` checkpoint and at the end of training, over the first
+    ``max_sequences`` sequences of ``analysis.split`` (0 = the analysis set itself,
+    ``analysis.max_sequences``); every other setting is the analysis stages' own."""
+
+    max_sequences: NonNegativeInt = 1000
+
+
 class GroupConfig(_Section):
     """Which models form the group. ``trained``: the train stage's ``models/seed{s}``.
     A preset (``gpt2-small``, ``gpt2-medium``, ``pythia-160m``) or ``custom`` is put into
@@ -344,6 +355,7 @@ class Params(_Section):
     universality: UniversalityConfig = UniversalityConfig()
     stats: StatsConfig = StatsConfig()
     families: FamiliesConfig = FamiliesConfig()
+    emergence: EmergenceConfig = EmergenceConfig()
     group: GroupConfig = GroupConfig()
 
 

@@ -13,12 +13,14 @@ paper's matrix instead: Gaussian entries, each row scaled to unit norm (not orth
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import numpy as np
 import pandas as pd
 import torch
 
-from universal_neurons.analysis.correlation import MaxCorrelation, row_max
-from universal_neurons.config import BASELINE_KINDS
+from universal_neurons.analysis.correlation import CrossMoments, MaxCorrelation, row_max
+from universal_neurons.config import BASELINE_KINDS, BaselineConfig
 from universal_neurons.errors import UserError
 
 
@@ -140,6 +142,32 @@ def pair_baselines(
                 covariance, var_x, within_t, torch.as_tensor(matrices), dead_variance
             )
             frames.append(_baseline_frame(model, partner, sample, n_layers, d_mlp, result.max_corr))
+    return pd.concat(frames, ignore_index=True)
+
+
+def group_baselines(
+    pairs: Iterable[tuple[tuple[str, str], CrossMoments]],
+    partner_ids: Mapping[str, int],
+    within: Mapping[str, np.ndarray],
+    config: BaselineConfig,
+    dead_variance: float = 0.0,
+) -> pd.DataFrame:
+    """``pair_baselines`` of every pair, one long table. ``pairs``: ``((a, b), statistics)``
+    one after the other (a generator may load each pair when its turn comes); ``partner_ids``
+    and ``within``: per model, its training seed and within-layer covariance."""
+    frames = [
+        pair_baselines(
+            stats,
+            (a, b),
+            (partner_ids[a], partner_ids[b]),
+            (within[a], within[b]),
+            config.kind,
+            config.samples,
+            config.seed,
+            dead_variance,
+        )
+        for (a, b), stats in pairs
+    ]
     return pd.concat(frames, ignore_index=True)
 
 

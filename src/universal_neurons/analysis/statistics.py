@@ -68,9 +68,36 @@ def percentile_column(metric: str) -> str:
     return f"{metric}_pct"
 
 
+EMERGENCE_COLUMN = "first_universal_tokens"
+"""Training tokens of the first checkpoint at which the neuron was universal (NaN: never,
+or no emergence measurement), from the emergence stage."""
+
+
+def first_universal_tokens(neurons: pd.DataFrame) -> pd.DataFrame:
+    """Per neuron, the first training-token count at which it was universal.
+
+    ``neurons``: rows ``model, tokens, layer, index, is_universal`` (one per checkpoint and
+    neuron). Returns ``model, layer, index, first_universal_tokens`` (float, NaN where the
+    neuron was never universal), sorted by model, layer and index.
+    """
+    passed = neurons[neurons["is_universal"].to_numpy(bool)]
+    first = passed.groupby(["model", "layer", "index"], sort=True)["tokens"].min()
+    keys = neurons[["model", "layer", "index"]].drop_duplicates()
+    out = keys.merge(
+        first.rename(EMERGENCE_COLUMN).reset_index(), how="left", on=keys.columns.tolist()
+    )
+    out[EMERGENCE_COLUMN] = out[EMERGENCE_COLUMN].astype(np.float64)
+    return out.sort_values(["model", "layer", "index"], kind="stable").reset_index(drop=True)
+
+
 def table_columns() -> list[str]:
     """Every column of the neuron table, in order."""
-    return list(UNIVERSALITY_COLUMNS) + list(METRICS) + [percentile_column(m) for m in METRICS]
+    return [
+        *UNIVERSALITY_COLUMNS,
+        EMERGENCE_COLUMN,
+        *METRICS,
+        *(percentile_column(m) for m in METRICS),
+    ]
 
 
 def _float64(array: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -218,13 +245,18 @@ def _check_same_neurons(
 
 
 def neuron_table(
-    universality: pd.DataFrame, weight_stats: pd.DataFrame, activation_stats: pd.DataFrame
+    universality: pd.DataFrame,
+    weight_stats: pd.DataFrame,
+    activation_stats: pd.DataFrame,
+    emergence: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The neuron table of one model: one row per neuron, ordered by ``(layer, index)``.
 
     ``universality``: the universality stage's table; ``weight_stats``: from
     ``weight_statistics``; ``activation_stats``: from ``activation_statistics``. All
-    three must describe the same neurons. Columns: ``table_columns()``.
+    three must describe the same neurons. ``emergence``: rows ``layer, index,
+    first_universal_tokens`` of this model (``first_universal_tokens``), or None
+    (the column is then NaN). Columns: ``table_columns()``.
     """
     _check_same_neurons(universality, weight_stats, activation_stats)
     table = (
@@ -236,6 +268,12 @@ def neuron_table(
         .merge(activation_stats[["layer", "index", *ACTIVATION_METRICS]], on=["layer", "index"])
         .sort_values(["layer", "index"], ignore_index=True)
     )
+    if emergence is None:
+        table[EMERGENCE_COLUMN] = np.nan
+    else:
+        table = table.merge(
+            emergence[["layer", "index", EMERGENCE_COLUMN]], on=["layer", "index"], how="left"
+        )
     table = table.astype(
         {
             **{c: np.int64 for c in INT_COLUMNS},

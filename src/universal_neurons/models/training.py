@@ -7,6 +7,8 @@ differ only in their seed. On the same device, the same seed gives the same weig
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -114,6 +116,24 @@ def _prepare_torch(config: TrainConfig) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def save_checkpoint(
+    model: GPT2LMHeadModel,
+    output_dir: Path,
+    requested: int,
+    steps: int,
+    tokens: int,
+    dtype: str = "float32",
+) -> None:
+    """Save the model as ``checkpoints/tokens_{requested}`` (Hugging Face format, weights in
+    ``dtype``) with ``checkpoint.json``: the steps and training tokens it has seen
+    (``tokens >= requested``: whole steps). Training goes on with the float32 model."""
+    directory = output_dir / "checkpoints" / f"tokens_{requested}"
+    stored = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
+    save_model(stored, directory)
+    record = {"requested_tokens": requested, "steps": steps, "tokens": tokens}
+    (directory / "checkpoint.json").write_text(json.dumps(record, sort_keys=True) + "\n")
+
+
 def train_model(
     tokens: np.ndarray,
     heldout: np.ndarray,
@@ -122,12 +142,10 @@ def train_model(
     seed: int,
     output_dir: Path,
 ) -> TrainResult:
-    """Train one model and save it (and its checkpoints) into ``output_dir``.
+    """Train one model and save it into ``output_dir``, with its checkpoints (``save_checkpoint``).
 
-    ``tokens``/``heldout``: ``[sequences, context]`` token ids. Trains on
-    ``config.tokens_per_model`` tokens (rounded up to whole batches). Checkpoints go
-    to ``output_dir/checkpoints/tokens_{n}`` in the same Hugging Face format.
-    """
+    ``tokens``/``heldout``: ``[sequences, context]`` token ids; trains on
+    ``config.tokens_per_model`` tokens (rounded up to whole batches)."""
     device = config.device
     _prepare_torch(config)
     started = time.perf_counter()
@@ -161,7 +179,9 @@ def train_model(
             progress.set_postfix(heldout=f"{row['heldout_loss']:.3f}")
         curve.append(row)
         while checkpoints and seen >= checkpoints[0]:
-            save_model(model, output_dir / "checkpoints" / f"tokens_{checkpoints.pop(0)}")
+            save_checkpoint(
+                model, output_dir, checkpoints.pop(0), step + 1, seen, config.checkpoint_dtype
+            )
     save_model(model.to("cpu"), output_dir)
     return TrainResult(
         seed=seed,

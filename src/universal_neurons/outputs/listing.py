@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from universal_neurons.analysis.statistics import EMERGENCE_COLUMN
 from universal_neurons.errors import MissingInputError, UserError
 
 SHOW_COLUMNS = (
@@ -13,6 +14,7 @@ SHOW_COLUMNS = (
     "index",
     "is_universal",
     "excess_corr",
+    EMERGENCE_COLUMN,
     "max_corr",
     "max_baseline",
     "w_in_norm",

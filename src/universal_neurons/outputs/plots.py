@@ -4,7 +4,8 @@ Every function takes plain numbers or tables, draws one figure, writes it to ``p
 closes it, so a long run does not pile up open figures.
 
 - The report (``report/figures``): ``per_layer_lines``, ``correlation_vs_baseline``,
-  ``grouped_bars``, ``training_curves``; saved without a timestamp (``save``).
+  ``grouped_bars``, ``training_curves``, ``emergence_curves``; saved without a timestamp
+  (``save``).
 - The neuron statistics (``data/stats/plots``): ``plot_percentile_boxen``, the paper's
   figure: for each metric, the distribution of the within-layer percentiles of the universal
   neurons, pooled over the models, as a letter-value ("boxen") plot: the innermost box spans
@@ -139,6 +140,43 @@ def training_curves(
     ax.set_title("Training: train loss (thin) and held-out loss (markers)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return save(fig, path)
+
+
+def emergence_curves(
+    tokens: Sequence[float],
+    percent_universal: Mapping[str, Sequence[float]],
+    medians: Mapping[str, Sequence[float]],
+    heldout_loss: Sequence[float],
+    path: str | Path,
+) -> Path:
+    """Universality across training, tokens on a log x axis. Left: % universal per model
+    (thin) and their mean (thick); middle: ``medians[label]`` (median correlation and median
+    baseline); right: mean held-out loss (nats/token)."""
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(11, 3.4))
+    for model, values in percent_universal.items():
+        thick = model == "mean"
+        left.plot(
+            tokens,
+            values,
+            marker="o",
+            linewidth=2.5 if thick else 0.9,
+            color="black" if thick else None,
+            label=model,
+        )
+    left.set_ylabel("% universal (τ)")
+    left.legend(fontsize="x-small")
+    for label, values in medians.items():
+        middle.plot(tokens, values, marker="o", label=label)
+    middle.set_ylabel("median over live neurons")
+    middle.legend(fontsize="small")
+    right.plot(tokens, heldout_loss, marker="o", color="C3")
+    right.set_ylabel("held-out loss (nats/token)")
+    for ax in (left, middle, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens per model")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Universal neurons across training")
     return save(fig, path)
 
 

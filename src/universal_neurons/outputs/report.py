@@ -10,6 +10,7 @@ each rendered only when its inputs exist:
 | Correlation vs baseline | ``data/universality/seed{s}.parquet`` (``max_corr``, ``max_baseline``, ``excess_corr``) |
 | Neuron statistics | ``metrics/stats.json`` |
 | Families | ``metrics/families.json``, examples from ``data/families/seed{s}.parquet`` |
+| Across training | ``metrics/emergence.csv`` (the emergence stage) |
 | Training | ``models/seed{s}/curve.csv``, ``models/seed{s}/training.json`` |
 
 Besides the HTML the report writes ``report/curves/seed{s}.csv`` (the evaluation rows of each
@@ -45,7 +46,8 @@ class ReportSources:
 
     ``models``: the group's model names in order; ``model_dirs``: per model, the directory
     holding ``curve.csv`` and ``training.json``; ``universality_tables`` / ``family_tables``:
-    per model, the universality and family stages' tables.
+    per model, the universality and family stages' tables; ``emergence_curve``: the
+    emergence stage's ``metrics/emergence.csv``.
     """
 
     models: tuple[str, ...]
@@ -55,6 +57,7 @@ class ReportSources:
     universality_tables: Mapping[str, Path]
     family_tables: Mapping[str, Path]
     model_dirs: Mapping[str, Path]
+    emergence_curve: Path
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,53 @@ def _training_section(sources: ReportSources, out: Path, result: ReportResult) -
             ["model", "tokens", "steps", "final held-out loss", "unigram entropy"],
             rows,
         )
+    )
+
+
+def _emergence_figure(curve: pd.DataFrame, models: list[str], path: Path) -> None:
+    """The emergence curves: % universal per model and their mean, medians, held-out loss."""
+    percents = {m: curve[f"{m}_percent_universal"].tolist() for m in models}
+    percents["mean"] = curve["mean_percent_universal"].tolist()
+    medians = {
+        "median correlation": curve["median_corr"].tolist(),
+        "median baseline": curve["median_baseline"].tolist(),
+    }
+    tokens, losses = curve["tokens"].tolist(), curve["mean_heldout_loss"].tolist()
+    plots.emergence_curves(tokens, percents, medians, losses, path)
+
+
+def _emergence_table(curve: pd.DataFrame, models: list[str]) -> str:
+    """One row per training point: tokens, % universal (mean and per model), medians, loss."""
+    rows = [
+        [count(r.tokens), f"<b>{percent(r.mean_percent_universal)}</b>"]
+        + [percent(getattr(r, f"{m}_percent_universal")) for m in models]
+        + [number(r.median_corr), number(r.median_baseline), number(r.mean_heldout_loss, 4)]
+        for r in curve.itertuples(index=False)
+    ]
+    headers = ["training tokens", "% universal (mean)", *models]
+    return _table([*headers, "median corr", "median baseline", "held-out loss"], rows)
+
+
+def _emergence_section(path: Path, out: Path, result: ReportResult) -> str:
+    """Universality at every training checkpoint: figure + table (from the emergence stage)."""
+    if not Path(path).is_file():
+        return ""
+    curve = pd.read_csv(path)
+    models = [
+        c.removesuffix("_percent_universal")
+        for c in curve.columns
+        if c.endswith("_percent_universal") and c != "mean_percent_universal"
+    ]
+    _emergence_figure(curve, models, out / FIGURES / "emergence.png")
+    result.sections.append("Across training")
+    caption = (
+        "Universal neurons at every training checkpoint of the group "
+        "(same test, emergence analysis set)"
+    )
+    return (
+        "<h2>Across training</h2>"
+        + _figure(result, "emergence.png", caption)
+        + _emergence_table(curve, models)
     )
 
 
@@ -438,6 +488,7 @@ def _result_sections(sources: ReportSources, out: Path, result: ReportResult) ->
                 families, sources.families_metrics, sources.family_tables, out, result
             )
         )
+    body.append(_emergence_section(sources.emergence_curve, out, result))
     body.append(_training_section(sources, out, result))
     return [section for section in body if section]
 

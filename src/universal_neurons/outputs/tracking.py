@@ -192,6 +192,24 @@ def read_metrics(metrics_dir: Path) -> tuple[dict[str, float], dict[str, list[tu
     return scalars, series
 
 
+def read_emergence(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """``metrics/emergence.csv`` -> one series per column with ``step`` = training tokens:
+    ``emergence.<column>`` (e.g. ``emergence.mean_percent_universal``); {} if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    series: dict[str, list[tuple[int, float]]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            step = int(float(row["tokens"]))
+            for column, cell in row.items():
+                if column != "tokens" and (cell or "").strip():
+                    series.setdefault(metric_key(f"emergence.{column}"), []).append(
+                        (step, float(cell))
+                    )
+    return series
+
+
 def read_curve(path: Path) -> dict[str, list[tuple[int, float]]]:
     """``curve.csv`` -> ``{"train_loss": [(step, value)], "heldout_loss": [...]}`` (empty cells skipped)."""
     columns: dict[str, list[tuple[int, float]]] = {"train_loss": [], "heldout_loss": []}
@@ -306,13 +324,15 @@ class RunInputs:
 
     ``repository``: the git work tree (commit and dirty tags); ``metrics_dir``: every
     ``*.json`` in it; ``lock``: ``dvc.lock`` (output hashes as tags); ``curves``: per model,
-    its ``curve.csv``; ``artifacts``: ``(path, artifact folder)``, a file or a directory.
+    its ``curve.csv``; ``emergence_curve``: ``metrics/emergence.csv`` (series with step =
+    training tokens); ``artifacts``: ``(path, artifact folder)``, a file or a directory.
     """
 
     repository: Path
     metrics_dir: Path
     lock: Path
     curves: Mapping[str, Path]
+    emergence_curve: Path
     artifacts: Sequence[tuple[Path, str]]
 
 
@@ -380,6 +400,7 @@ def log_run(
     name = experiment or experiment_name()
     scalars, series = read_metrics(inputs.metrics_dir)
     series.update(training_curves(inputs.curves))
+    series.update(read_emergence(inputs.emergence_curve))
     repository = Path(inputs.repository).resolve()
     tags = run_tags(repository, lock_hashes(inputs.lock), exclude_outputs)
     artifacts = [(Path(path).resolve(), where) for path, where in inputs.artifacts]

@@ -69,15 +69,17 @@ class Stage(Command):
 
     ``params``: the parameter sections or keys it reads (``dvc.yaml``'s ``params``;
     ``ALL_PARAMS``: every key of the parameter file); ``inputs(layout)`` / ``outputs(layout)``:
-    the data it reads (default: none) and the ``Out`` it writes. A ``per_seed`` stage runs
-    once per seed of ``train.seeds`` (``foreach`` in ``dvc.yaml``): its ``run``, ``inputs``
-    and ``outputs`` take the seed after the layout, and its command line gets a required
-    ``--seed`` (help: ``seed_help``).
+    the data it reads (default: none) and the ``Out`` it writes; ``trained_inputs(layout)``:
+    data it reads only for the trained group (``group.preset: trained``), which the preset
+    pipelines do not produce. A ``per_seed`` stage runs once per seed of ``train.seeds``
+    (``foreach`` in ``dvc.yaml``): its ``run``, ``inputs`` and ``outputs`` take the seed
+    after the layout, and its command line gets a required ``--seed`` (help: ``seed_help``).
     """
 
     params: Sequence[str]
     outputs: Callable[..., Sequence[Out]]
     inputs: Callable[..., Sequence[Path]] = lambda layout, *seed: ()
+    trained_inputs: Callable[[Layout], Sequence[Path]] = lambda layout: ()
     per_seed: bool = False
     seed_help: str = "Which seed of train.seeds."
 

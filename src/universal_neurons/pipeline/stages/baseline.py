@@ -13,9 +13,8 @@ import json
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from universal_neurons.analysis.baseline import baseline_spread, pair_baselines
+from universal_neurons.analysis.baseline import baseline_spread, group_baselines
 from universal_neurons.analysis.correlation import CrossMoments
 from universal_neurons.errors import UserError
 from universal_neurons.io import atomic_path, read_json, write_json
@@ -49,23 +48,12 @@ def run(params: Params, layout: Layout) -> dict:
     summary = correlate_summary(params, layout)
     within = _within_covariances(params, layout, summary["kept_positions"])
     seeds = {model_name(seed): seed for seed in params.train.seeds}
-    frames = []
-    for key in summary["pairs"]:
-        a, b = key.split("__")
-        stats, _ = CrossMoments.load(layout.stage_dir("correlate") / "pairs" / f"{key}.safetensors")
-        frames.append(
-            pair_baselines(
-                stats,
-                (a, b),
-                (seeds[a], seeds[b]),
-                (within[a], within[b]),
-                cfg.kind,
-                cfg.samples,
-                cfg.seed,
-                params.correlate.dead_variance,
-            )
-        )
-    table = pd.concat(frames, ignore_index=True)
+    pairs_dir = layout.stage_dir("correlate") / "pairs"
+    pairs = (
+        (tuple(key.split("__")), CrossMoments.load(pairs_dir / f"{key}.safetensors")[0])
+        for key in summary["pairs"]
+    )
+    table = group_baselines(pairs, seeds, within, cfg, params.correlate.dead_variance)
     metrics = {
         "kind": cfg.kind,
         "samples": cfg.samples,

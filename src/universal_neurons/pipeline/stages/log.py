@@ -60,6 +60,7 @@ def run_inputs(layout: Layout, seeds: list[int]) -> RunInputs:
         metrics_dir=layout.metrics,
         lock=layout.dvc_files[1],
         curves={model_name(seed): layout.model(seed) / "curve.csv" for seed in seeds},
+        emergence_curve=layout.metric("emergence.csv"),
         artifacts=artifacts(layout, seeds),
     )
 
@@ -108,6 +109,7 @@ COMMAND = Stage(
     params=(ALL_PARAMS,),
     inputs=lambda layout: [
         layout.models,
+        layout.metric("emergence.csv"),
         layout.report,
         layout.metric("training.json"),
         *layout.analysis_results(),

@@ -28,6 +28,7 @@ def report_sources(layout: Layout, seeds: list[int]) -> ReportSources:
         universality_tables={name: layout.table("universality", name) for name in names},
         family_tables={name: layout.table("families", name) for name in names},
         model_dirs={model_name(seed): layout.model(seed) for seed in seeds},
+        emergence_curve=layout.metric("emergence.csv"),
     )
 
 
@@ -44,7 +45,11 @@ def run(params: Params, layout: Layout) -> dict:
 COMMAND = Stage(
     name="report",
     params=("train.seeds",),
-    inputs=lambda layout: [layout.models, *layout.analysis_results()],
+    inputs=lambda layout: [
+        layout.models,
+        layout.metric("emergence.csv"),
+        *layout.analysis_results(),
+    ],
     outputs=lambda layout: [
         Out(layout.report),
         Out(layout.metric("training.json"), kind="metrics", cache=False),

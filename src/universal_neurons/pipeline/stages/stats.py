@@ -18,6 +18,7 @@ from universal_neurons.analysis.statistics import (
     METRICS,
     activation_statistics,
     compare_universal,
+    first_universal_tokens,
     neuron_table,
     per_layer_medians,
     universal_percentile_summary,
@@ -34,15 +35,27 @@ if TYPE_CHECKING:
     from universal_neurons.config import Params
 
 
-def model_table(params: Params, layout: Layout, seed: int) -> pd.DataFrame:
-    """The neuron table of the model of ``seed``."""
+def first_universal(params: Params, layout: Layout) -> pd.DataFrame | None:
+    """The emergence stage's ``first_universal_tokens`` of every model of the trained group;
+    None for a pretrained group (it has no training checkpoints)."""
+    if params.group.preset != "trained":
+        return None
+    path = layout.stage_dir("emergence") / "neurons.parquet"
+    return first_universal_tokens(read_parquet(path, "emergence"))
+
+
+def model_table(
+    params: Params, layout: Layout, seed: int, first: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The neuron table of the model of ``seed``; ``first``: ``first_universal``'s table."""
     name = model_name(seed)
     universality = read_parquet(layout.table("universality", name), "universality")
     moments = read_parquet(layout.model_dir("collect", seed) / "moments.parquet", "collect")
     model = load_model(str(layout.model(seed)))
     weights = weight_statistics(processed_weights(model), params.stats.neuron_chunk)
     del model
-    return neuron_table(universality, weights, activation_statistics(moments, "pre"))
+    emergence = None if first is None else first[first["model"] == name]
+    return neuron_table(universality, weights, activation_statistics(moments, "pre"), emergence)
 
 
 def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout) -> None:
@@ -68,8 +81,9 @@ def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout) -> None:
 
 def run(params: Params, layout: Layout) -> dict:
     """Write every model's neuron table and figures; return ``{"models": {name: comparison}}``."""
+    first = first_universal(params, layout)
     tables = {
-        model_name(seed): model_table(params, layout, seed)
+        model_name(seed): model_table(params, layout, seed, first)
         for seed in tqdm(params.train.seeds, desc="stats", unit="model")
     }
     comparison = {"models": {model: compare_universal(table) for model, table in tables.items()}}
@@ -94,6 +108,7 @@ COMMAND = Stage(
         layout.stage_dir("collect"),
         layout.stage_dir("universality"),
     ],
+    trained_inputs=lambda layout: [layout.stage_dir("emergence")],
     outputs=lambda layout: [
         Out(layout.stage_dir("stats")),
         Out(layout.metric("stats.json"), kind="metrics", cache=False),

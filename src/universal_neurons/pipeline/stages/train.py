@@ -146,6 +146,7 @@ COMMAND = Stage(
         "train.heldout_sequences",
         "train.eval_every_steps",
         "train.checkpoint_tokens",
+        "train.checkpoint_dtype",
         "train.device",
         "train.threads",
     ),

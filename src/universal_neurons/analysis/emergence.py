@@ -1,0 +1,96 @@
+"""Universality across training: the universality test of a group, run in memory on any
+set of models (the training checkpoints of the seed group, or its final models).
+
+``group_universality`` calls exactly the functions the collect, correlate, baseline and
+universality stages call, in the same order, without files in between: given the final
+models and the stages' analysis set it gives the universality stage's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import GPT2LMHeadModel
+
+from universal_neurons.analysis.baseline import group_baselines
+from universal_neurons.analysis.collect import collect_model
+from universal_neurons.analysis.pairs import correlate_group, pair_maxima
+from universal_neurons.analysis.universality import model_summary, universality_table
+from universal_neurons.config import BaselineConfig
+from universal_neurons.models.training import heldout_loss
+
+
+@dataclass(frozen=True)
+class GroupUniversality:
+    """The universality test of one group of models.
+
+    ``tables``: per model, the neuron table (``universality.TABLE_COLUMNS``, one row per
+    neuron); ``summaries``: per model, ``universality.model_summary``; ``kept_positions``:
+    token positions the statistics are taken over.
+    """
+
+    tables: dict[str, pd.DataFrame]
+    summaries: dict[str, dict]
+    kept_positions: int
+
+    def mean_percent_universal(self) -> float:
+        """Mean over the models of the percentage of (live) neurons that are universal."""
+        return float(np.mean([s["percent_universal"] for s in self.summaries.values()]))
+
+    def median(self, column: str) -> float:
+        """Median of ``column`` (e.g. ``mean_corr``, ``mean_baseline``) over every live neuron
+        of every model."""
+        values = np.concatenate(
+            [t.loc[~t["dead"], column].to_numpy(np.float64) for t in self.tables.values()]
+        )
+        values = values[np.isfinite(values)]
+        return float(np.median(values)) if len(values) else float("nan")
+
+
+@torch.no_grad()
+def group_universality(
+    models: dict[str, object],
+    partner_ids: dict[str, int],
+    tokens: np.ndarray,
+    excluded_ids: np.ndarray,
+    batch_size: int,
+    products: str,
+    device: str,
+    baseline: BaselineConfig,
+    dead_variance: float,
+    threshold: float,
+    progress: bool = False,
+) -> GroupUniversality:
+    """collect + correlate + baseline + universality of ``models`` over ``tokens [sequences, pos]``.
+
+    ``models``: ``{name: loaded model}`` in the group's order; ``partner_ids``: the integer
+    that seeds each model's baseline matrices (its training seed), as in the baseline stage.
+    """
+    within = {
+        name: collect_model(
+            model, name, tokens, excluded_ids, batch_size, device=device, progress=progress
+        ).within_layer_covariance()
+        for name, model in models.items()
+    }
+    stats = correlate_group(
+        models, tokens, excluded_ids, batch_size, products, device=device, progress=progress
+    )
+    maxima, _ = pair_maxima(stats, dead_variance)
+    baselines = group_baselines(stats.pairs.items(), partner_ids, within, baseline, dead_variance)
+    tables = {name: universality_table(maxima, baselines, name, threshold) for name in models}
+    summaries = {name: model_summary(table, stats.n_layers) for name, table in tables.items()}
+    return GroupUniversality(tables, summaries, stats.kept_positions)
+
+
+def heldout_losses(model_dirs: Mapping[str, Path], heldout: np.ndarray, device: str) -> dict:
+    """Held-out loss (nats/token, the train stage's ``heldout_loss``) of the Hugging Face
+    model in each directory of ``{name: directory}``; ``heldout``: ``[sequences, context]``."""
+    return {
+        name: heldout_loss(GPT2LMHeadModel.from_pretrained(directory).to(device), heldout, device)
+        for name, directory in model_dirs.items()
+    }
