@@ -44,17 +44,17 @@ def first_universal(params: Params, layout: Layout) -> pd.DataFrame | None:
     return first_universal_tokens(read_parquet(path, "emergence"))
 
 
-def model_table(
-    params: Params, layout: Layout, seed: int, first: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """The neuron table of the model of ``seed``; ``first``: ``first_universal``'s table."""
+def model_table(params: Params, layout: Layout, seed: int) -> pd.DataFrame:
+    """The neuron table of the model of ``seed``. The universality table is read first: a
+    missing input names the stage to run in the order a user meets them."""
     name = model_name(seed)
     universality = read_parquet(layout.table("universality", name), "universality")
     moments = read_parquet(layout.model_dir("collect", seed) / "moments.parquet", "collect")
+    first = first_universal(params, layout)
+    emergence = None if first is None else first[first["model"] == name]
     model = load_model(str(layout.model(seed)))
     weights = weight_statistics(processed_weights(model), params.stats.neuron_chunk)
     del model
-    emergence = None if first is None else first[first["model"] == name]
     return neuron_table(universality, weights, activation_statistics(moments, "pre"), emergence)
 
 
@@ -81,9 +81,8 @@ def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout) -> None:
 
 def run(params: Params, layout: Layout) -> dict:
     """Write every model's neuron table and figures; return ``{"models": {name: comparison}}``."""
-    first = first_universal(params, layout)
     tables = {
-        model_name(seed): model_table(params, layout, seed, first)
+        model_name(seed): model_table(params, layout, seed)
         for seed in tqdm(params.train.seeds, desc="stats", unit="model")
     }
     comparison = {"models": {model: compare_universal(table) for model, table in tables.items()}}
