@@ -141,3 +141,30 @@ def test_slurm_memory_limit_names_the_parameter_and_a_block_that_fits():
     assert plan.check_memory(params(block), GPT2_SMALL)["total"] <= 8 * plan.GIB
     with pytest.raises(UserError):
         plan.check_memory(params(block + 3072), GPT2_SMALL)
+
+
+def test_plan_command_prints_the_preset_plan():
+    """``universal-neurons plan`` on the GPT2-small preset, with given rates (nothing measured)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    args = ["--params", "pipelines/gpt2-small/params.yaml", "--tokens", "100000000"]
+    rates = ["--products-tflops", "664", "--float64-tflops", "67", "--parallel", "32"]
+    command = [sys.executable, "-m", "universal_neurons", "plan", *args, *rates]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    work = plan.WorkPlan(
+        36864, 1, 24 * 512, full_pairs=False, samples=3, one_pass=False, model_bytes=2
+    )
+    memory = plan.unit_memory(GPT2_SMALL, work)["total"] / plan.GIB
+    assert "5 models x 12 layers x 3072 = 36,864 neurons each, 10 pairs; 100,000,000 tokens" in out
+    assert "per-neuron maxima + baseline draws" in out
+    assert "units: 10 = 10 pairs x 1 blocks of 36864 x 1 shards" in out
+    assert f"memory per unit: {memory:.2f} GiB" in out
+    # 10 pairs x 2 T N^2 of products at 664 TFLOP/s, plus the forward passes: over an hour
+    products_h = 10 * 2 * 1e8 * 36864**2 / 664e12 / 3600
+    hours = float(out.split("time on one device: correlate ")[1].split(" h")[0])
+    assert products_h < hours < products_h * 1.3

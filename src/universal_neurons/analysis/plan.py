@@ -230,11 +230,13 @@ def available_memory() -> int:
 def memory_limit(params: Params) -> tuple[int, str]:
     """What one unit may use, and where that limit comes from: ``correlate.slurm.mem_gb``
     for Slurm, the local GPU's memory on CUDA, else the available RAM (shared by the local
-    executor's ``workers``)."""
+    executor's ``workers``); 0 where it cannot be known here."""
     corr = params.correlate
     if corr.executor == "slurm":
         return corr.slurm.mem_gb * GIB, f"correlate.slurm.mem_gb = {corr.slurm.mem_gb}"
-    if params.analysis.device.startswith("cuda") and torch.cuda.is_available():
+    if params.analysis.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return 0, "the CUDA device's memory (no GPU here to check against)"
         total = torch.cuda.get_device_properties(params.analysis.device).total_memory
         return total, f"the GPU's {total / GIB:.1f} GiB"
     workers = corr.workers if corr.executor == "local" else 1
@@ -248,7 +250,7 @@ def check_memory(params: Params, shape: GroupShape) -> dict[str, int]:
     plan = work_plan(params, shape)
     need = unit_memory(shape, plan)
     limit, source = memory_limit(params)
-    if need["total"] > limit:
+    if limit and need["total"] > limit:
         fits = largest_block(shape, plan, limit)
         hint = f"a block of {fits} neurons fits" if fits else "no block of whole layers fits"
         raise UserError(

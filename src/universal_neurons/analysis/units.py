@@ -525,15 +525,15 @@ def merge_block_maxima(
     blocks: dict[tuple[str, str], list[BlockMaxima]] = defaultdict(list)
     batches_of_pair: dict[tuple[str, str], int] = {}
     for (a, b, rows), shards in by_block.items():
-        if len(shards) == 1 and unit_info(unit_path(context.units_dir, shards[0])) is not None:
-            path = unit_path(context.units_dir, shards[0])
-            block, info = _load_block(path, shards[0])
+        if len(shards) == 1:  # reduced by the unit itself (it saw the whole token set)
+            block, info = _load_block(unit_path(context.units_dir, shards[0]), shards[0])
             batches_of_pair[(a, b)] = int(info["batches"])
         else:
             merged, batches_of_pair[(a, b)] = _merge_shards(shards, context.units_dir)
             assert context.draws is not None
             draws, dead = context.draws, context.dead_variance
             block = reduce_block(merged, (a, b), rows, context.d_mlp, draws, dead)
+            del merged  # one block's [rows, N] at a time
         blocks[(a, b)].append(block)
     pairs = {pair: combine_blocks(parts, n_neurons) for pair, parts in blocks.items()}
     counts = set(batches_of_pair.values())

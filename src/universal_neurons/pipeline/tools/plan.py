@@ -146,7 +146,8 @@ def render(r: dict) -> str:
     where = "baseline stage" if plan.full_pairs else "in correlate's units"
     threshold = r["threshold"]
     parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in mem.items() if k != "total")
-    fits = "fits" if mem["total"] <= r["limit"][0] else "DOES NOT FIT"
+    limit = r["limit"][0]
+    fits = "not checked" if not limit else "fits" if mem["total"] <= limit else "DOES NOT FIT"
     lines = [
         f"group: {shape.models} models x {shape.n_layers} layers x {shape.d_mlp} = "
         f"{shape.neurons:,} neurons each, {shape.pairs} pairs; {r['tokens']:,} tokens",
