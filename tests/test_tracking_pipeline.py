@@ -162,6 +162,14 @@ def test_repro_logs_one_run_over_http(tiny_repo):
                 expected_series[name] = [(i, v) for i, v in enumerate(value) if v is not None]
             elif isinstance(value, int | float):  # bool is an int: logged as 1/0
                 expected_scalars[name] = float(value)
+    # the emergence curve (metrics/emergence.csv): one series per column, step = tokens
+    with (repo / "metrics" / "emergence.csv").open() as handle:
+        curve = list(csv.DictReader(handle))
+    for column in curve[0]:
+        if column != "tokens":
+            expected_series[f"emergence.{column}"] = [
+                (int(row["tokens"]), float(row[column])) for row in curve
+            ]
     logged = {k: v for k, v in run_data.metrics.items() if not k.startswith("curve.")}
     assert set(logged) == set(expected_scalars) | {k for k, v in expected_series.items() if v}
     scalars = {k: logged[k] for k in expected_scalars}
