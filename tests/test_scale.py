@@ -113,7 +113,7 @@ def test_unit_memory_is_the_documented_arithmetic():
     assert mem["product"] == 12 * b * n
     assert mem["activations"] == 18 * t * (b + n)
     assert mem["models"] == 2 * 4 * GPT2_SMALL.model_parameters()
-    assert mem["total"] == 8 * b * n + 12 * b * n + 18 * t * (b + n) + mem["models"]
+    assert mem["total"] == 8 * b * n + 12 * b * n + 18 * t * (b + n) + mem["models"] + plan.RUNTIME
     assert plan.unit_count(GPT2_SMALL, work) == 10 * 12
     # the default one pass of a whole group holds every pair's accumulator
     whole = plan.WorkPlan(0, 1, 24 * 512, full_pairs=True, samples=3, one_pass=True)

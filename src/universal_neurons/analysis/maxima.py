@@ -31,17 +31,6 @@ from universal_neurons.analysis.baseline import baseline_frame, mixed_layer_maxi
 from universal_neurons.analysis.correlation import CrossMoments, MaxCorrelation, row_maxima
 from universal_neurons.errors import UserError
 
-FIELDS = (
-    "var_x",
-    "var_y",
-    "forward_max",
-    "forward_arg",
-    "backward_max",
-    "backward_arg",
-    "forward_baseline",
-    "backward_baseline",
-)
-
 
 @dataclass(frozen=True)
 class BaselineDraws:

@@ -6,7 +6,7 @@ stage checks before it starts (``check_memory``). All sizes in bytes, all rates 
 Memory of one unit (block of ``B`` neurons of model a against all ``N`` of model b, batches
 of ``T`` tokens; docs/scale.md "Memory arithmetic"): the float64 accumulator ``8·B·N``, each
 batch's product in float32 and its float64 copy ``12·B·N``, the batch's activations
-``18·T·(B + N)`` and the two models. Above ``correlate.full_pairs_max_neurons`` the unit
+``18·T·(B + N)``, the two models and the process itself (``RUNTIME``). Above ``correlate.full_pairs_max_neurons`` the unit
 then reduces its block (while the product buffers are gone): ``8·1024·N`` of correlations
 and ``24·B·d_mlp`` of rotated covariances at a time. The default one-pass plan holds every
 pair's accumulator at once and the activations of every model.
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 GIB = 1024**3
 REDUCE_CHUNK = 1024  # rows of correlations at a time in a block's reduction (maxima.reduce_block)
+RUNTIME = 600 * 1024**2  # the process itself: Python, torch, transformers (0.55-0.65 GiB measured)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class WorkPlan:
 def unit_memory(shape: GroupShape, plan: WorkPlan) -> dict[str, int]:
     """Peak memory of one unit (of the one pass, for the default plan), by part, and
     ``total``: the pass (accumulator + product + activations) or the reduction after it,
-    whichever is larger, + the models."""
+    whichever is larger, + the models and the process's own ``RUNTIME``."""
     n, b, t = shape.neurons, plan.block or shape.neurons, plan.batch_tokens
     accumulators = (shape.pairs if plan.one_pass else 1) * 8 * b * n
     product = 12 * b * n
@@ -113,8 +114,9 @@ def unit_memory(shape: GroupShape, plan: WorkPlan) -> dict[str, int]:
         "activations": activations,
         "reduction": reduction,
         "models": models,
+        "runtime": RUNTIME,
     }
-    parts["total"] = accumulators + max(product + activations, reduction) + models
+    parts["total"] = accumulators + max(product + activations, reduction) + models + RUNTIME
     return parts
 
 
