@@ -22,7 +22,7 @@ COMMANDS = command_names()
 def test_the_registry_lists_every_stage_and_tool():
     assert set(COMMANDS) == {
         *(stage.name for stage in all_stages()),
-        *("validate", "show", "findings", "neuron", "ui"),
+        *("validate", "show", "findings", "neuron", "ui", "plan"),
     }
     assert {stage.name for stage in all_stages()} >= {"tokenize", "train", "correlate", "log"}
 
