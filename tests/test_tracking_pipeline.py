@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -419,10 +420,20 @@ def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
         + [f"percent_universal.seed{seed}" for seed in seeds]
     )
     assert len(columns) <= 21
-    table = run(repo, "dvc", "exp", "show", "--only-changed", "--csv", env=env).stdout
+    # plain `dvc exp show --only-changed`: the changed params and headline metrics, no detail
+    # column, but also one hash column per intermediate output (each changed with the lr)
+    plain = run(repo, "dvc", "exp", "show", "--only-changed", "--csv", env=env).stdout
+    plain_header = next(csv.reader(io.StringIO(plain)))
+    assert "train.learning_rate" in plain_header and "mean_heldout_loss" in plain_header
+    assert not [column for column in plain_header if "models." in column]  # no detail columns
+    # `universal-neurons exps` drops exactly those hash columns, and fits 200 columns
+    table = run(repo, "universal-neurons", "exps", "--csv", env=env).stdout
     header = next(csv.reader(io.StringIO(table)))
-    assert "train.learning_rate" in header and "mean_heldout_loss" in header
-    assert not [column for column in header if "models." in column]  # no detail columns
+    dropped = set(plain_header) - set(header)
+    assert dropped and all(
+        re.match(r"(data|models|report|results|metrics)(/|$)", c) for c in dropped
+    )
+    assert {"train.learning_rate", "mean_heldout_loss"} <= set(header)
     assert _rendered_width(table) <= 200, table
     diff = json.loads(
         run(
