@@ -154,7 +154,7 @@ def local_experiment_url(base: str, uri: str, name: str) -> str:
     return runs_table_url(base, experiment.experiment_id)
 
 
-def server_experiment_url(base: str, name: str, timeout_s: float = 5.0) -> str:
+def server_experiment_url(base: str, name: str, timeout_s: float = 30.0) -> str:
     """The runs table of experiment ``name`` on the MLflow server ``base`` (REST, read only);
     ``base`` alone when the server does not answer or has no such experiment."""
     query = urllib.parse.urlencode({"experiment_name": name})
