@@ -3,6 +3,7 @@
 Correlate's maxima + baseline -> the neuron table per model and the headline metric.
 
 Writes ``data/universality/seed{s}.parquet`` (columns ``universality.TABLE_COLUMNS``),
+``results/universality.json`` (per model: counts, percentages per layer), its headline
 ``metrics/universality.json`` and ``metrics/universality_per_layer.csv``.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from universal_neurons.analysis.universality import (
+    headline_metrics,
     model_summary,
     per_layer_rows,
     universality_metrics,
@@ -39,7 +41,8 @@ def run(params: Params, layout: Layout) -> dict:
         temp.mkdir()
         for name, table in tables.items():
             table.to_parquet(temp / f"{name}.parquet", index=False)
-    write_json(layout.metric("universality.json"), metrics)
+    write_json(layout.result("universality.json"), metrics)
+    write_json(layout.metric("universality.json"), headline_metrics(summaries, tables))
     with atomic_path(layout.metric("universality_per_layer.csv")) as temp:
         per_layer_rows(summaries).to_csv(temp, index=False)
     return metrics
@@ -51,6 +54,7 @@ COMMAND = Stage(
     inputs=lambda layout: [layout.stage_dir("baseline"), layout.stage_dir("correlate")],
     outputs=lambda layout: [
         Out(layout.stage_dir("universality")),
+        Out(layout.result("universality.json"), cache=False),
         Out(layout.metric("universality.json"), kind="metrics", cache=False),
         Out(layout.metric("universality_per_layer.csv"), kind="plots", cache=False),
     ],
