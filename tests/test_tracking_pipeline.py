@@ -25,6 +25,8 @@ import pytest
 import yaml
 from pipeline_repo import make_pipeline_repo, pipeline_env, run, tiny_pipeline_params
 
+from universal_neurons.outputs.tracking_ui import column_id, headline_metrics
+
 pytestmark = pytest.mark.slow
 
 STARTUP_LIMIT_S = 180  # how long a server may take to answer (a wait, not an assertion on speed)
@@ -195,6 +197,15 @@ def test_repro_logs_one_run_over_http(tiny_repo):
     tags = run_data.tags
     assert tags["git.commit"] == tiny_repo["commit"]
     assert tags["dvc.run"] == "repro" and "dvc.exp_name" not in tags
+    # named after the commit; the outputs `dvc repro` rewrote do not count as a dirty tree
+    assert record["run_name"] == runs[0].info.run_name == f"repro-{tiny_repo['commit'][:7]}"
+    # the UI opens on the runs table with the headline columns (outputs/tracking_ui)
+    experiment_tags = client.get_experiment(experiment.experiment_id).tags
+    assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment_tags["mlflow.sharedViewState.headline"])
+    headline = headline_metrics(run_data.metrics)
+    assert headline[0] == "universality.mean_percent_universal"
+    assert view["selectedColumns"] == [column_id("metrics", key) for key in headline]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
     assert {
