@@ -97,3 +97,15 @@ def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_pat
     relaxed = json.loads((repo / "results" / "universality.json").read_text())
     assert relaxed["threshold"] == 0.01
     assert relaxed["mean_percent_universal"] > written["mean_percent_universal"]
+
+    # the default group is below correlate.full_pairs_max_neurons: more baseline draws rotate
+    # correlate's pair files again, and correlate (the pass over the data) does not rerun
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["baseline"]["samples"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    status = json.loads(_run([BIN / "dvc", "status", "--json"], repo, env))
+    assert set(status) - downstream == {"baseline"}
+    out = _run([BIN / "dvc", "repro", "universality"], repo, env)
+    assert "Running stage 'baseline'" in out and "Running stage 'universality'" in out
+    assert "Running stage 'correlate'" not in out and "Running stage 'collect" not in out
+    assert json.loads((repo / "results" / "baseline.json").read_text())["samples"] == 3

@@ -154,7 +154,9 @@ def _stage_problems(
     body = entry.get("do", entry)
     if body.get("cmd") != stage.cmd:
         problems.append(f"{name}: cmd {body.get('cmd')!r}, expected {stage.cmd!r}")
-    written, declared = _dvc_params(body), set(stage.params)
+    # the preset pipelines' groups are above correlate.full_pairs_max_neurons: scale_params too
+    declared = set(stage.params) | (set(stage.scale_params) if preset else set())
+    written = _dvc_params(body)
     if declared - written:
         problems.append(f"{name}: params lack {sorted(declared - written)}")
     if written - declared:

@@ -217,6 +217,11 @@ class CorrelateConfig(_Section):
     process), ``local`` (``workers`` processes through submitit) or ``slurm`` (a submitit
     job array, resources in ``slurm``); ``log_dir``: submitit's job folder. With the
     defaults (inline, 0, 1) correlate makes its one pass over the group, as before.
+
+    ``full_pairs_max_neurons``: up to this many neurons per model, correlate writes every
+    pair's full statistics (``8 N²`` bytes per pair) and the baseline stage rotates them;
+    above it, no ``[N, N]`` matrix is written or held: each unit reduces its block to
+    per-neuron maxima and the baseline draws of ``params.baseline`` (docs/scale.md).
     """
 
     products: Literal["auto", Products] = "auto"
@@ -227,11 +232,16 @@ class CorrelateConfig(_Section):
     token_shards: PositiveInt = 1
     workers: PositiveInt = 2
     log_dir: str = "logs/submitit"
+    full_pairs_max_neurons: NonNegativeInt = 8192
     slurm: SlurmConfig = Field(default_factory=lambda: SlurmConfig())
 
     def split(self) -> bool:
         """True when correlate runs in work units (anything but one inline pass)."""
         return self.executor != "inline" or self.neuron_block > 0 or self.token_shards > 1
+
+    def full_pairs(self, n_neurons: int) -> bool:
+        """True when a group of ``n_neurons`` per model gets full pair statistics."""
+        return n_neurons <= self.full_pairs_max_neurons
 
 
 class BaselineConfig(_Section):

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from universal_neurons.analysis.correlation import CrossMoments, MaxCorrelation, row_max
+from universal_neurons.analysis.correlation import CrossMoments, MaxCorrelation
 from universal_neurons.config import BASELINE_KINDS, BaselineConfig
 from universal_neurons.errors import UserError
 
@@ -43,6 +43,17 @@ def gaussian_rows(d: int, rng: np.random.Generator) -> np.ndarray:
     return gaussian / np.linalg.norm(gaussian, axis=1, keepdims=True)
 
 
+def mixing_matrix(kind: str, d_mlp: int, seed: int, partner: int, sample: int, layer: int):
+    """One layer's ``[d_mlp, d_mlp]`` float64 baseline matrix, drawn from
+    ``SeedSequence([seed, partner, sample, layer])``."""
+    draw = {"rotation": haar_orthogonal, "gaussian_rows": gaussian_rows}.get(kind)
+    if draw is None:
+        raise UserError(f"baseline.kind: expected one of {', '.join(BASELINE_KINDS)}, got {kind!r}")
+    return draw(
+        d_mlp, np.random.default_rng(np.random.SeedSequence([seed, partner, sample, layer]))
+    )
+
+
 def mixing_matrices(
     kind: str, n_layers: int, d_mlp: int, seed: int, partner: int, sample: int
 ) -> np.ndarray:
@@ -51,17 +62,65 @@ def mixing_matrices(
     Reproducible: layer l's matrix is drawn from ``SeedSequence([seed, partner, sample, l])``,
     so the same partner gets the same matrices whichever model it is compared with.
     """
-    draw = {"rotation": haar_orthogonal, "gaussian_rows": gaussian_rows}.get(kind)
-    if draw is None:
-        raise UserError(f"baseline.kind: expected one of {', '.join(BASELINE_KINDS)}, got {kind!r}")
     return np.stack(
-        [
-            draw(
-                d_mlp, np.random.default_rng(np.random.SeedSequence([seed, partner, sample, layer]))
-            )
-            for layer in range(n_layers)
-        ]
+        [mixing_matrix(kind, d_mlp, seed, partner, sample, layer) for layer in range(n_layers)]
     )
+
+
+LayerTerms = Iterable[tuple[torch.Tensor, object, object]]
+"""Per partner layer: ``(covariance [n_x, d_mlp], within-layer covariance [d_mlp, d_mlp],
+mixing matrix [d_mlp, d_mlp])``; the last two as tensors or arrays."""
+
+
+@torch.no_grad()
+def mixed_layer_maxima(
+    layers: LayerTerms, var_x: torch.Tensor, dead_variance: float = 0.0
+) -> MaxCorrelation:
+    """Per x neuron, the max correlation with any mixed partner direction ``M_l y_l``, the
+    partner's layers taken one at a time (``layers``, see ``LayerTerms``), so that only one
+    layer's ``[n_x, d_mlp]`` block is held. ``var_x [n_x]``: x's population variances. The
+    argmax indexes the mixed directions (``layer * d_mlp + j``, the first maximum, as
+    ``row_max`` of the whole row would give). Everything in float64.
+    """
+    best, where, offset = None, None, 0
+    for covariance, within, matrix in layers:
+        covariance = covariance.to(torch.float64)
+        device = covariance.device
+        m, sigma = _float64(matrix, device), _float64(within, device)
+        sx = torch.where(var_x > dead_variance, var_x.sqrt(), torch.nan).to(device)
+        cov_mixed = covariance @ m.T  # [n_x, d_mlp]
+        var_mixed = ((m @ sigma) * m).sum(dim=1)  # diag(M Σ Mᵀ)
+        sy = torch.where(var_mixed > dead_variance, var_mixed.clamp_min(0).sqrt(), torch.nan)
+        values, index = torch.nan_to_num(cov_mixed / sx[:, None] / sy[None, :], nan=-torch.inf).max(
+            dim=1
+        )
+        if best is None:
+            best, where = values, index + offset
+        else:
+            better = values > best
+            best, where = (
+                torch.where(better, values, best),
+                torch.where(better, index + offset, where),
+            )
+        offset += m.shape[0]
+    return _finite_maxima(best, where)
+
+
+def _float64(values, device: torch.device) -> torch.Tensor:
+    """A tensor or (memory-mapped) array as a float64 tensor on ``device``."""
+    if isinstance(values, np.ndarray):
+        values = np.array(values, dtype=np.float64)  # a copy: memmaps are read-only
+    return torch.as_tensor(values, dtype=torch.float64, device=device)
+
+
+def _finite_maxima(values: torch.Tensor, index: torch.Tensor) -> MaxCorrelation:
+    """``MaxCorrelation`` of running maxima: NaN and -1 where no finite value was seen."""
+    values = values.to(torch.float64).cpu().numpy()
+    index = index.cpu().numpy().astype(np.int64)
+    missing = ~np.isfinite(values)
+    values[missing] = np.nan
+    index[missing] = -1
+    return MaxCorrelation(values, index)
 
 
 @torch.no_grad()
@@ -79,22 +138,15 @@ def mixed_max_correlation(
     partner's within-layer covariance; ``matrices [n_layers, d_mlp, d_mlp]``. The argmax
     indexes the mixed directions (``layer * d_mlp + j``). Everything in float64.
     """
-    n_layers, d_mlp, _ = matrices.shape
-    covariance = covariance.to(torch.float64)
-    matrices = matrices.to(device=covariance.device, dtype=torch.float64)
-    within_cov = within_cov.to(device=covariance.device, dtype=torch.float64)
-    sx = torch.where(var_x > dead_variance, var_x.sqrt(), torch.nan).to(covariance.device)
-    parts = []
-    for layer in range(n_layers):
-        m = matrices[layer]
-        cov_mixed = covariance[:, layer * d_mlp : (layer + 1) * d_mlp] @ m.T  # [n_x, d_mlp]
-        var_mixed = ((m @ within_cov[layer]) * m).sum(dim=1)  # diag(M Σ Mᵀ)
-        sy = torch.where(var_mixed > dead_variance, var_mixed.clamp_min(0).sqrt(), torch.nan)
-        parts.append(cov_mixed / sx[:, None] / sy[None, :])
-    return row_max(torch.cat(parts, dim=1))
+    d_mlp = matrices.shape[1]
+    layers = (
+        (covariance[:, layer * d_mlp : (layer + 1) * d_mlp], within_cov[layer], matrices[layer])
+        for layer in range(matrices.shape[0])
+    )
+    return mixed_layer_maxima(layers, var_x, dead_variance)
 
 
-def _baseline_frame(
+def baseline_frame(
     model: str, partner: str, sample: int, n_layers: int, d_mlp: int, baseline: np.ndarray
 ) -> pd.DataFrame:
     """Rows ``model, partner, sample, layer, index, baseline`` of one draw of one direction."""
@@ -141,7 +193,7 @@ def pair_baselines(
             result = mixed_max_correlation(
                 covariance, var_x, within_t, torch.as_tensor(matrices), dead_variance
             )
-            frames.append(_baseline_frame(model, partner, sample, n_layers, d_mlp, result.max_corr))
+            frames.append(baseline_frame(model, partner, sample, n_layers, d_mlp, result.max_corr))
     return pd.concat(frames, ignore_index=True)
 
 

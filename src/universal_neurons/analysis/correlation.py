@@ -275,7 +275,7 @@ def row_max(corr: torch.Tensor) -> MaxCorrelation:
     return MaxCorrelation(values, index)
 
 
-def _row_maxima(
+def row_maxima(
     cxy: torch.Tensor,
     count: int,
     var_rows: torch.Tensor,
@@ -307,6 +307,6 @@ def max_correlations(
     """Both directions of a pair: per x neuron the max over y, per y neuron the max over x;
     ``block`` rows at a time, so that the correlation matrix is never held whole."""
     var_x, var_y = stats.var_x(), stats.var_y()
-    forward = _row_maxima(stats.cxy, stats.count, var_x, var_y, dead_variance, block)
-    backward = _row_maxima(stats.cxy.T, stats.count, var_y, var_x, dead_variance, block)
+    forward = row_maxima(stats.cxy, stats.count, var_x, var_y, dead_variance, block)
+    backward = row_maxima(stats.cxy.T, stats.count, var_y, var_x, dead_variance, block)
     return forward, backward

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from universal_neurons.analysis.correlation import CrossMoments, MaxCorrelation, max_correlations
+from universal_neurons.analysis.correlation import CrossMoments, max_correlations
+from universal_neurons.analysis.maxima import maxima_frame, sorted_maxima
 from universal_neurons.analysis.units import PassSettings, correlate_pass, plan_units
 from universal_neurons.errors import UserError
 from universal_neurons.models.loading import model_shape
@@ -78,26 +79,6 @@ def correlate_group(
     return GroupStatistics(names, n_layers, d_mlp, kept, batches, pairs)
 
 
-def maxima_frame(
-    model: str, partner: str, result: MaxCorrelation, dead: np.ndarray, n_layers: int, d_mlp: int
-) -> pd.DataFrame:
-    """Rows ``model, partner, layer, index, dead, max_corr, argmax_layer, argmax_index``."""
-    argmax = result.argmax
-    valid = argmax >= 0
-    return pd.DataFrame(
-        {
-            "model": model,
-            "partner": partner,
-            "layer": np.repeat(np.arange(n_layers, dtype=np.int64), d_mlp),
-            "index": np.tile(np.arange(d_mlp, dtype=np.int64), n_layers),
-            "dead": dead,
-            "max_corr": result.max_corr,
-            "argmax_layer": np.where(valid, argmax // d_mlp, -1),
-            "argmax_index": np.where(valid, argmax % d_mlp, -1),
-        }
-    )
-
-
 def pair_maxima(
     stats: GroupStatistics, dead_variance: float = 0.0
 ) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -110,10 +91,4 @@ def pair_maxima(
         dead_counts[a], dead_counts[b] = int(dead_a.sum()), int(dead_b.sum())
         frames.append(maxima_frame(a, b, forward, dead_a, stats.n_layers, stats.d_mlp))
         frames.append(maxima_frame(b, a, backward, dead_b, stats.n_layers, stats.d_mlp))
-    table = pd.concat(frames, ignore_index=True)
-    order = {name: i for i, name in enumerate(stats.names)}
-    table = table.sort_values(
-        ["model", "partner", "layer", "index"],
-        key=lambda col: col.map(order) if col.name in ("model", "partner") else col,
-    ).reset_index(drop=True)
-    return table, dead_counts
+    return sorted_maxima(frames, stats.names), dead_counts

@@ -26,6 +26,8 @@ job's call in its ``folder`` (``correlate.log_dir``) together with the job's std
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -39,6 +41,13 @@ from tqdm import tqdm
 from universal_neurons.analysis.activations import iter_batches, kept_mask, load_analysis_set
 from universal_neurons.analysis.collect import check_finite_statistics, kept_activations
 from universal_neurons.analysis.correlation import CrossMoments
+from universal_neurons.analysis.maxima import (
+    BaselineDraws,
+    BlockMaxima,
+    PairMaxima,
+    combine_blocks,
+    reduce_block,
+)
 from universal_neurons.config import EXECUTORS, AnalysisConfig
 from universal_neurons.errors import UserError
 from universal_neurons.models.loading import load_model, model_shape
@@ -198,7 +207,11 @@ class UnitContext:
     ``models``: ``{name: local model directory or hub id}`` (absolute paths for workers on
     other machines); ``analysis``: ``AnalysisConfig`` as a dict; ``products``: the resolved
     per-batch product precision; ``units_dir``: where the unit files go; ``one_pass``: run
-    the units of a token shard in one pass (see ``passes``).
+    the units of a token shard in one pass (see ``passes``); ``manifest``: the digest of the
+    inputs (``unit_manifest``) written into every unit file, which marks it complete for them;
+    ``draws``: set above ``correlate.full_pairs_max_neurons``, where a unit over the whole
+    token set writes its block's maxima and baseline draws (``maxima.reduce_block``, with
+    ``dead_variance``, ``d_mlp``) instead of its ``[rows, N]`` statistics.
     """
 
     models: dict[str, str]
@@ -209,6 +222,10 @@ class UnitContext:
     units_dir: str
     dtype: str = "float32"
     one_pass: bool = False
+    manifest: str = ""
+    draws: BaselineDraws | None = None
+    dead_variance: float = 0.0
+    d_mlp: int = 0
 
 
 def unit_path(units_dir: str | Path, unit: Unit) -> Path:
@@ -216,9 +233,13 @@ def unit_path(units_dir: str | Path, unit: Unit) -> Path:
     return Path(units_dir) / f"{unit.name}.safetensors"
 
 
-def _save_unit(unit: Unit, stats: CrossMoments, batches: int, units_dir: str | Path) -> Path:
-    """Write ``unit``'s statistics file (a temporary name, then renamed into place)."""
-    path = unit_path(units_dir, unit)
+def _save_unit(
+    unit: Unit, stats: CrossMoments, batches: int, context: UnitContext, whole: bool
+) -> Path:
+    """Write ``unit``'s file atomically (a temporary name, then renamed into place): its
+    statistics, or, with ``context.draws`` and a unit over the ``whole`` token set, its
+    block's maxima. The metadata names the unit and the inputs' ``manifest``."""
+    path = unit_path(context.units_dir, unit)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     info = {
         "a": unit.a,
@@ -226,10 +247,82 @@ def _save_unit(unit: Unit, stats: CrossMoments, batches: int, units_dir: str | P
         "rows": list(unit.rows),
         "sequences": list(unit.sequences),
         "batches": batches,
+        "manifest": context.manifest,
     }
-    stats.save(temp, info)
+    if context.draws is not None and whole:
+        block = reduce_block(
+            stats, (unit.a, unit.b), unit.rows, context.d_mlp, context.draws, context.dead_variance
+        )
+        block.save(temp, info)
+    else:
+        stats.save(temp, info)
     os.replace(temp, path)
     return path
+
+
+def unit_info(path: str | Path) -> dict | None:
+    """The metadata ``info`` of a unit file (statistics or block maxima); None if the file is
+    missing or unreadable (a write that never finished is never under its final name)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception:  # noqa: BLE001 (a torn or foreign file is simply not complete)
+        return None
+    for key in ("statistics", "maxima"):
+        if key in meta:
+            return json.loads(meta[key]).get("info")
+    return None
+
+
+def pending_units(units: list[Unit], units_dir: str | Path, manifest: str) -> list[Unit]:
+    """The units of ``units`` without a complete file in ``units_dir`` for ``manifest``.
+
+    A file is complete when it has its final name (written under a temporary one, then
+    renamed) and its metadata holds ``manifest`` and the unit's identity. Everything else in
+    the folder (temporary files of a killed write, files of other inputs) is removed.
+    """
+    folder = Path(units_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {unit_path(folder, unit): unit for unit in units}
+    done = set()
+    for path in folder.iterdir():
+        info = unit_info(path) if path.suffix == ".safetensors" else None
+        unit = wanted.get(path)
+        if unit is not None and info is not None and _same_unit(info, unit, manifest):
+            done.add(unit)
+        elif path.is_file():
+            path.unlink()
+    return [unit for unit in units if unit not in done]
+
+
+def _same_unit(info: dict, unit: Unit, manifest: str) -> bool:
+    """Whether a file's ``info`` is that of ``unit`` over the inputs of ``manifest``."""
+    identity = (info.get("a"), info.get("b"), info.get("rows"), info.get("sequences"))
+    same = identity == (unit.a, unit.b, list(unit.rows), list(unit.sequences))
+    return same and info.get("manifest") == manifest
+
+
+def unit_manifest(models: dict[str, str], tokens: np.ndarray, settings: dict) -> str:
+    """sha256 of what a unit's result depends on: every model's files (``config.json`` and
+    weights; a hub id by name), the analysis token set ``tokens`` and ``settings`` (plain
+    values: precision, device, baseline draws, ...)."""
+    digest = hashlib.sha256()
+    for name, source in sorted(models.items()):
+        digest.update(f"model {name}\n".encode())
+        directory = Path(source)
+        files = sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors"))
+        for path in files if directory.is_dir() else []:
+            digest.update(path.name.encode())
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    digest.update(chunk)
+        if not directory.is_dir():
+            digest.update(source.encode())
+    digest.update(np.ascontiguousarray(tokens).tobytes())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def _models_for(group: list[Unit], loaded: dict[str, object], context: UnitContext) -> dict:
@@ -260,8 +353,10 @@ def run_units(units: list[Unit], context: UnitContext, progress: bool = False) -
     for group in passes(units, context.one_pass):
         models = _models_for(group, loaded, context)
         results, batches = correlate_pass(group, models, (tokens, excluded), settings, progress)
-        for unit, stats in results.items():
-            written.append(str(_save_unit(unit, stats, batches, context.units_dir)))
+        for unit in list(results):
+            whole = unit.sequences == (0, len(tokens))
+            stats = results.pop(unit)  # dropped once written: one reduction's memory at a time
+            written.append(str(_save_unit(unit, stats, batches, context, whole)))
     return written
 
 
@@ -413,6 +508,46 @@ def merge_units(
     if len(counts) > 1:
         raise UnitError(f"pairs were computed over different numbers of batches: {batches_of_pair}")
     return pairs, counts.pop() if counts else 0
+
+
+def merge_block_maxima(
+    units: list[Unit], context: UnitContext, n_neurons: int
+) -> tuple[dict[tuple[str, str], PairMaxima], int]:
+    """The units' files as every pair's ``PairMaxima`` (above the full-pairs threshold).
+
+    A block computed over the whole token set in one unit was reduced by that unit; the
+    shards of a sharded block are merged here (Chan, float64; ``[rows, N]`` in memory, one
+    block at a time) and reduced. Returns ``({(a, b): maxima}, batches per pair)``.
+    """
+    by_block: dict[tuple[str, str, tuple[int, int]], list[Unit]] = defaultdict(list)
+    for unit in units:
+        by_block[(unit.a, unit.b, unit.rows)].append(unit)
+    blocks: dict[tuple[str, str], list[BlockMaxima]] = defaultdict(list)
+    batches_of_pair: dict[tuple[str, str], int] = {}
+    for (a, b, rows), shards in by_block.items():
+        if len(shards) == 1:  # reduced by the unit itself (it saw the whole token set)
+            block, info = _load_block(unit_path(context.units_dir, shards[0]), shards[0])
+            batches_of_pair[(a, b)] = int(info["batches"])
+        else:
+            merged, batches_of_pair[(a, b)] = _merge_shards(shards, context.units_dir)
+            assert context.draws is not None
+            draws, dead = context.draws, context.dead_variance
+            block = reduce_block(merged, (a, b), rows, context.d_mlp, draws, dead)
+            del merged  # one block's [rows, N] at a time
+        blocks[(a, b)].append(block)
+    pairs = {pair: combine_blocks(parts, n_neurons) for pair, parts in blocks.items()}
+    counts = set(batches_of_pair.values())
+    if len(counts) > 1:
+        raise UnitError(f"pairs were computed over different numbers of batches: {batches_of_pair}")
+    return pairs, counts.pop() if counts else 0
+
+
+def _load_block(path: Path, unit: Unit) -> tuple[BlockMaxima, dict]:
+    """A whole-token-set unit's block maxima file, checked to be that unit's."""
+    try:
+        return BlockMaxima.load(path)
+    except UserError:
+        raise UnitError(f"{path}: holds statistics, expected the maxima of {unit.name}") from None
 
 
 def units_summary(units: list[Unit]) -> dict[str, int]:

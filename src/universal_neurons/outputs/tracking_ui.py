@@ -43,7 +43,7 @@ MAX_COLUMNS = 32
 HEADLINE_METRICS = (
     "universality.mean_percent_universal",
     "universality.percent_universal.*",
-    "universality.median_max_corr",
+    "universality.median_corr",
     "universality.median_baseline",
     "training.mean_heldout_loss",
     "families.*",

@@ -71,7 +71,9 @@ class Stage(Command):
     ``ALL_PARAMS``: every key of the parameter file); ``inputs(layout)`` / ``outputs(layout)``:
     the data it reads (default: none) and the ``Out`` it writes; ``trained_inputs(layout)``:
     data it reads only for the trained group (``group.preset: trained``), which the preset
-    pipelines do not produce. A ``per_seed`` stage runs once per seed of ``train.seeds``
+    pipelines do not produce; ``scale_params``: parameters it reads only for a group above
+    ``correlate.full_pairs_max_neurons``, which the preset pipelines (groups that large) list
+    under ``params`` too and the default ``dvc.yaml`` does not. A ``per_seed`` stage runs once per seed of ``train.seeds``
     (``foreach`` in ``dvc.yaml``): its ``run``, ``inputs`` and ``outputs`` take the seed
     after the layout, and its command line gets a required ``--seed`` (help: ``seed_help``).
     """
@@ -80,6 +82,7 @@ class Stage(Command):
     outputs: Callable[..., Sequence[Out]]
     inputs: Callable[..., Sequence[Path]] = lambda layout, *seed: ()
     trained_inputs: Callable[[Layout], Sequence[Path]] = lambda layout: ()
+    scale_params: Sequence[str] = ()
     per_seed: bool = False
     seed_help: str = "Which seed of train.seeds."
 

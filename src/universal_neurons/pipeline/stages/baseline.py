@@ -17,7 +17,7 @@ import numpy as np
 from universal_neurons.analysis.baseline import baseline_spread, group_baselines
 from universal_neurons.analysis.correlation import CrossMoments
 from universal_neurons.errors import UserError
-from universal_neurons.io import atomic_path, read_json, write_json
+from universal_neurons.io import atomic_path, read_json, read_parquet, write_json
 from universal_neurons.pipeline.command import Out, Stage, as_json
 from universal_neurons.pipeline.inputs import correlate_summary
 from universal_neurons.pipeline.layout import Layout, model_name
@@ -42,10 +42,8 @@ def _within_covariances(params: Params, layout: Layout, kept: int) -> dict[str, 
     return within
 
 
-def run(params: Params, layout: Layout) -> dict:
-    """Compute the baseline of every ordered pair; return the metrics."""
-    cfg = params.baseline
-    summary = correlate_summary(params, layout)
+def _from_pairs(params: Params, layout: Layout, summary: dict):
+    """The baseline table, rotating correlate's full pair statistics (one pair at a time)."""
     within = _within_covariances(params, layout, summary["kept_positions"])
     seeds = {model_name(seed): seed for seed in params.train.seeds}
     pairs_dir = layout.stage_dir("correlate") / "pairs"
@@ -53,7 +51,28 @@ def run(params: Params, layout: Layout) -> dict:
         (tuple(key.split("__")), CrossMoments.load(pairs_dir / f"{key}.safetensors")[0])
         for key in summary["pairs"]
     )
-    table = group_baselines(pairs, seeds, within, cfg, params.correlate.dead_variance)
+    return group_baselines(pairs, seeds, within, params.baseline, params.correlate.dead_variance)
+
+
+def _from_draws(params: Params, layout: Layout, summary: dict):
+    """Above correlate.full_pairs_max_neurons: the draws correlate's units took, checked to be
+    those of ``params.baseline``."""
+    taken, wanted = summary.get("baseline"), params.baseline.model_dump()
+    if taken != wanted:
+        raise UserError(
+            f"baseline: correlate took the draws {taken} in its pass (above "
+            f"correlate.full_pairs_max_neurons), but params.baseline is {wanted}; rerun "
+            "correlate (a pipeline for such a group lists baseline under correlate's params)"
+        )
+    return read_parquet(layout.stage_dir("correlate") / "baseline_draws.parquet", "correlate")
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """Compute the baseline of every ordered pair; return the metrics."""
+    cfg = params.baseline
+    summary = correlate_summary(params, layout)
+    full = summary.get("outputs", "full_pairs") == "full_pairs"
+    table = (_from_pairs if full else _from_draws)(params, layout, summary)
     metrics = {
         "kind": cfg.kind,
         "samples": cfg.samples,

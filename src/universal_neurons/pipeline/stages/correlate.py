@@ -3,37 +3,51 @@
 The pairs are split into work units (pair x block of neurons x token shard, ``correlate.*``;
 ``analysis.units``) that an executor runs; with the defaults (inline, no neuron blocks, one
 shard) that is one pass over the token set in this process, every model running once per
-batch. Writes ``data/correlate/``: ``pairs/seed{a}__seed{b}.safetensors`` (the pair's
-``CrossMoments``, x = seed a, y = seed b, a before b in train.seeds), ``max_corr.parquet``
-(both directions of every pair, one row per (model, partner, neuron)) and ``summary.json``;
-when the work was split, also ``units/`` (every unit's statistics) and a ``units`` summary.
+batch. Writes ``data/correlate/``: ``max_corr.parquet`` (both directions of every pair, one
+row per (model, partner, neuron)) and ``summary.json``; and, for a group of at most
+``correlate.full_pairs_max_neurons`` neurons per model, ``pairs/seed{a}__seed{b}.safetensors``
+(the pair's ``CrossMoments``, x = seed a, y = seed b, a before b in train.seeds), which the
+baseline stage rotates; when the work was split, also ``units/`` (every unit's statistics)
+and a ``units`` summary. Above the threshold, each unit reduces its block to per-neuron
+maxima and the baseline draws of ``params.baseline`` (collect's within-layer covariances),
+and ``baseline_draws.parquet`` replaces the pair files: nothing ``[N, N]`` is written.
+
+Units write their files into ``data/.correlate-units.tmp/`` with the digest of their inputs;
+a rerun after a kill runs only the units without a complete file there.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from contextlib import contextmanager
+import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from universal_neurons.analysis.activations import load_analysis_set
+from universal_neurons.analysis.maxima import BaselineDraws, check_whole_layers, pair_tables
 from universal_neurons.analysis.pairs import (
     GroupStatistics,
     pair_key,
     pair_maxima,
     resolve_products,
 )
+from universal_neurons.analysis.plan import GroupShape, check_memory, shape_from_config
 from universal_neurons.analysis.units import (
     Unit,
     UnitContext,
     execute,
+    merge_block_maxima,
     merge_units,
+    pending_units,
     plan_units,
+    unit_manifest,
     units_summary,
 )
+from universal_neurons.errors import MissingInputError
 from universal_neurons.io import atomic_path
 from universal_neurons.models.loading import (
     ModelSpec,
@@ -50,6 +64,10 @@ from universal_neurons.text.tokens import tokenizer_vocab
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
+
+BASELINE_DRAWS = "baseline_draws.parquet"
+"""Above the threshold: the baseline maxima of every draw, taken in correlate's units
+(rows ``model, partner, sample, layer, index, baseline``, as ``baseline.parquet``)."""
 
 
 def load_specs(seeds: list[int], layout: Layout) -> dict[str, ModelSpec]:
@@ -71,15 +89,11 @@ def group_specs(seeds: list[int], layout: Layout, tokens: np.ndarray) -> dict[st
     return specs
 
 
-@contextmanager
-def _work_folder(output_dir: Path):
-    """A fresh folder beside ``output_dir`` for the unit files, removed afterwards."""
-    work = output_dir.parent / f".{output_dir.name}-units.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def _work_folder(output_dir: Path) -> Path:
+    """The folder beside ``output_dir`` where the units' files wait for the merge; it
+    survives a killed run (the next run reuses its complete files) and is removed once the
+    outputs are written."""
+    return output_dir.parent / f".{output_dir.name}-units.tmp"
 
 
 def _summary(params: Params, stats: GroupStatistics, products: str, excluded, dead) -> dict:
@@ -98,21 +112,53 @@ def _summary(params: Params, stats: GroupStatistics, products: str, excluded, de
     }
 
 
-def _write(output_dir: Path, stats: GroupStatistics, summary: dict, maxima, units_dir) -> None:
-    """Write the pairs, the maxima and the summary (and the unit files, if given) atomically."""
+def _write(output_dir: Path, pairs: dict | None, summary: dict, tables: dict, units_dir) -> None:
+    """Write the tables (``{file name: DataFrame}``), the summary, the full pair statistics
+    ``pairs`` (None above the threshold) and the unit files (if given), atomically."""
     with atomic_path(output_dir) as temp:
-        (temp / "pairs").mkdir(parents=True)
+        temp.mkdir(parents=True)
         if units_dir is not None:
             shutil.move(str(units_dir), str(temp / "units"))
-        for (a, b), pair in stats.pairs.items():
-            pair.save(temp / "pairs" / f"{pair_key(a, b)}.safetensors", {"x": a, "y": b})
-        maxima.to_parquet(temp / "max_corr.parquet", index=False)
+        if pairs is not None:
+            (temp / "pairs").mkdir()
+            for (a, b), pair in pairs.items():
+                pair.save(temp / "pairs" / f"{pair_key(a, b)}.safetensors", {"x": a, "y": b})
+        for name, table in tables.items():
+            table.to_parquet(temp / name, index=False)
         (temp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
-def _unit_context(params: Params, layout: Layout, products: str, work: Path) -> UnitContext:
-    """What the unit runs need, as plain values (absolute paths: workers may run elsewhere)."""
+def _group_shape(params: Params, layout: Layout, spec: ModelSpec, context: int) -> GroupShape:
+    """The group's ``GroupShape`` for the memory check (``d_model`` from the first model's
+    config); ``context``: tokens per sequence of the analysis set."""
+    first = shape_from_config(layout.model(params.train.seeds[0]), len(params.train.seeds))
+    return GroupShape(
+        len(params.train.seeds), spec.n_layers, spec.d_mlp, first.d_model, spec.d_vocab, context
+    )
+
+
+def _draws(params: Params, layout: Layout, work: Path) -> BaselineDraws:
+    """The baseline draws the units take above the threshold (``params.baseline``), with
+    collect's within-layer covariances and a cache of drawn matrices in the work folder."""
+    cfg = params.baseline
+    seeds = params.train.seeds
+    within = {
+        model_name(s): str((layout.model_dir("collect", s) / "within_layer_cov.npy").resolve())
+        for s in seeds
+    }
+    for path in within.values():
+        if not Path(path).is_file():
+            raise MissingInputError(f"{path}: not found (run collect before correlate)")
+    partner_ids = {model_name(s): s for s in seeds}
+    cache = str((work / "mixing").resolve())
+    return BaselineDraws(cfg.kind, cfg.samples, cfg.seed, partner_ids, within, cache)
+
+
+def _unit_context(params: Params, layout: Layout, products: str, work: Path, shape) -> UnitContext:
+    """What the unit runs need, as plain values (absolute paths: workers may run elsewhere);
+    ``shape``: ``(n_layers, d_mlp)`` of the group."""
     device = params.analysis.device
+    full = params.correlate.full_pairs(shape[0] * shape[1])
     return UnitContext(
         models={model_name(s): str(layout.model(s).resolve()) for s in params.train.seeds},
         tokens_dir=str(Path(layout.tokens).resolve()),
@@ -122,17 +168,59 @@ def _unit_context(params: Params, layout: Layout, products: str, work: Path) -> 
         units_dir=str(work.resolve()),
         dtype=model_dtype(device),  # bf16 models on CUDA (docs/scale.md)
         one_pass=not params.correlate.split(),
+        draws=None if full else _draws(params, layout, work),
+        dead_variance=params.correlate.dead_variance,
+        d_mlp=shape[1],
     )
 
 
-def _run_units(params: Params, units: list[Unit], context: UnitContext, progress: bool, n: int):
-    """Run every unit with the configured executor; merge them into every pair's statistics
-    ``[n, n]``."""
+def _manifest(context: UnitContext, tokens: np.ndarray, excluded: np.ndarray) -> str:
+    """The digest of the inputs of every unit: models, token set, precision, device, draws."""
+    settings = {
+        "excluded": [int(i) for i in excluded],
+        "products": context.products,
+        "device": context.device,
+        "dtype": context.dtype,
+        "draws": None if context.draws is None else asdict(context.draws) | {"cache_dir": ""},
+        "dead_variance": context.dead_variance,
+    }
+    return unit_manifest(context.models, tokens, settings)
+
+
+def _run_units(params: Params, units: list[Unit], context: UnitContext, progress: bool) -> None:
+    """Run every unit that has no complete file yet with the configured executor."""
     corr = params.correlate
-    execute(
-        units, context, corr.executor, corr.workers, corr.log_dir, corr.slurm.model_dump(), progress
+    pending = pending_units(units, context.units_dir, context.manifest)
+    if len(pending) < len(units):
+        print(
+            f"correlate: {len(units) - len(pending)} of {len(units)} units complete from an "
+            f"earlier run; running {len(pending)}",
+            file=sys.stderr,
+        )
+    if pending:
+        slurm = corr.slurm.model_dump()
+        execute(pending, context, corr.executor, corr.workers, corr.log_dir, slurm, progress)
+
+
+def _full_outputs(params: Params, units, context, stats_of: tuple, n: int):
+    """Below the threshold: every pair's full statistics and the maxima table."""
+    names, spec, kept = stats_of
+    pairs, batches = merge_units(units, context.units_dir, n)
+    stats = GroupStatistics(names, spec.n_layers, spec.d_mlp, kept, batches, pairs)
+    maxima, dead = pair_maxima(stats, params.correlate.dead_variance)
+    return stats, pairs, {"max_corr.parquet": maxima}, dead
+
+
+def _maxima_outputs(params: Params, units, context, stats_of: tuple, n: int):
+    """Above the threshold: the maxima and baseline tables from the units' block maxima."""
+    names, spec, kept = stats_of
+    pairs, batches = merge_block_maxima(units, context, n)
+    maxima, baselines, dead = pair_tables(
+        pairs, names, spec.n_layers, spec.d_mlp, params.correlate.dead_variance
     )
-    return merge_units(units, context.units_dir, n)
+    stats = GroupStatistics(names, spec.n_layers, spec.d_mlp, kept, batches, pairs)
+    tables = {"max_corr.parquet": maxima, BASELINE_DRAWS: baselines}
+    return stats, None, tables, dead
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
@@ -144,25 +232,36 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     names = [model_name(seed) for seed in params.train.seeds]
     spec = group_specs(params.train.seeds, layout, tokens)[names[0]]
     n = spec.n_layers * spec.d_mlp
+    full = corr.full_pairs(n)
+    if not full:
+        check_whole_layers(corr.neuron_block, spec.d_mlp)
+    check_memory(params, _group_shape(params, layout, spec, tokens.shape[1]))
     units = plan_units(names, n, len(tokens), cfg.batch_size, corr.neuron_block, corr.token_shards)
     output_dir = layout.stage_dir("correlate")
-    with _work_folder(output_dir) as work:
-        context = _unit_context(params, layout, products, work)
-        pairs, batches = _run_units(params, units, context, progress, n)
-        stats = GroupStatistics(names, spec.n_layers, spec.d_mlp, kept, batches, pairs)
-        assert next(iter(pairs.values())).count == kept
-        maxima, dead = pair_maxima(stats, corr.dead_variance)
-        summary = _summary(params, stats, products, excluded, dead)
-        if corr.split():
-            summary["units"] = units_summary(units) | {"executor": corr.executor}
-        _write(output_dir, stats, summary, maxima, work if corr.split() else None)
+    work = _work_folder(output_dir)
+    context = _unit_context(params, layout, products, work, (spec.n_layers, spec.d_mlp))
+    context = replace(context, manifest=_manifest(context, tokens, excluded))
+    _run_units(params, units, context, progress)
+    outputs = _full_outputs if full else _maxima_outputs
+    stats, pairs, tables, dead = outputs(params, units, context, (names, spec, kept), n)
+    assert stats.kept_positions == kept
+    summary = _summary(params, stats, products, excluded, dead)
+    summary["outputs"] = "full_pairs" if full else "maxima"
+    if not full:
+        summary["baseline"] = params.baseline.model_dump()
+    if corr.split():
+        summary["units"] = units_summary(units) | {"executor": corr.executor}
+    keep_units = work if corr.split() and full else None
+    _write(output_dir, pairs if full else None, summary, tables, keep_units)
+    shutil.rmtree(work, ignore_errors=True)
     return summary
 
 
 COMMAND = Stage(
     name="correlate",
     params=("analysis", "correlate", "train.seeds"),
-    inputs=lambda layout: [layout.tokens, layout.models],
+    scale_params=("baseline",),
+    inputs=lambda layout: [layout.tokens, layout.models, layout.stage_dir("collect")],
     outputs=lambda layout: [Out(layout.stage_dir("correlate"))],
     run=run,
     render=lambda summary: json.dumps(

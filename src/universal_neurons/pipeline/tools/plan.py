@@ -1,0 +1,187 @@
+"""Print what the configured correlate plan costs: units, memory per unit, outputs, time.
+
+For the group of the parameter file (the trained group's ``model`` section, a preset's
+known shape, or the first model's ``config.json``) and its work units (``correlate.*``):
+each unit's peak memory against what it may use (the check the correlate stage makes),
+the number of units, the size of every analysis stage's outputs, and the estimated time
+from matrix-product rates measured now on this machine (or given with the options).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+import numpy as np
+
+from universal_neurons.analysis.plan import (
+    GIB,
+    PRESET_SHAPES,
+    GroupShape,
+    Rates,
+    measure_rates,
+    memory_limit,
+    output_sizes,
+    seconds,
+    shape_from_config,
+    unit_count,
+    unit_memory,
+    work_plan,
+)
+from universal_neurons.errors import UserError
+from universal_neurons.pipeline.command import Command
+from universal_neurons.pipeline.layout import Layout
+
+if TYPE_CHECKING:
+    from universal_neurons.config import Params
+
+
+def group_shape(params: Params, layout: Layout) -> GroupShape:
+    """The group's shape: the first model's config.json if it is there, else the preset's
+    known shape, else the trained group's ``model`` section."""
+    models, context = len(params.train.seeds), params.tokens.context
+    first = layout.model(params.train.seeds[0])
+    if (first / "config.json").is_file():
+        found = shape_from_config(first, models)
+        return GroupShape(models, *_dims(found), context)
+    preset = params.group.preset
+    if preset in PRESET_SHAPES:
+        return GroupShape(models, *PRESET_SHAPES[preset][:4], context)
+    if preset != "trained":
+        raise UserError(f"group.preset: {preset}: the plan needs {first}/config.json")
+    m, vocab = params.model, params.tokenizer.vocab_size
+    vocab = vocab if params.tokenizer.kind == "bpe" else 50257
+    return GroupShape(models, m.n_layers, m.d_mlp, m.d_model, vocab, context)
+
+
+def _dims(shape: GroupShape) -> tuple[int, int, int, int]:
+    return shape.n_layers, shape.d_mlp, shape.d_model, shape.d_vocab
+
+
+def token_count(params: Params, layout: Layout, tokens: int | None) -> int:
+    """Tokens of the analysis set: ``--tokens``, else ``analysis.max_sequences`` x context,
+    else the token set's size."""
+    if tokens:
+        return tokens
+    if params.analysis.max_sequences:
+        return params.analysis.max_sequences * params.tokens.context
+    path = Path(layout.tokens) / f"{params.analysis.split}_tokens.npy"
+    if not path.is_file():
+        raise UserError("analysis.max_sequences is 0 and there is no token set yet: give --tokens")
+    return int(np.prod(np.load(path, mmap_mode="r").shape))
+
+
+def _rates(params: Params, products: float | None, float64: float | None) -> Rates:
+    """The rates of the options (TFLOP/s), the rest measured now."""
+    if products and float64:
+        return Rates(products * 1e12, float64 * 1e12, "given on the command line")
+    device = params.analysis.device
+    import torch
+
+    measured = measure_rates(device if torch.cuda.is_available() else "cpu")
+    return Rates(
+        products * 1e12 if products else measured.products,
+        float64 * 1e12 if float64 else measured.float64,
+        measured.source + (" (one rate given)" if products or float64 else ""),
+    )
+
+
+def _parallel(params: Params, parallel: int | None) -> int:
+    """Units running at once: ``--parallel``, else the executor's workers / array size."""
+    corr = params.correlate
+    if parallel:
+        return parallel
+    return {"local": corr.workers, "slurm": corr.slurm.array_parallelism}.get(corr.executor, 1)
+
+
+def run(
+    params: Params,
+    layout: Layout,
+    tokens: int | None = None,
+    products_tflops: float | None = None,
+    float64_tflops: float | None = None,
+    parallel: int | None = None,
+) -> dict:
+    """The plan's numbers (see the module docstring)."""
+    shape = group_shape(params, layout)
+    n_tokens = token_count(params, layout, tokens)
+    plan = work_plan(params, shape)
+    rates = _rates(params, products_tflops, float64_tflops)
+    units, lanes = unit_count(shape, plan), _parallel(params, parallel)
+    time = seconds(shape, plan, n_tokens, rates)
+    limit, source = memory_limit(params)
+    return {
+        "shape": shape,
+        "tokens": n_tokens,
+        "plan": plan,
+        "units": units,
+        "memory": unit_memory(shape, plan),
+        "limit": (limit, source),
+        "outputs": output_sizes(shape, plan, n_tokens),
+        "rates": rates,
+        "seconds": time,
+        "parallel": lanes,
+        "wall": time["per_unit"] * -(-units // lanes) + time["baseline"],
+        "threshold": params.correlate.full_pairs_max_neurons,
+    }
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _hours(s: float) -> str:
+    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
+
+
+def render(r: dict) -> str:
+    """The plan as lines of text."""
+    shape, plan, mem, rates = r["shape"], r["plan"], r["memory"], r["rates"]
+    block = plan.block or shape.neurons
+    mode = "full pair statistics" if plan.full_pairs else "per-neuron maxima + baseline draws"
+    where = "baseline stage" if plan.full_pairs else "in correlate's units"
+    threshold = r["threshold"]
+    parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in mem.items() if k != "total")
+    limit = r["limit"][0]
+    fits = "not checked" if not limit else "fits" if mem["total"] <= limit else "DOES NOT FIT"
+    lines = [
+        f"group: {shape.models} models x {shape.n_layers} layers x {shape.d_mlp} = "
+        f"{shape.neurons:,} neurons each, {shape.pairs} pairs; {r['tokens']:,} tokens",
+        f"correlate writes: {mode} ({shape.neurons:,} neurons per model, "
+        f"correlate.full_pairs_max_neurons = {threshold:,})",
+        f"units: {r['units']} = {shape.pairs} pairs x {-(-shape.neurons // block)} blocks of "
+        f"{block} x {plan.shards} shards" + (" (one pass)" if plan.one_pass else ""),
+        f"memory per unit: {mem['total'] / GIB:.2f} GiB ({parts} GiB); "
+        f"limit {r['limit'][1]}: {fits}",
+        "outputs: " + ", ".join(f"{k} {_size(v)}" for k, v in r["outputs"].items()),
+        f"rates: products {rates.products / 1e12:.3f} TFLOP/s, float64 "
+        f"{rates.float64 / 1e12:.3f} TFLOP/s ({rates.source})",
+        f"time on one device: correlate {_hours(r['seconds']['correlate'])} (data pass "
+        f"{_hours(r['seconds']['pass'])}, baseline draws {_hours(r['seconds']['draws'])} "
+        f"{where}), baseline stage {_hours(r['seconds']['baseline'])}; per unit "
+        f"{_hours(r['seconds']['per_unit'])}; {r['parallel']} units at once: {_hours(r['wall'])}",
+    ]
+    return "\n".join(lines)
+
+
+COMMAND = Command(
+    name="plan",
+    run=run,
+    render=render,
+    options=[
+        click.option("--tokens", type=int, default=None, help="Analysis tokens (default: params)."),
+        click.option(
+            "--products-tflops", type=float, default=None, help="Product rate (default: measured)."
+        ),
+        click.option(
+            "--float64-tflops", type=float, default=None, help="float64 rate (default: measured)."
+        ),
+        click.option(
+            "--parallel", type=int, default=None, help="Units at once (default: the executor's)."
+        ),
+    ],
+)

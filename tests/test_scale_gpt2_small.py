@@ -1,0 +1,139 @@
+"""A GPT2-small-shaped pair (12 x 3,072 neurons each, random weights built here) through
+correlate + baseline on the CPU in 4 GB: peak resident memory measured on the stage
+processes, outputs under 50 MB, and the maxima and baselines of a subset of neurons equal to
+a float64 reference computed from the plain Hugging Face forward pass."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import tiny_params_dict
+from test_interrupt import _cli_env
+
+from universal_neurons.analysis.activations import load_analysis_set
+from universal_neurons.analysis.baseline import mixing_matrix
+from universal_neurons.config import ModelConfig, params_from_dict
+from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model
+
+pytestmark = pytest.mark.slow
+
+LIMIT = 4 * 1024**3  # bytes of resident memory a stage may reach
+SHAPE = ModelConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072)
+D = SHAPE.d_mlp
+PARAMS = {
+    "model": SHAPE.model_dump(),
+    "train": {"seeds": [1, 2]},
+    "analysis": {"max_sequences": 64, "batch_size": 8},  # 64 x 32 = 2,048 tokens
+    "correlate": {"neuron_block": D},  # one layer per unit: ~2.3 GB of accumulator + product
+    "baseline": {"samples": 1},
+}
+
+
+# The stage runs as the command line does, in a process that reports its own peak RSS.
+MEASURED = (
+    "import resource, sys\n"
+    "from universal_neurons.pipeline.cli import main\n"
+    "sys.argv = ['universal-neurons', *sys.argv[1:]]\n"
+    "try:\n    main()\n"
+    "finally:\n"
+    "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "    print(f'peak-rss-kb {rss}', file=sys.stderr)\n"
+)
+
+
+def _stage(root, *args) -> int:
+    """Run ``universal-neurons *args`` in ``root``; return its peak resident memory (bytes)."""
+    command = [sys.executable, "-c", MEASURED, *args]
+    result = subprocess.run(command, cwd=root, env=_cli_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return int(result.stderr.rsplit("peak-rss-kb ", 1)[1].split()[0]) * 1024
+
+
+def _hf_activations(directory, tokens, mask, layers) -> np.ndarray:
+    """float64 ``[kept positions, len(layers) * d_mlp]`` post-GELU activations of the plain
+    Hugging Face model (forward hooks on ``mlp.act``), batch by batch."""
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(directory).eval()
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [
+        model.transformer.h[layer].mlp.act.register_forward_hook(
+            lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out)
+        )
+        for layer in layers
+    ]
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(tokens), 8):
+            model(torch.as_tensor(tokens[start : start + 8], dtype=torch.long))
+            keep = mask[start : start + 8]
+            parts.append(torch.cat([captured[layer][keep] for layer in layers], dim=1).double())
+    for hook in hooks:
+        hook.remove()
+    return torch.cat(parts).numpy()
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlations ``[x columns, y columns]`` in float64."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    return (xc.T @ yc) / np.outer(np.linalg.norm(xc, axis=0), np.linalg.norm(yc, axis=0))
+
+
+def test_gpt2_small_shaped_pair_in_4_gb(tiny_tokens_dir, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(tiny_tokens_dir, root / "data" / "tokens")
+    raw = tiny_params_dict(**PARAMS)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = params_from_dict(raw)
+    for seed in (1, 2):
+        config = gpt2_config(SHAPE, vocab_size=512, n_ctx=32, eot_id=0)
+        save_model(init_model(config, seed), root / "models" / f"seed{seed}")
+
+    for seed in (1, 2):
+        _stage(root, "collect", "--seed", str(seed))
+    peaks = {stage: _stage(root, stage) for stage in ("correlate", "baseline")}
+    print("peak RSS (GiB):", {k: round(v / 1024**3, 2) for k, v in peaks.items()})
+    assert max(peaks.values()) < LIMIT
+
+    outputs = [root / "data" / "correlate", root / "data" / "baseline"]
+    size = sum(p.stat().st_size for d in outputs for p in d.rglob("*") if p.is_file())
+    print("outputs (MB):", size / 1e6)
+    assert size < 50e6 and not (root / "data" / "correlate" / "pairs").exists()
+
+    # float64 reference on a subset: 8 neurons of layers 0, 5 and 11 of seed1 against all of
+    # seed2, and 8 neurons of seed2's layer 7 against all of seed1
+    tokens, excluded, kept = load_analysis_set(root / "data" / "tokens", params.analysis)
+    mask = torch.as_tensor(~np.isin(tokens, excluded))
+    x = _hf_activations(root / "models" / "seed1", tokens, mask, range(12))
+    y = _hf_activations(root / "models" / "seed2", tokens, mask, range(12))
+    assert len(x) == kept
+    rows = np.concatenate([layer * D + np.arange(8) for layer in (0, 5, 11)])
+    cols = 7 * D + np.arange(8)
+    maxima = pd.read_parquet(root / "data" / "correlate" / "max_corr.parquet")
+    base = pd.read_parquet(root / "data" / "baseline" / "baseline.parquet")
+    _check(maxima, "seed1", "seed2", rows, _corr(x[:, rows], y))
+    _check(maxima, "seed2", "seed1", cols, _corr(y[:, cols], x))
+
+    # rotation baseline from the data-rotated partner: y_l Q_l^T, Q of seed2's draw 0
+    rotated = np.concatenate(
+        [y[:, k * D : (k + 1) * D] @ mixing_matrix("rotation", D, 0, 2, 0, k).T for k in range(12)],
+        axis=1,
+    )
+    want = _corr(x[:, rows], rotated).max(axis=1)
+    got = base.query("model == 'seed1' and partner == 'seed2' and sample == 0")["baseline"]
+    np.testing.assert_allclose(got.to_numpy()[rows], want, rtol=0, atol=1e-5)
+
+
+def _check(maxima, model, partner, neurons, corr) -> None:
+    """The stage's max correlation and argmax of ``neurons`` equal the reference ``corr``."""
+    rows = maxima.query(f"model == '{model}' and partner == '{partner}'").iloc[neurons]
+    np.testing.assert_allclose(rows["max_corr"], corr.max(axis=1), rtol=0, atol=1e-5)
+    argmax = corr.argmax(axis=1)
+    np.testing.assert_array_equal(rows["argmax_layer"] * D + rows["argmax_index"], argmax)
