@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from universal_neurons.analysis.activations import load_analysis_set
+from universal_neurons.analysis.activations import (
+    activation_memory,
+    load_analysis_set,
+    token_set_record,
+)
 from universal_neurons.analysis.pairs import (
     GroupStatistics,
     pair_key,
@@ -46,6 +50,7 @@ from universal_neurons.models.loading import (
 )
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.resources import check_memory
 from universal_neurons.text.tokens import tokenizer_vocab
 
 if TYPE_CHECKING:
@@ -71,6 +76,21 @@ def group_specs(seeds: list[int], layout: Layout, tokens: np.ndarray) -> dict[st
     return specs
 
 
+def _check_memory(params: Params, spec: ModelSpec, shape: tuple[int, int]) -> None:
+    """Stop before the pass if the pair statistics and one batch's activations of the group
+    need more memory than there is."""
+    seeds = params.train.seeds
+    n_layers, d_mlp = spec.n_layers, spec.d_mlp
+    n = n_layers * d_mlp
+    held = len(seeds) * (len(seeds) - 1) // 2
+    pairs = (f"train.seeds={seeds} ({n} neurons per model)", 2 * 8 * held * n * n)
+    batch = activation_memory(params.analysis, shape, n_layers, d_mlp, len(seeds))
+    check_memory(
+        {"pair statistics": pairs, "activations of one batch": batch},
+        f"correlating {len(seeds)} models of {n} neurons",
+    )
+
+
 @contextmanager
 def _work_folder(output_dir: Path):
     """A fresh folder beside ``output_dir`` for the unit files, removed afterwards."""
@@ -83,9 +103,11 @@ def _work_folder(output_dir: Path):
 
 
 def _summary(params: Params, stats: GroupStatistics, products: str, excluded, dead) -> dict:
-    """``summary.json``: the group, its pairs, the token set and how it was computed."""
+    """``summary.json``: the group, its pairs, the token set and how it was computed (the
+    token set's record is added by ``run``)."""
     return {
         "models": stats.names,
+        "group": stats.names,
         "pairs": [pair_key(a, b) for a, b in stats.pairs],
         "kept_positions": int(stats.kept_positions),
         "batches": stats.batches,
@@ -143,6 +165,7 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     tokens, excluded, kept = load_analysis_set(layout.tokens, cfg)
     names = [model_name(seed) for seed in params.train.seeds]
     spec = group_specs(params.train.seeds, layout, tokens)[names[0]]
+    _check_memory(params, spec, tokens.shape)
     n = spec.n_layers * spec.d_mlp
     units = plan_units(names, n, len(tokens), cfg.batch_size, corr.neuron_block, corr.token_shards)
     output_dir = layout.stage_dir("correlate")
@@ -153,6 +176,7 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
         assert next(iter(pairs.values())).count == kept
         maxima, dead = pair_maxima(stats, corr.dead_variance)
         summary = _summary(params, stats, products, excluded, dead)
+        summary["token_set"] = token_set_record(tokens, excluded, kept, cfg.split)
         if corr.split():
             summary["units"] = units_summary(units) | {"executor": corr.executor}
         _write(output_dir, stats, summary, maxima, work if corr.split() else None)
