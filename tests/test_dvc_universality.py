@@ -45,6 +45,7 @@ def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_pat
     }
     _run(["git", "init", "-q"], repo, env)
     _run([BIN / "dvc", "init", "-q"], repo, env)
+    _run([BIN / "dvc", "repro", "validate"], repo, env)
     _run([BIN / "dvc", "commit", "-f", "tokenize", "train"], repo, env)
     out = _run([BIN / "dvc", "repro", "universality"], repo, env)
     for stage in ("collect@1", "collect@2", "collect@3", "correlate", "baseline", "universality"):
