@@ -215,7 +215,9 @@ def test_fetch_of_a_member_without_tokenizer_writes_none(tiny_group, tiny_tokens
     """A custom member without tokenizer files: fetch writes no tokenizer and says so, and a
     token set cannot be built from it."""
     members = {"a": str(tiny_group[1]), "b": str(tiny_group[2])}
-    params = tiny_params_dict(group={"preset": "custom", "models": members})
+    params = tiny_params_dict(
+        group={"preset": "custom", "models": members}, train={"seeds": [1, 2]}
+    )
     root = _workspace(tmp_path, tiny_tokens_dir, params)
     done = _cli(root, "fetch", "--seed", "1")
     assert done.returncode == 0, done.stderr
@@ -242,7 +244,9 @@ def test_fetch_refuses_a_member_with_a_missing_weight(tiny_group, tiny_tokens_di
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     members = {"a": str(tiny_group[1]), "b": str(broken)}
     root = _workspace(
-        tmp_path, tiny_tokens_dir, tiny_params_dict(group={"preset": "custom", "models": members})
+        tmp_path,
+        tiny_tokens_dir,
+        tiny_params_dict(group={"preset": "custom", "models": members}, train={"seeds": [1, 2]}),
     )
     before = snapshot(root)
     done = _cli(root, "fetch", "--seed", "2")

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import sys
@@ -42,9 +43,11 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def _check_writable(target: Path) -> None:
-    """Create ``target``'s parent directories; stop with a message naming what is in the way."""
+def _check_writable(target: Path) -> list[Path]:
+    """Create ``target``'s parent directories; stop with a message naming what is in the way.
+    Returns the directories it created (deepest first), for ``_remove_created``."""
     directory = target.parent
+    created = [d for d in [directory, *directory.parents] if not d.exists()]
     for ancestor in [directory, *directory.parents]:
         if ancestor.exists() and not ancestor.is_dir():
             raise OutputError(
@@ -58,6 +61,14 @@ def _check_writable(target: Path) -> None:
         ) from None
     if not os.access(directory, os.W_OK):
         raise OutputError(f"{target}: output directory {directory} is not writable")
+    return created
+
+
+def _remove_created(directories: list[Path]) -> None:
+    """Remove the (still empty) directories a failed write created, deepest first."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 _libc = None
@@ -135,12 +146,16 @@ def _disk_full(exc: BaseException) -> bool:
 
 def _failed_file(work: Path, exc: BaseException) -> Path:
     """The file a failed write was writing: the exception's file name, else the file under
-    ``work`` written last."""
+    ``work`` that reached the file size limit (``ulimit -f``), else the one written last."""
     name = getattr(exc, "filename", None)
     if name:
         return Path(name)
     files = [work] if work.is_file() else [p for p in work.rglob("*") if p.is_file()]
-    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else work
+    if not files:
+        return work
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    full = [p for p in files if limit != resource.RLIM_INFINITY and p.stat().st_size >= limit]
+    return max(full or files, key=lambda p: p.stat().st_mtime_ns)
 
 
 def _disk_full_message(target: Path, work: Path, exc: BaseException) -> str:
@@ -169,7 +184,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     paths left by a killed run (``.{name}.{pid}.*.tmp``) are removed by the next write.
     """
     target = Path(target)
-    _check_writable(target)
+    created = _check_writable(target)
     _clean_stale(target)
     temp = Path(
         tempfile.mkdtemp(
@@ -180,9 +195,13 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         try:
             yield work
-        except Exception as exc:
-            if _disk_full(exc):
-                raise OutputError(_disk_full_message(target, work, exc)) from None
+        except BaseException as exc:
+            full = isinstance(exc, Exception) and _disk_full(exc)
+            message = _disk_full_message(target, work, exc) if full else ""
+            shutil.rmtree(temp, ignore_errors=True)
+            _remove_created(created)
+            if full:
+                raise OutputError(message) from None
             raise
         if not (work.exists() or work.is_symlink()):
             raise OutputError(f"{target}: nothing was written")

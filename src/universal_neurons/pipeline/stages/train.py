@@ -107,11 +107,13 @@ def _train_in_processes(
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Cancel the seeds not started and SIGTERM the running workers, which remove their
     temporary model directories (``exit_on_sigterm``) before they exit; wait for them."""
+    processes = list((pool._processes or {}).values())  # shutdown forgets them
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in list((pool._processes or {}).values()):
+    for process in processes:
         if process.is_alive():
             process.terminate()
-    pool.shutdown(wait=True)
+    for process in processes:
+        process.join()
 
 
 def _check_tokens(params: Params, tokens_dir: Path) -> None:
