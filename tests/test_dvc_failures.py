@@ -19,6 +19,8 @@ import torch
 import yaml
 from pipeline_repo import make_pipeline_repo, run, tiny_pipeline_params
 
+from universal_neurons.config import params_from_dict
+
 pytestmark = pytest.mark.slow
 
 UP_TO_DATE = "Data and pipelines are up to date."
@@ -45,7 +47,8 @@ def _set_param(repo: Path, section: str, key: str, value) -> None:
 @pytest.fixture
 def trained_repo(tmp_path) -> Path:
     """A repository where `dvc repro train` ran and everything is committed."""
-    repo = make_pipeline_repo(tmp_path / "repo", tiny_pipeline_params())
+    every_key = params_from_dict(tiny_pipeline_params()).model_dump(mode="json")  # DVC needs each
+    repo = make_pipeline_repo(tmp_path / "repo", every_key)
     run(repo, "dvc", "repro", "train")
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-q", "-m", "trained")
@@ -65,7 +68,7 @@ def test_a_bad_parameter_is_refused_before_dvc_removes_any_output(trained_repo):
         }
         run(repo, "git", "checkout", "params.yaml")
     assert _files(repo) == before
-    assert UP_TO_DATE in run(repo, "dvc", "status").stdout
+    assert UP_TO_DATE in run(repo, "dvc", "status", "train").stdout
 
     # dvc exp run -S writes the bad value into params.yaml, then the validate stage refuses
     # it: the outputs stay, params.yaml keeps the value until `git checkout params.yaml`.
@@ -76,7 +79,7 @@ def test_a_bad_parameter_is_refused_before_dvc_removes_any_output(trained_repo):
         k: v for k, v in before.items() if k != "params.yaml"
     }
     run(repo, "git", "checkout", "params.yaml")
-    assert UP_TO_DATE in run(repo, "dvc", "status").stdout
+    assert UP_TO_DATE in run(repo, "dvc", "status", "train").stdout
 
 
 def test_a_valid_change_reruns_the_validate_stage_and_nothing_else(trained_repo):
@@ -90,8 +93,9 @@ def test_a_valid_change_reruns_the_validate_stage_and_nothing_else(trained_repo)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_after_a_failed_stage_checkout_restores_every_output(trained_repo):
     """train.device: cuda is valid but fails on this machine, after DVC removed models/ and
-    the uncached metrics/train_time.json: `dvc checkout train` brings models/ back from the
-    cache, `git checkout metrics/train_time.json params.yaml` the rest."""
+    the uncached metrics/train_time.json (and recorded the validate stage's run in dvc.lock):
+    `git checkout params.yaml dvc.lock metrics/train_time.json` and `dvc checkout train`
+    restore every byte."""
     repo = trained_repo
     before = _files(repo)
     _set_param(repo, "train", "device", "cuda")
@@ -99,11 +103,12 @@ def test_after_a_failed_stage_checkout_restores_every_output(trained_repo):
     assert failed.returncode != 0
     assert "train.device: 'cuda' was asked for" in failed.stderr + failed.stdout
     assert not (repo / "models").exists() and not (repo / "metrics" / "train_time.json").exists()
+    assert run(repo, "git", "diff", "--quiet", "dvc.lock", check=False).returncode == 1
 
-    run(repo, "git", "checkout", "params.yaml", "metrics/train_time.json")
+    run(repo, "git", "checkout", "params.yaml", "dvc.lock", "metrics/train_time.json")
     run(repo, "dvc", "checkout", "train")
     assert _files(repo) == before
-    assert UP_TO_DATE in run(repo, "dvc", "status").stdout
+    assert UP_TO_DATE in run(repo, "dvc", "status", "train").stdout
 
 
 def test_a_leftover_temporary_folder_is_invisible_to_dvc(trained_repo):
@@ -112,4 +117,4 @@ def test_a_leftover_temporary_folder_is_invisible_to_dvc(trained_repo):
     leftover = trained_repo / "models" / ".seed1.99999.abc.tmp" / "seed1"
     leftover.mkdir(parents=True)
     (leftover / "model.safetensors").write_bytes(b"half-written")
-    assert UP_TO_DATE in run(trained_repo, "dvc", "status").stdout
+    assert UP_TO_DATE in run(trained_repo, "dvc", "status", "train").stdout
