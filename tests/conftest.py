@@ -51,11 +51,14 @@ def tiny_params_dict(**sections) -> dict:
     raw = copy.deepcopy(TINY_PARAMS)
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
-    # Every section present (defaults where TINY_PARAMS says nothing): DVC requires each
-    # params section that dvc.yaml names to exist in params.yaml.
+    # Every section and every key of a section present (defaults where TINY_PARAMS says
+    # nothing): DVC requires each parameter that dvc.yaml names to exist in params.yaml.
     defaults = Params().model_dump(mode="json")
     for section, values in defaults.items():
-        raw.setdefault(section, values)
+        present = raw.setdefault(section, values)
+        if isinstance(values, dict) and present is not values:
+            for key, value in values.items():
+                present.setdefault(key, value)
     return raw
 
 

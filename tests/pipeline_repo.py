@@ -22,7 +22,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 
 # Files of the repository that are not copied: the lock and outputs of the real parameters.
-_SKIP_PREFIXES = ("dvc.lock", "data/", "models/", "metrics/", "report/", "tracking/", "tests/")
+_SKIP_PREFIXES = (
+    "dvc.lock",
+    "data/",
+    "models/",
+    "metrics/",
+    "results/",
+    "report/",
+    "tracking/",
+    "tests/",
+)
 
 # Environment variables that would make a command in the copy look elsewhere.
 _LEAKY = (

@@ -1,6 +1,7 @@
 """Small, internally consistent pipeline results with the shapes the analysis stages write.
 
-``write_results(workdir)`` fills a workspace with ``metrics/{universality,stats,families}.json``,
+``write_results(workdir)`` fills a workspace with ``results/{universality,stats,families}.json``,
+their headlines ``metrics/{universality,families}.json``,
 ``data/universality/seed{s}.parquet``, ``data/families/seed{s}.parquet`` and
 ``models/seed{s}/{curve.csv,training.json}`` for seeds 1 and 2 (2 layers x 20 neurons), with
 planted, hand-checkable numbers (see ``EXPECTED``).
@@ -80,7 +81,7 @@ def families_table(seed: int) -> pd.DataFrame:
 def write_results(workdir: Path) -> dict:
     """Write every result file into ``workdir``; return the JSON documents written."""
     workdir = Path(workdir)
-    for sub in ("metrics", "data/universality", "data/families"):
+    for sub in ("metrics", "results", "data/universality", "data/families"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     universality: dict = {"threshold": 0.5, "kept_positions": 12345, "models": {}}
     stats: dict = {"models": {}}
@@ -156,5 +157,12 @@ def write_results(workdir: Path) -> dict:
     )
     documents = {"universality": universality, "stats": stats, "families": families}
     for name, document in documents.items():
-        (workdir / "metrics" / f"{name}.json").write_text(json.dumps(document, indent=2))
+        (workdir / "results" / f"{name}.json").write_text(json.dumps(document, indent=2))
+    headline = {
+        "mean_percent_universal": universality["mean_percent_universal"],
+        "percent_universal": {
+            name: model["percent_universal"] for name, model in universality["models"].items()
+        },
+    }
+    (workdir / "metrics" / "universality.json").write_text(json.dumps(headline, indent=2))
     return documents

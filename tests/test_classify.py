@@ -80,7 +80,7 @@ def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
     models_dir = tiny_group[params.train.seeds[0]].parent
     layout = Layout.at(root, tokens=tiny_tokens_dir, models=models_dir)
     syntax.run(params, layout)
-    metrics_dir = layout.metrics
+    metrics_dir, results_dir = layout.metrics, layout.results
     metrics = classify.run(params, layout)
     return {
         "params": params,
@@ -88,6 +88,7 @@ def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
         "data": data,
         "metrics": metrics,
         "metrics_dir": metrics_dir,
+        "results_dir": results_dir,
         "models_dir": models_dir,
         "tokens_dir": tiny_tokens_dir,
     }
@@ -119,8 +120,15 @@ def stored(classified):
 
 
 def test_family_tables_and_metrics(classified):
-    metrics = json.loads((classified["metrics_dir"] / "families.json").read_text())
+    metrics = json.loads((classified["results_dir"] / "families.json").read_text())
     assert metrics == classified["metrics"]
+    # the headline: universal neurons of all models in each activation family
+    headline = json.loads((classified["metrics_dir"] / "families.json").read_text())
+    assert set(headline) == set(FAMILIES)
+    for family in FAMILIES:
+        by_hand = sum(entry["counts"][family] for entry in metrics["models"].values())
+        assert headline[family] == by_hand
+    assert sum(headline.values()) == sum(e["n_universal"] for e in metrics["models"].values())
     assert set(metrics["models"]) == {"seed1", "seed2", "seed3"}
     for label, entry in metrics["models"].items():
         table = pd.read_parquet(classified["data"] / "families" / f"{label}.parquet")
@@ -300,7 +308,7 @@ def test_dvc_repro_runs_syntax_and_classify(classified, tmp_path):
 
     dvc("init", "--no-scm", "-q")
     dvc("repro", "--single-item", "validate", "syntax", "classify")
-    metrics = json.loads((work / "metrics" / "families.json").read_text())
+    metrics = json.loads((work / "results" / "families.json").read_text())
     assert metrics == classified["metrics"]  # same inputs, same params: same families
     shown = json.loads(dvc("metrics", "show", "--json"))
     assert "metrics/families.json" in json.dumps(shown)

@@ -56,6 +56,7 @@ def test_two_runs_from_scratch_are_identical(tmp_path):
         assert {"model.safetensors", "checkpoints/tokens_15000/model.safetensors"} <= set(model)
         assert model == _tree(second / "models" / f"seed{seed}")
     assert _tree(first / "data") == _tree(second / "data")  # every analysis output
+    assert _tree(first / "results") == _tree(second / "results")  # and their summaries
     # every metric but the wall times of training (metrics/train_time.json)
     metrics = sorted(p.name for p in (first / "metrics").glob("*") if p.name != "train_time.json")
     assert metrics == sorted(

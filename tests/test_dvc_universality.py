@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO_ROOT, tiny_params
@@ -45,6 +47,9 @@ def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_pat
     }
     _run(["git", "init", "-q"], repo, env)
     _run([BIN / "dvc", "init", "-q"], repo, env)
+    # the train stage's other output, its wall times (the fixture trained the models)
+    (repo / "metrics").mkdir()
+    (repo / "metrics" / "train_time.json").write_text('{"trained_by": "test fixture"}\n')
     _run([BIN / "dvc", "repro", "validate"], repo, env)
     _run([BIN / "dvc", "commit", "-f", "tokenize", "train"], repo, env)
     out = _run([BIN / "dvc", "repro", "universality"], repo, env)
@@ -54,22 +59,33 @@ def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_pat
 
     metrics = json.loads(_run([BIN / "dvc", "metrics", "show", "--json"], repo, env))
     shown = metrics[""]["data"]["metrics/universality.json"]["data"]
-    written = json.loads((repo / "metrics" / "universality.json").read_text())
+    written = json.loads((repo / "results" / "universality.json").read_text())
     assert list(written["models"]) == ["seed1", "seed2", "seed3"]
-    # DVC shows the scalar entries (it leaves out the per-layer lists)
+    assert written["kept_positions"] == 3030
+    # DVC shows the headline: mean and per-model percentages, median correlation and baseline
     assert shown["mean_percent_universal"] == written["mean_percent_universal"]
-    assert shown["kept_positions"] == written["kept_positions"] == 3030
+    assert set(shown) == {
+        "mean_percent_universal", "percent_universal", "median_corr", "median_baseline"
+    }  # fmt: skip
     for name, model in written["models"].items():
-        assert shown["models"][name]["percent_universal"] == model["percent_universal"]
-        assert shown["models"][name]["n_neurons"] == model["n_neurons"] == 128
-    assert "metrics/baseline.json" in metrics[""]["data"]
+        assert shown["percent_universal"][name] == model["percent_universal"]
+        assert model["n_neurons"] == 128
+    tables = [
+        pd.read_parquet(repo / "data" / "universality" / f"seed{s}.parquet") for s in (1, 2, 3)
+    ]
+    live = pd.concat([t[~t["dead"]] for t in tables])
+    assert shown["median_corr"] == pytest.approx(np.median(live["mean_corr"]), abs=1e-12)
+    assert shown["median_baseline"] == pytest.approx(np.median(live["mean_baseline"]), abs=1e-12)
+    # the baseline's summary is a result, not a metric
+    assert "metrics/baseline.json" not in metrics[""]["data"]
+    assert json.loads((repo / "results" / "baseline.json").read_text())["kind"] == "rotation"
     plots = json.loads(_run([BIN / "dvc", "plots", "show", "--json"], repo, env))
     assert "metrics/universality_per_layer.csv" in plots["data"]
     assert (repo / "data" / "correlate" / "pairs" / "seed1__seed3.safetensors").is_file()
 
     # the threshold is a param of universality alone: of the stages that ran, only that one is
     # out of date (the later stages, which this test never ran, are listed as not run)
-    downstream = {"stats", "syntax", "classify", "report", "log"}
+    downstream = {"emergence", "stats", "syntax", "classify", "report", "log"}
     before = set(json.loads(_run([BIN / "dvc", "status", "--json"], repo, env)))
     assert before <= downstream
     raw = yaml.safe_load((repo / "params.yaml").read_text())
@@ -79,6 +95,6 @@ def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_pat
     assert set(status) - downstream == {"universality"}
     assert any("universality" in str(change) for change in status["universality"])
     _run([BIN / "dvc", "repro", "universality"], repo, env)
-    relaxed = json.loads((repo / "metrics" / "universality.json").read_text())
+    relaxed = json.loads((repo / "results" / "universality.json").read_text())
     assert relaxed["threshold"] == 0.01
     assert relaxed["mean_percent_universal"] > written["mean_percent_universal"]

@@ -33,7 +33,7 @@ def copy_repository(destination: Path, params: dict) -> Path:
     """A fresh git+DVC repository holding the project's tracked files and ``params``."""
     files = run(["git", "ls-files"], REPO_ROOT).stdout.split()
     for name in files:
-        if name == "dvc.lock" or name.startswith(("dvc-remote/", "metrics/")):
+        if name == "dvc.lock" or name.startswith(("dvc-remote/", "metrics/", "results/")):
             continue
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,7 @@ def test_headline_numbers(full_report):
 def test_sections_follow_their_inputs(tmp_path):
     """Only the training curves exist: only the training section, one figure."""
     write_results(tmp_path)
-    for path in [*(tmp_path / "metrics").iterdir(), *(tmp_path / "data").rglob("*.parquet")]:
+    for path in [*(tmp_path / "results").iterdir(), *(tmp_path / "data").rglob("*.parquet")]:
         path.unlink()
     result = build_report(_sources(tmp_path, [1, 2]), tmp_path / "report")
     assert result.sections == ["Training"]
@@ -132,7 +132,7 @@ def test_training_summary(full_report):
 
 
 def test_bad_metrics_file_is_named(tmp_path):
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "universality.json").write_text('{"threshold": 0.5}')
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "universality.json").write_text('{"threshold": 0.5}')
     with pytest.raises(ValueError, match=r"universality.json: expected a 'models' mapping"):
         build_report(_sources(tmp_path, [1, 2]), tmp_path / "report")

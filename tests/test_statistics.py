@@ -185,7 +185,8 @@ def stage_outputs(stage_inputs, tmp_path_factory) -> dict:
     layout = Layout.at(out, models=stage_inputs["models"], data=data)
     paths = {
         "output_dir": layout.stage_dir("stats"),
-        "metrics_path": layout.metric("stats.json"),
+        "metrics_path": layout.result("stats.json"),
+        "findings_path": layout.metric("findings.json"),
         "percentiles_csv": layout.metric("stats_percentiles.csv"),
     }
     comparison = stage.run(tiny_params(), layout)  # reads data/emergence too
@@ -379,6 +380,24 @@ def test_comparison_equals_mannwhitneyu_on_live_neurons(stage_outputs):
     assert "NaN" not in stage_outputs["metrics_path"].read_text()
 
 
+def test_findings_headline_counts_the_models_where_each_finding_holds(stage_outputs):
+    """metrics/findings.json, against a count by hand from the comparison: a finding holds in
+    a model when its effect has the paper's sign and p < stats.alpha (seed3 has no universal
+    neuron, so it never counts)."""
+    stored = json.loads(stage_outputs["metrics_path"].read_text())
+    headline = json.loads(stage_outputs["findings_path"].read_text())
+    alpha = tiny_params().stats.alpha
+    signs = {"l2_penalty": 1, "input_bias": -1, "skew": 1, "kurt": 1, "sparsity": -1}
+    assert set(headline) == set(signs)
+    for metric, sign in signs.items():
+        by_hand = 0
+        for comparison in stored["models"].values():
+            effect, p_value = comparison[metric]["effect_size"], comparison[metric]["p_value"]
+            by_hand += effect is not None and p_value < alpha and effect * sign > 0
+        assert headline[metric] == by_hand
+    assert max(headline.values()) >= 1  # the planted universal neurons differ somewhere
+
+
 def test_compare_groups_planted_separation():
     # universal values all above the others: r = +1; p from scipy's exact test
     result = statistics.compare_groups(
@@ -569,10 +588,12 @@ def test_dvc_repro_runs_the_stats_stage(stage_inputs, tmp_path):
     run("git", "init", "-q")
     run(str(bin_dir / "dvc"), "init", "-q")
     run(str(bin_dir / "dvc"), "repro", "--single-item", "validate", "stats")
-    metrics = json.loads((repo / "metrics" / "stats.json").read_text())
+    metrics = json.loads((repo / "results" / "stats.json").read_text())
     assert set(metrics["models"]) == {"seed1", "seed2", "seed3"}
     assert (repo / "data" / "stats" / "seed2.parquet").is_file()
-    shown = run(str(bin_dir / "dvc"), "metrics", "show", "--json")
-    assert "median_universal" in shown
+    shown = json.loads(run(str(bin_dir / "dvc"), "metrics", "show", "--json"))
+    findings = shown[""]["data"]["metrics/findings.json"]["data"]
+    assert findings == json.loads((repo / "metrics" / "findings.json").read_text())
+    assert set(findings) == {"l2_penalty", "input_bias", "skew", "kurt", "sparsity"}
     status = run(str(bin_dir / "dvc"), "status", "stats")
     assert "changed" not in status

@@ -147,18 +147,28 @@ def test_log_run_to_sqlite(tmp_path, monkeypatch):
     }
     metrics = run.data.metrics
     uni = documents["universality"]["models"]["seed1"]
-    assert metrics["universality.models.seed1.percent_universal"] == uni["percent_universal"]
-    assert metrics["universality.models.seed1.n_dead"] == 1.0
-    assert metrics["universality.kept_positions"] == 12345.0
-    assert metrics["stats.models.seed2.sparsity.median_other"] == 0.22
-    assert "stats.models.seed1.input_bias.p_value" not in metrics  # null: skipped
-    assert metrics["families.models.seed1.counts.unigram"] == 2.0
+    # the headline (metrics/) under the file's name; the whole documents (results/) as details
+    assert metrics["universality.percent_universal.seed1"] == uni["percent_universal"]
+    assert metrics["universality.mean_percent_universal"] == pytest.approx(
+        (
+            uni["percent_universal"]
+            + documents["universality"]["models"]["seed2"]["percent_universal"]
+        )
+        / 2
+    )
+    assert metrics["detail.universality.models.seed1.percent_universal"] == uni["percent_universal"]
+    assert metrics["detail.universality.models.seed1.n_dead"] == 1.0
+    assert metrics["detail.universality.kept_positions"] == 12345.0
+    assert metrics["detail.stats.models.seed2.sparsity.median_other"] == 0.22
+    assert "detail.stats.models.seed1.input_bias.p_value" not in metrics  # null: skipped
+    assert metrics["detail.families.models.seed1.counts.unigram"] == 2.0
+    assert not [key for key in metrics if key.startswith(("stats.", "families."))]
     history = client.get_metric_history(
-        record.run_id, "universality.models.seed1.percent_universal_per_layer"
+        record.run_id, "detail.universality.models.seed1.percent_universal_per_layer"
     )
     assert sorted((m.step, m.value) for m in history) == [(0, 300 / 19), (1, 5.0)]
     fam_history = client.get_metric_history(
-        record.run_id, "families.models.seed1.counts_per_layer.unigram"
+        record.run_id, "detail.families.models.seed1.counts_per_layer.unigram"
     )
     # unigram neurons of seed1: the 1st universal one (layer 0) and the 4th (layer 1)
     assert sorted((m.step, m.value) for m in fam_history) == [(0, 1.0), (1, 1.0)]
@@ -175,14 +185,15 @@ def test_log_run_to_sqlite(tmp_path, monkeypatch):
     assert {
         "report/index.html",
         "metrics/universality.json",
+        "results/universality.json",
         "dvc/params.yaml",
         "dvc/dvc.lock",
         "training/seed1/curve.csv",
         "tables/universality/seed1.parquet",
         "tables/families/seed2.parquet",
     } <= artifacts
-    local = client.download_artifacts(record.run_id, "metrics/stats.json", str(tmp_path))
-    assert Path(local).read_bytes() == (work / "metrics" / "stats.json").read_bytes()
+    local = client.download_artifacts(record.run_id, "results/stats.json", str(tmp_path))
+    assert Path(local).read_bytes() == (work / "results" / "stats.json").read_bytes()
 
 
 def test_ui_refuses_a_busy_port(tmp_path, monkeypatch):

@@ -8,8 +8,10 @@ One tiny pipeline (2 seeds x 20k training tokens) is reproduced once per module 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -147,18 +149,28 @@ def test_repro_logs_one_run_over_http(tiny_repo):
     for key, value in params.items():
         assert decoded(run_data.params[key], value) == value, key
 
-    # metrics: every number of metrics/*.json, same value; plus the loss curves
-    # (generic over whichever metrics files the pipeline writes; lists are per-step series)
-    metrics_files = sorted((repo / "metrics").glob("*.json"))
-    assert "training.json" in [p.name for p in metrics_files]
+    # metrics: every number of metrics/*.json (the headline) under the file's name, and of
+    # results/*.json (the whole documents) under detail.<name>, same value; plus the loss
+    # curves (generic over whichever files the pipeline writes; lists are per-step series)
+    metrics_files = [(p, p.stem) for p in sorted((repo / "metrics").glob("*.json"))]
+    metrics_files += [(p, f"detail.{p.stem}") for p in sorted((repo / "results").glob("*.json"))]
+    assert {"training", "detail.training"} <= {prefix for _, prefix in metrics_files}
     expected_scalars, expected_series = {}, {}
-    for path in metrics_files:
+    for path, prefix in metrics_files:
         for key, value in leaves(json.loads(path.read_text())).items():
-            name = f"{path.stem}.{key}"
+            name = f"{prefix}.{key}"
             if isinstance(value, list):
                 expected_series[name] = [(i, v) for i, v in enumerate(value) if v is not None]
             elif isinstance(value, int | float):  # bool is an int: logged as 1/0
                 expected_scalars[name] = float(value)
+    # the emergence curve (metrics/emergence.csv): one series per column, step = tokens
+    with (repo / "metrics" / "emergence.csv").open() as handle:
+        curve = list(csv.DictReader(handle))
+    for column in curve[0]:
+        if column != "tokens":
+            expected_series[f"emergence.{column}"] = [
+                (int(row["tokens"]), float(row[column])) for row in curve
+            ]
     logged = {k: v for k, v in run_data.metrics.items() if not k.startswith("curve.")}
     assert set(logged) == set(expected_scalars) | {k for k, v in expected_series.items() if v}
     scalars = {k: logged[k] for k in expected_scalars}
@@ -168,7 +180,9 @@ def test_repro_logs_one_run_over_http(tiny_repo):
         assert sorted((m.step, m.value) for m in history) == points, name
     for seed in (1, 2):
         training = json.loads((repo / "models" / f"seed{seed}" / "training.json").read_text())
-        assert scalars[f"training.models.seed{seed}.heldout_loss"] == training["heldout_loss"]
+        assert (
+            scalars[f"detail.training.models.seed{seed}.heldout_loss"] == training["heldout_loss"]
+        )
         with (repo / "models" / f"seed{seed}" / "curve.csv").open() as handle:
             rows = list(csv.DictReader(handle))
         for column in ("train_loss", "heldout_loss"):
@@ -235,11 +249,18 @@ def test_push_clone_pull_round_trip(tiny_repo, tmp_path):
     }  # fmt: skip
     assert missing == {out for outs in unpushed.values() for out in outs}
     assert set(unpushed) <= set(status)
+    # The teammate's machine takes another CPU code path (no AVX kernels, one thread): had the
+    # analysis been recomputed there, its last bits (and every hash after it) would differ.
+    # It is restored instead, so only the unpushed stages run, and the README's second
+    # command logs the state into the clone's own MLflow store.
+    other_cpu = pipeline_env(clone, ATEN_CPU_CAPABILITY="default", OMP_NUM_THREADS="1")
     if unpushed:
-        reproduced = run(clone, "dvc", "repro").stdout
+        reproduced = run(clone, "dvc", "repro", env=other_cpu).stdout
         for stage in unpushed:
             assert f"Running stage '{stage}'" in reproduced
         assert reproduced.count("Running stage") == len(unpushed), reproduced  # no training
+    logged = run(clone, "universal-neurons", "log", "--if-missing", env=other_cpu).stdout
+    assert '"logged": true' in logged
     assert json.loads(run(clone, "dvc", "status", "--json").stdout) == {}
     assert run(clone, "git", "status", "--porcelain").stdout == ""  # dvc.lock unchanged
 
@@ -322,9 +343,11 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
             logged.data.tags["dvc.exp_baseline_rev"]
             == run(repo, "git", "rev-parse", "HEAD").stdout.strip()
         )
-        record = json.loads(run(repo, "git", "show", f"{ref}:tracking/run.json").stdout)
+        committed = run(repo, "git", "show", f"{ref}:tracking/run.json").stdout
+        assert str(repo.resolve()) not in committed and str(repo) not in committed
+        record = json.loads(committed)
         assert record["run_id"] == logged.info.run_id
-        assert record["tracking_uri"] == f"sqlite:///{store}"
+        assert record["tracking_uri"] == "sqlite:///mlruns.db"  # relative to the repository
         training = json.loads(run(repo, "git", "show", f"{ref}:metrics/training.json").stdout)
         assert {k: v for k, v in logged.data.metrics.items() if k.startswith("training.")} == {
             f"training.{k}": v for k, v in leaves(training).items()
@@ -333,6 +356,7 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
         temp.data.metrics["training.mean_heldout_loss"]
         != (queued.data.metrics["training.mean_heldout_loss"])
     )
+    _check_dvc_tables(repo, env, {name: r for r in refs for name in runs if r.endswith("/" + name)})
 
     # `universal-neurons ui` serves this store: the REST API of the printed address lists both
     port = free_port()
@@ -360,3 +384,61 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
         assert {r["info"]["run_id"] for r in served} == {r.info.run_id for r in runs.values()}
     finally:
         stop(process)
+
+
+HEADLINE_FILES = {
+    "metrics/universality.json": {"mean_percent_universal", "median_corr", "median_baseline"},
+    "metrics/training.json": {"mean_heldout_loss"},
+    "metrics/families.json": {
+        "unigram", "alphabet", "previous_token", "position", "syntax", "semantic", "unexplained"
+    },
+    "metrics/findings.json": {"l2_penalty", "input_bias", "skew", "kurt", "sparsity"},
+}  # fmt: skip
+
+
+def _rendered_width(csv_text: str) -> int:
+    """Width of the table DVC draws from these CSV rows: each column as wide as its widest
+    cell, plus three characters of border and padding."""
+    rows = list(csv.reader(io.StringIO(csv_text)))
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
+    return sum(width + 3 for width in widths) + 1
+
+
+def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
+    """What a researcher compares in a terminal: ``dvc metrics show`` holds the headline only
+    (percent universal of each model besides), ``dvc exp show --only-changed`` fits 200
+    columns, and ``dvc metrics diff`` between two experiments names the headline change."""
+    shown = json.loads(run(repo, "dvc", "metrics", "show", "--json", env=env).stdout)
+    data = shown[""]["data"]
+    assert set(data) == set(HEADLINE_FILES)
+    for path, keys in HEADLINE_FILES.items():
+        assert keys <= set(data[path]["data"]), path
+    columns = [key for path in data for key in leaves(data[path]["data"])]
+    seeds = yaml.safe_load((repo / "params.yaml").read_text())["train"]["seeds"]
+    assert sorted(columns) == sorted(
+        [key for keys in HEADLINE_FILES.values() for key in keys]
+        + [f"percent_universal.seed{seed}" for seed in seeds]
+    )
+    assert len(columns) <= 21
+    # plain `dvc exp show --only-changed`: the changed params and headline metrics, no detail
+    # column, but also one hash column per intermediate output (each changed with the lr)
+    plain = run(repo, "dvc", "exp", "show", "--only-changed", "--csv", env=env).stdout
+    plain_header = next(csv.reader(io.StringIO(plain)))
+    assert "train.learning_rate" in plain_header and "mean_heldout_loss" in plain_header
+    assert not [column for column in plain_header if "models." in column]  # no detail columns
+    # `universal-neurons exps` drops exactly those hash columns, and fits 200 columns
+    table = run(repo, "universal-neurons", "exps", "--csv", env=env).stdout
+    header = next(csv.reader(io.StringIO(table)))
+    dropped = set(plain_header) - set(header)
+    assert dropped and all(
+        re.match(r"(data|models|report|results|metrics)(/|$)", c) for c in dropped
+    )
+    assert {"train.learning_rate", "mean_heldout_loss"} <= set(header)
+    assert _rendered_width(table) <= 200, table
+    diff = json.loads(
+        run(
+            repo, "dvc", "metrics", "diff", refs["lr-temp"], refs["lr-queue"], "--json", env=env
+        ).stdout
+    )
+    loss = diff["metrics/training.json"]["mean_heldout_loss"]
+    assert loss["old"] != loss["new"] and loss["diff"] == pytest.approx(loss["new"] - loss["old"])

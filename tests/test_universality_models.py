@@ -296,7 +296,7 @@ def test_stages_end_to_end(tiny_group, tiny_tokens_dir, tmp_path):
     assert len(moments) == 128 and (moments["count"] == kept).all()
     assert np.load(out / "collect" / "seed1" / "within_layer_cov.npy").shape == (2, 64, 64)
 
-    written = json.loads((tmp_path / "metrics" / "universality.json").read_text())
+    written = json.loads((tmp_path / "results" / "universality.json").read_text())
     assert written == metrics
     assert set(written) == {"threshold", "kept_positions", "mean_percent_universal", "models"}
     assert written["threshold"] == 0.5 and written["kept_positions"] == kept
@@ -327,8 +327,17 @@ def test_stages_end_to_end(tiny_group, tiny_tokens_dir, tmp_path):
     assert written["mean_percent_universal"] == pytest.approx(
         np.mean([m["percent_universal"] for m in written["models"].values()])
     )
+    headline = json.loads((tmp_path / "metrics" / "universality.json").read_text())
+    tables = [pd.read_parquet(out / "universality" / f"seed{s}.parquet") for s in (1, 2, 3)]
+    live_tables = pd.concat([t[~t["dead"]] for t in tables])
+    assert headline == {
+        "mean_percent_universal": written["mean_percent_universal"],
+        "percent_universal": {n: m["percent_universal"] for n, m in written["models"].items()},
+        "median_corr": pytest.approx(float(np.median(live_tables["mean_corr"])), abs=1e-15),
+        "median_baseline": pytest.approx(float(np.median(live_tables["mean_baseline"])), abs=1e-15),
+    }
     per_layer = pd.read_csv(tmp_path / "metrics" / "universality_per_layer.csv")
     assert list(per_layer.columns) == ["model", "layer", "percent_universal"]
     assert len(per_layer) == 6
-    base = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
+    base = json.loads((tmp_path / "results" / "baseline.json").read_text())
     assert base["kind"] == "rotation" and len(base["models"]["seed2"]["sample_means"]) == 2

@@ -20,7 +20,12 @@ from transformers import GPT2LMHeadModel
 from universal_neurons.analysis.baseline import group_baselines
 from universal_neurons.analysis.collect import collect_model
 from universal_neurons.analysis.pairs import correlate_group, pair_maxima
-from universal_neurons.analysis.universality import model_summary, universality_table
+from universal_neurons.analysis.universality import (
+    mean_percent_universal,
+    median_over_live,
+    model_summary,
+    universality_table,
+)
 from universal_neurons.config import BaselineConfig
 from universal_neurons.models.training import heldout_loss
 
@@ -40,16 +45,12 @@ class GroupUniversality:
 
     def mean_percent_universal(self) -> float:
         """Mean over the models of the percentage of (live) neurons that are universal."""
-        return float(np.mean([s["percent_universal"] for s in self.summaries.values()]))
+        return mean_percent_universal(self.summaries)
 
     def median(self, column: str) -> float:
         """Median of ``column`` (e.g. ``mean_corr``, ``mean_baseline``) over every live neuron
         of every model."""
-        values = np.concatenate(
-            [t.loc[~t["dead"], column].to_numpy(np.float64) for t in self.tables.values()]
-        )
-        values = values[np.isfinite(values)]
-        return float(np.median(values)) if len(values) else float("nan")
+        return median_over_live(self.tables.values(), column)
 
 
 @torch.no_grad()

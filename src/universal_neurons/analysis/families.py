@@ -388,6 +388,16 @@ def family_metrics(
     }
 
 
+def headline_counts(metrics: dict) -> dict[str, int]:
+    """``metrics/families.json``: universal neurons of every model together in each activation
+    family (the paper's six and ``unexplained``). The whole document (vocabulary families,
+    per model, per layer) is ``results/families.json``."""
+    return {
+        family: int(sum(entry["counts"][family] for entry in metrics["models"].values()))
+        for family in FAMILIES
+    }
+
+
 def per_layer_rows(metrics: dict) -> pd.DataFrame:
     """One row per (family, layer): ``label`` ("L0 unigram"), ``family``, ``layer``,
     ``count`` (universal neurons, all models together) and one count column per model."""

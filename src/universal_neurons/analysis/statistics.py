@@ -413,6 +413,19 @@ def finding_outcome(entry: Mapping[str, Any], sign: int, alpha: float) -> str:
     return "holds" if effect * sign > 0 else "opposite"
 
 
+def findings_holding(stats: Mapping[str, Any], alpha: float) -> dict[str, int]:
+    """``metrics/findings.json``: for each of the paper's findings (keyed by the metric that
+    tests it), the number of models of ``results/stats.json`` in which it holds."""
+    models = stats.get("models") or {}
+    return {
+        metric: sum(
+            finding_outcome(comparison[metric], sign, alpha) == "holds"
+            for comparison in models.values()
+        )
+        for _, metric, sign in PAPER_FINDINGS
+    }
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
@@ -451,7 +464,7 @@ def _finding_line(
 
 
 def findings_verdict(stats: Mapping[str, Any], alpha: float = 0.05) -> str:
-    """README sentences: which of the paper's findings hold for the models of ``metrics/stats.json``.
+    """README sentences: which of the paper's findings hold for the models of ``results/stats.json``.
 
     One line per finding: in how many models it holds (same sign, Mann-Whitney
     ``p < alpha``), then per model the medians, the rank-biserial ``r`` and ``p``.

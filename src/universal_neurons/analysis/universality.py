@@ -14,6 +14,8 @@ out of the percentages.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -167,14 +169,41 @@ def model_summary(table: pd.DataFrame, n_layers: int) -> dict:
 
 
 def universality_metrics(summaries: dict[str, dict], threshold: float, kept_positions: int) -> dict:
-    """The ``metrics/universality.json`` document."""
+    """The ``results/universality.json`` document (its headline: ``headline_metrics``)."""
     return {
         "threshold": float(threshold),
         "kept_positions": int(kept_positions),
-        "mean_percent_universal": float(
-            np.mean([s["percent_universal"] for s in summaries.values()])
-        ),
+        "mean_percent_universal": mean_percent_universal(summaries),
         "models": summaries,
+    }
+
+
+def mean_percent_universal(summaries: dict[str, dict]) -> float:
+    """Mean over the models (``model_summary`` each) of the percentage of live neurons that
+    are universal."""
+    return float(np.mean([s["percent_universal"] for s in summaries.values()]))
+
+
+def median_over_live(tables: Iterable[pd.DataFrame], column: str) -> float:
+    """Median of ``column`` (e.g. ``mean_corr``, ``mean_baseline``) over every live neuron of
+    every neuron table; NaN if there is none."""
+    values = np.concatenate(
+        [t.loc[~t["dead"].astype(bool), column].to_numpy(np.float64) for t in tables]
+    )
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def headline_metrics(summaries: dict[str, dict], tables: dict[str, pd.DataFrame]) -> dict:
+    """``metrics/universality.json``: the numbers people compare between runs (percent
+    universal, mean and per model; median correlation with the partners and median baseline,
+    both over every live neuron of every model). The whole document is
+    ``universality_metrics``."""
+    return {
+        "mean_percent_universal": mean_percent_universal(summaries),
+        "percent_universal": {name: s["percent_universal"] for name, s in summaries.items()},
+        "median_corr": median_over_live(tables.values(), "mean_corr"),
+        "median_baseline": median_over_live(tables.values(), "mean_baseline"),
     }
 
 

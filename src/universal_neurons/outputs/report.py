@@ -5,11 +5,11 @@ each rendered only when its inputs exist:
 
 | section | inputs |
 |---|---|
-| Universal neurons (headline) | ``metrics/universality.json`` |
-| Per layer | ``metrics/universality.json`` (``percent_universal_per_layer``) |
+| Universal neurons (headline) | ``results/universality.json`` |
+| Per layer | ``results/universality.json`` (``percent_universal_per_layer``) |
 | Correlation vs baseline | ``data/universality/seed{s}.parquet`` (``max_corr``, ``max_baseline``, ``excess_corr``) |
-| Neuron statistics | ``metrics/stats.json`` |
-| Families | ``metrics/families.json``, examples from ``data/families/seed{s}.parquet`` |
+| Neuron statistics | ``results/stats.json`` |
+| Families | ``results/families.json``, examples from ``data/families/seed{s}.parquet`` |
 | Across training | ``metrics/emergence.csv`` (the emergence stage) |
 | Training | ``models/seed{s}/curve.csv``, ``models/seed{s}/training.json`` |
 
@@ -139,7 +139,7 @@ def read_curve_rows(path: Path) -> list[dict[str, float | None]]:
 
 
 def training_summary(model_dirs: Mapping[str, Path]) -> dict:
-    """``metrics/training.json``: per model (``{name: model directory}``) whose
+    """``results/training.json``: per model (``{name: model directory}``) whose
     ``training.json`` exists, the final held-out loss (nats/token), the unigram entropy of
     the training tokens (the loss of a context-free model), steps and tokens; plus the mean
     final held-out loss over the models."""
@@ -158,6 +158,12 @@ def training_summary(model_dirs: Mapping[str, Path]) -> dict:
     if losses:
         summary["mean_heldout_loss"] = float(np.mean(losses))
     return summary
+
+
+def training_headline(summary: Mapping[str, Any]) -> dict:
+    """``metrics/training.json``: the mean final held-out loss (nats/token) of
+    ``training_summary`` (empty if no model has one)."""
+    return {key: summary[key] for key in ("mean_heldout_loss",) if key in summary}
 
 
 def _write_curve_csv(rows: list[dict], path: Path) -> None:

@@ -244,8 +244,16 @@ def flatten_params(raw: Any, prefix: str = "") -> dict[str, str]:
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_metrics(metrics_dir: Path) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]]:
-    """Flatten every ``metrics/<name>.json`` under the prefix ``<name>``."""
+DETAIL_PREFIX = "detail"
+"""MLflow key prefix of the whole results documents (``detail.stats.models.seed1.skew...``), so
+that the headline metrics (``universality.mean_percent_universal``) stand apart."""
+
+
+def read_metrics(
+    metrics_dir: Path, prefix: str = ""
+) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]]:
+    """Flatten every ``<metrics_dir>/<name>.json`` under the key prefix ``[prefix.]<name>``
+    (a missing folder gives nothing)."""
     scalars: dict[str, float] = {}
     series: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(Path(metrics_dir).glob("*.json")):
@@ -253,7 +261,9 @@ def read_metrics(metrics_dir: Path) -> tuple[dict[str, float], dict[str, list[tu
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise TrackingError(f"{path}: not valid JSON ({exc})") from None
-        file_scalars, file_series = flatten_metrics(data, path.stem)
+        file_scalars, file_series = flatten_metrics(
+            data, f"{prefix}.{path.stem}" if prefix else path.stem
+        )
         scalars.update(file_scalars)
         series.update(file_series)
     return scalars, series
@@ -390,13 +400,15 @@ class RunInputs:
     """What one run logs, by path (missing files are skipped).
 
     ``repository``: the git work tree (commit and dirty tags); ``metrics_dir``: every
-    ``*.json`` in it; ``lock``: ``dvc.lock`` (output hashes as tags); ``curves``: per model,
+    ``*.json`` in it (the headline metrics); ``results_dir``: every ``*.json`` in it, under
+    ``DETAIL_PREFIX``; ``lock``: ``dvc.lock`` (output hashes as tags); ``curves``: per model,
     its ``curve.csv``; ``emergence_curve``: ``metrics/emergence.csv`` (series with step =
     training tokens); ``artifacts``: ``(path, artifact folder)``, a file or a directory.
     """
 
     repository: Path
     metrics_dir: Path
+    results_dir: Path
     lock: Path
     curves: Mapping[str, Path]
     emergence_curve: Path
@@ -466,6 +478,9 @@ def log_run(
     uri = uri or tracking_uri()
     name = experiment or experiment_name()
     scalars, series = read_metrics(inputs.metrics_dir)
+    detail_scalars, detail_series = read_metrics(inputs.results_dir, DETAIL_PREFIX)
+    scalars.update(detail_scalars)
+    series.update(detail_series)
     series.update(training_curves(inputs.curves))
     series.update(read_emergence(inputs.emergence_curve))
     repository = Path(inputs.repository).resolve()
@@ -524,6 +539,22 @@ def set_run_tag(uri: str, run_id: str, key: str, value: str) -> None:
 def record_dict(record: RunRecord) -> dict[str, str]:
     """The run record as a JSON-ready mapping."""
     return asdict(record)
+
+
+def portable_record(record: Mapping[str, str], root: Path) -> dict[str, str]:
+    """``record`` with every location under the repository ``root`` written relative to it
+    (``sqlite:///mlruns.db``, ``mlartifacts/<run>/artifacts``), so that the committed
+    ``tracking/run.json`` names no path of the machine that logged the run. A server's
+    address (``http://...``) stays as it is."""
+    base = str(Path(root).resolve()).rstrip("/")
+    prefixes = {f"sqlite:///{base}/": "sqlite:///", f"file://{base}/": ""}
+    portable = {}
+    for key, value in record.items():
+        for prefix, relative in prefixes.items():
+            if isinstance(value, str) and value.startswith(prefix):
+                value = relative + value.removeprefix(prefix)
+        portable[key] = value
+    return portable
 
 
 # ----------------------------------------------------------------------------- the UI

@@ -2,7 +2,7 @@
 
 The root is the folder of ``dvc.yaml`` (DVC runs every stage there), so ``Layout()``
 gives the paths ``dvc.yaml`` names: ``data/tokens``, ``models/seed1``, ``data/stats/seed1.parquet``,
-``metrics/stats.json``, ... A layout rooted elsewhere (``Layout.at(tmp)``) holds a whole
+``results/stats.json``, ... A layout rooted elsewhere (``Layout.at(tmp)``) holds a whole
 workspace in another folder; the token set, the models, the data folder and the parameter
 file can each be placed elsewhere too (``Layout.at(tmp, tokens=..., models=...)``).
 
@@ -83,21 +83,39 @@ class Layout:
 
     def analysis_results(self) -> list[Path]:
         """What the analysis stages conclude, as the report and the MLflow run read it: the
-        universality, stats and family tables and their metrics (and the baseline's)."""
+        universality, stats and family tables and their results documents (and the baseline's)."""
         tables = [self.stage_dir(stage) for stage in ("universality", "stats", "families")]
         names = ("universality.json", "baseline.json", "stats.json", "families.json")
-        return tables + [self.metric(name) for name in names]
+        return tables + [self.result(name) for name in names]
+
+    def headline_metrics(self) -> list[Path]:
+        """The analysis stages' headline metrics files (``dvc metrics show``), beside the
+        training summary that the report stage writes."""
+        return [
+            self.metric(name) for name in ("universality.json", "findings.json", "families.json")
+        ]
 
     # --- metrics, report, tracking, DVC ----------------------------------------------------
 
     @property
     def metrics(self) -> Path:
-        """The metrics folder (DVC metrics and plots, not cached)."""
+        """The metrics folder (DVC metrics and plots, not cached): the headline numbers people
+        compare (``dvc metrics show``); the whole documents are in ``results/``."""
         return self.root / "metrics"
 
     def metric(self, name: str) -> Path:
-        """One metrics file (``metrics/stats.json``)."""
+        """One metrics file (``metrics/universality.json``)."""
         return self.metrics / name
+
+    @property
+    def results(self) -> Path:
+        """The results folder: each stage's whole summary document (git-tracked, not cached),
+        of which ``metrics/`` keeps the few headline numbers."""
+        return self.root / "results"
+
+    def result(self, name: str) -> Path:
+        """One results document (``results/stats.json``)."""
+        return self.results / name
 
     @property
     def report(self) -> Path:

@@ -3,7 +3,7 @@
 Correlate's pair statistics + collect's within-layer covariances -> baseline maxima.
 
 Writes ``data/baseline/``: ``baseline.parquet`` (rows ``model, partner, sample, layer, index,
-baseline``) and ``summary.json``; and ``metrics/baseline.json`` (mean baseline per model and
+baseline``) and ``summary.json``; and ``results/baseline.json`` (mean baseline per model and
 its spread across the draws).
 """
 
@@ -66,7 +66,7 @@ def run(params: Params, layout: Layout) -> dict:
         (temp / "summary.json").write_text(
             json.dumps(metrics | inputs, indent=2, sort_keys=True) + "\n"
         )
-    write_json(layout.metric("baseline.json"), metrics)
+    write_json(layout.result("baseline.json"), metrics)
     return metrics
 
 
@@ -76,7 +76,7 @@ COMMAND = Stage(
     inputs=lambda layout: [layout.stage_dir("collect"), layout.stage_dir("correlate")],
     outputs=lambda layout: [
         Out(layout.stage_dir("baseline")),
-        Out(layout.metric("baseline.json"), kind="metrics", cache=False),
+        Out(layout.result("baseline.json"), cache=False),
     ],
     run=run,
     render=lambda metrics: as_json(metrics["models"]),

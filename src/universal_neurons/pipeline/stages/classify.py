@@ -1,7 +1,8 @@
 """Stage classify: family of each universal neuron (variance reduction of features).
 
 Reads the token set, the syntax labels, each model and its stats table; writes
-``data/families/seed{s}.parquet`` (+ ``topics.json``), ``metrics/families.json``,
+``data/families/seed{s}.parquet`` (+ ``topics.json``), ``results/families.json`` (its
+headline, the counts per activation family over all models: ``metrics/families.json``),
 ``metrics/families_per_layer.csv`` and ``metrics/families_per_layer.png``.
 """
 
@@ -19,6 +20,7 @@ from universal_neurons.analysis.families import (
     VOCAB_FAMILIES,
     classify_model,
     family_metrics,
+    headline_counts,
     parse_neurons,
     per_layer_rows,
     universal_mask,
@@ -76,7 +78,8 @@ def _write_tables(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict)
 def _write(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict, metrics: dict) -> None:
     """The family tables and topic words, the metrics, the per-layer counts and their plot."""
     _write_tables(layout, tables, topics)
-    write_json(layout.metric("families.json"), metrics)
+    write_json(layout.result("families.json"), metrics)
+    write_json(layout.metric("families.json"), headline_counts(metrics))
     with atomic_path(layout.metric("families_per_layer.csv")) as temp:
         per_layer_rows(metrics).to_csv(temp, index=False)
     with atomic_path(layout.metric("families_per_layer.png")) as temp:
@@ -133,6 +136,7 @@ COMMAND = Stage(
     ],
     outputs=lambda layout: [
         Out(layout.stage_dir("families")),
+        Out(layout.result("families.json"), cache=False),
         Out(layout.metric("families.json"), kind="metrics", cache=False),
         Out(layout.metric("families_per_layer.csv"), kind="plots", cache=False),
         Out(layout.metric("families_per_layer.png"), kind="plots", cache=False),

@@ -20,6 +20,7 @@ from universal_neurons.outputs.tracking import (
     RunInputs,
     find_run,
     log_run,
+    portable_record,
     project_root,
     record_dict,
     set_run_tag,
@@ -37,11 +38,12 @@ TABLE_STAGES = ("universality", "stats", "families")
 
 def artifacts(layout: Layout, seeds: list[int]) -> list[tuple[Path, str]]:
     """``(path, artifact folder)`` of everything a run keeps (missing ones are skipped later):
-    the report, the metrics, the parameter file and DVC files, each model's training curve
+    the report, the metrics and results, the parameter file and DVC files, each model's training curve
     and summary, and the neuron tables."""
     items: list[tuple[Path, str]] = [(layout.report, "report")]
-    if layout.metrics.is_dir():
-        items += [(path, "metrics") for path in sorted(layout.metrics.iterdir()) if path.is_file()]
+    for folder in (layout.metrics, layout.results):
+        if folder.is_dir():
+            items += [(path, folder.name) for path in sorted(folder.iterdir()) if path.is_file()]
     items += [(path, "dvc") for path in (layout.params, *layout.dvc_files)]
     for seed in seeds:
         for name in ("curve.csv", "training.json"):
@@ -58,6 +60,7 @@ def run_inputs(layout: Layout, seeds: list[int]) -> RunInputs:
     return RunInputs(
         repository=layout.root,
         metrics_dir=layout.metrics,
+        results_dir=layout.results,
         lock=layout.dvc_files[1],
         curves={model_name(seed): layout.model(seed) / "curve.csv" for seed in seeds},
         emergence_curve=layout.metric("emergence.csv"),
@@ -73,9 +76,10 @@ def log_state(params: Params, layout: Layout, write_record: bool = True) -> dict
     record = log_run(
         run_inputs(layout, params.train.seeds), raw, uri=uri, exclude_outputs=[own_output]
     )
+    portable = portable_record(record_dict(record), project_root(layout.root))
     if write_record:
-        write_json(layout.run_record, record_dict(record))
-    return record_dict(record)
+        write_json(layout.run_record, portable)
+    return portable
 
 
 def ensure(params: Params, layout: Layout) -> dict:
@@ -89,13 +93,14 @@ def ensure(params: Params, layout: Layout) -> dict:
     """
     record_path = layout.run_record
     recorded = read_json(record_path)["run_id"] if record_path.is_file() else None
+    uri = tracking_uri(project_root(layout.root))
     if recorded is not None:
-        existing = find_run(tracking_uri(project_root(layout.root)), recorded)
+        existing = find_run(uri, recorded)
         if existing is not None:
             return {**existing, "logged": False}
     record = log_state(params, layout, write_record=recorded is None)
     if recorded is not None:
-        set_run_tag(record["tracking_uri"], record["run_id"], "log.stands_for_run", recorded)
+        set_run_tag(uri, record["run_id"], "log.stands_for_run", recorded)
     return {**record, "logged": True}
 
 
@@ -112,6 +117,8 @@ COMMAND = Stage(
         layout.metric("emergence.csv"),
         layout.report,
         layout.metric("training.json"),
+        layout.result("training.json"),
+        *layout.headline_metrics(),
         *layout.analysis_results(),
     ],
     outputs=lambda layout: [Out(layout.run_record, cache=False, persist=True)],

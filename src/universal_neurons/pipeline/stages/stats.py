@@ -1,10 +1,12 @@
 """Stage stats: the neuron table of every model and universal vs other neurons.
 
 Universality table + activation moments + processed weights -> the neuron table per model,
-the universal-vs-other comparison (``metrics/stats.json``) and its figures.
+the universal-vs-other comparison (``results/stats.json``; headline: in how many models each
+of the paper's findings holds, ``metrics/findings.json``) and its figures.
 
 Writes ``data/stats/``: ``seed{s}.parquet`` (the neuron tables), ``per_layer.csv`` (medians per
-layer and group) and ``plots/*.png``; ``metrics/stats.json`` and ``metrics/stats_percentiles.csv``.
+layer and group) and ``plots/*.png``; ``results/stats.json``, ``metrics/findings.json`` and
+``metrics/stats_percentiles.csv``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from universal_neurons.analysis.statistics import (
     METRICS,
     activation_statistics,
     compare_universal,
+    findings_holding,
     first_universal_tokens,
     neuron_table,
     per_layer_medians,
@@ -110,14 +113,16 @@ def run(params: Params, layout: Layout) -> dict:
     }
     comparison = {"models": {model: compare_universal(table) for model, table in tables.items()}}
     _write_tables(tables, layout, inputs)
-    write_json(layout.metric("stats.json"), comparison)
+    write_json(layout.result("stats.json"), comparison)
+    write_json(layout.metric("findings.json"), findings_holding(comparison, params.stats.alpha))
     return comparison
 
 
 def _wrote(comparison: dict) -> str:
     layout = Layout()
     return (
-        f"wrote {layout.stage_dir('stats')} and {layout.metric('stats.json')} "
+        f"wrote {layout.stage_dir('stats')}, {layout.result('stats.json')} and "
+        f"{layout.metric('findings.json')} "
         f"({len(comparison['models'])} models)"
     )
 
@@ -133,7 +138,8 @@ COMMAND = Stage(
     trained_inputs=lambda layout: [layout.stage_dir("emergence")],
     outputs=lambda layout: [
         Out(layout.stage_dir("stats")),
-        Out(layout.metric("stats.json"), kind="metrics", cache=False),
+        Out(layout.result("stats.json"), cache=False),
+        Out(layout.metric("findings.json"), kind="metrics", cache=False),
         Out(layout.metric("stats_percentiles.csv"), kind="plots", cache=False),
     ],
     run=run,

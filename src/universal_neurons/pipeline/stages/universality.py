@@ -3,6 +3,7 @@
 Correlate's maxima + baseline -> the neuron table per model and the headline metric.
 
 Writes ``data/universality/seed{s}.parquet`` (columns ``universality.TABLE_COLUMNS``),
+``results/universality.json`` (per model: counts, percentages per layer), its headline
 ``metrics/universality.json`` and ``metrics/universality_per_layer.csv``.
 """
 
@@ -12,6 +13,7 @@ import json
 from typing import TYPE_CHECKING
 
 from universal_neurons.analysis.universality import (
+    headline_metrics,
     model_summary,
     per_layer_rows,
     universality_metrics,
@@ -45,7 +47,8 @@ def run(params: Params, layout: Layout) -> dict:
             table.to_parquet(temp / f"{name}.parquet", index=False)
         inputs = {"token_set": summary["token_set"], "group": summary["group"]}
         (temp / "summary.json").write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
-    write_json(layout.metric("universality.json"), metrics)
+    write_json(layout.result("universality.json"), metrics)
+    write_json(layout.metric("universality.json"), headline_metrics(summaries, tables))
     with atomic_path(layout.metric("universality_per_layer.csv")) as temp:
         per_layer_rows(summaries).to_csv(temp, index=False)
     return metrics
@@ -57,6 +60,7 @@ COMMAND = Stage(
     inputs=lambda layout: [layout.stage_dir("baseline"), layout.stage_dir("correlate")],
     outputs=lambda layout: [
         Out(layout.stage_dir("universality")),
+        Out(layout.result("universality.json"), cache=False),
         Out(layout.metric("universality.json"), kind="metrics", cache=False),
         Out(layout.metric("universality_per_layer.csv"), kind="plots", cache=False),
     ],

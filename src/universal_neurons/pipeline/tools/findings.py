@@ -57,7 +57,7 @@ COMMAND = Command(
             "--metrics",
             "metrics_path",
             type=click.Path(path_type=Path),
-            default=Layout().metric("stats.json"),
+            default=Layout().result("stats.json"),
             show_default=True,
         )
     ],
