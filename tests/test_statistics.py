@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import REPO_ROOT, tiny_params, tiny_params_dict
+from conftest import REPO_ROOT, tiny_params, tiny_params_dict, write_token_set_summary
 from scipy import stats as scipy_stats
 
 from universal_neurons.analysis import statistics
@@ -155,6 +155,13 @@ def stage_inputs(tiny_group, tiny_tokens_dir, tmp_path_factory) -> dict:
         universality_table(
             n_layers, d_mlp, PLANTED_UNIVERSAL[name], PLANTED_DEAD[name], seed
         ).to_parquet(universality / f"{name}.parquet")
+    params = tiny_params()
+    for name in activations:
+        write_token_set_summary(
+            collect / name / "summary.json", tiny_tokens_dir, params, model=name
+        )
+    group = [f"seed{seed}" for seed in tiny_group]
+    write_token_set_summary(universality / "summary.json", tiny_tokens_dir, params, group=group)
     models_dir = next(iter(tiny_group.values())).parent
     (root / "emergence").mkdir()
     planted_emergence(n_layers, d_mlp).to_parquet(root / "emergence" / "neurons.parquet")
@@ -645,7 +652,7 @@ def test_dvc_repro_runs_the_stats_stage(stage_inputs, tmp_path):
 
     run("git", "init", "-q")
     run(str(bin_dir / "dvc"), "init", "-q")
-    run(str(bin_dir / "dvc"), "repro", "--single-item", "stats")
+    run(str(bin_dir / "dvc"), "repro", "--single-item", "validate", "stats")
     metrics = json.loads((repo / "results" / "stats.json").read_text())
     assert set(metrics["models"]) == {"seed1", "seed2", "seed3"}
     assert (repo / "data" / "stats" / "seed2.parquet").is_file()

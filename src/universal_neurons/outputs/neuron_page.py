@@ -300,7 +300,7 @@ def _family_and_top(
     family = table_row(sources.family_table, *neuron)
     analysis = settings.analysis
     tokens, features, excluded, pieces = load_analysis_features(
-        sources.tokens_dir, analysis, settings.families, sources.syntax_dir
+        sources.tokens_dir, analysis, settings.families, sources.syntax_dir, syntax_prefix=True
     )
     model = load_model(str(sources.model_dir), device=analysis.device)
     desc = f"{sources.label} L{neuron[0]}.N{neuron[1]}"

@@ -92,8 +92,75 @@ def default_tracking_uri(root: Path) -> str:
 
 
 def tracking_uri(root: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the SQLite store at the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root or project_root())
+    """``MLFLOW_TRACKING_URI`` when set (checked to be usable: ``check_tracking_uri``), else
+    the SQLite store at the repository root."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return check_tracking_uri(configured)
+    return default_tracking_uri(root or project_root())
+
+
+URI_TIMEOUT_S = 5.0
+"""How long a tracking server may take to answer before the URI is refused."""
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+
+
+def _uri_error(uri: str, problem: str) -> TrackingError:
+    return TrackingError(
+        f"MLFLOW_TRACKING_URI={uri}: {problem}; set it to a usable store or unset it "
+        "(the default is the project's own mlruns.db)"
+    )
+
+
+def _check_store_path(uri: str, path: Path) -> None:
+    """A local store (a folder, or a SQLite file's folder) can be created at ``path``: no
+    regular file stands where a folder must be."""
+    for ancestor in [path, *path.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise _uri_error(uri, f"{ancestor} is a file, not a folder")
+            return
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    """An MLflow server at ``uri`` answers its ``/health`` within ``timeout_s`` seconds."""
+    import urllib.error
+    import urllib.request
+
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s) as response:  # noqa: S310
+            response.read(64)
+    except urllib.error.HTTPError as exc:
+        raise _uri_error(uri, f"the server answered {health} with HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _uri_error(
+            uri, f"no MLflow server answers within {timeout_s:g} s ({reason})"
+        ) from None
+
+
+def check_tracking_uri(uri: str, timeout_s: float = URI_TIMEOUT_S) -> str:
+    """``uri`` unchanged when MLflow can use it: a local path or ``file:`` URI whose folder
+    can exist, a ``sqlite:///`` file whose folder can exist, an ``http(s)://`` server that
+    answers within ``timeout_s``, or a database scheme MLflow knows; else one line naming it."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file"):
+        _check_store_path(uri, Path(parsed.path if scheme else uri).expanduser())
+    elif scheme == "sqlite":
+        _check_store_path(uri, Path(uri.split(":///", 1)[-1]).expanduser().parent)
+    elif scheme in ("http", "https"):
+        _check_server(uri, timeout_s)
+    elif not scheme.startswith(_DATABASE_SCHEMES):
+        raise _uri_error(
+            uri,
+            f"unknown scheme {scheme!r} (expected a path, file:, sqlite:///, http(s):// "
+            "or a database URI)",
+        )
+    return uri
 
 
 def experiment_name() -> str:

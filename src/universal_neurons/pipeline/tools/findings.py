@@ -9,17 +9,45 @@ other way (``opposite``) or cannot be tested (``n/a``, e.g. no universal neuron)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from universal_neurons.analysis.statistics import findings_rows, findings_verdict
+from universal_neurons.analysis.statistics import PAPER_FINDINGS, findings_rows, findings_verdict
+from universal_neurons.errors import UserError
 from universal_neurons.io import read_json
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
+
+
+ENTRY_KEYS = ("median_universal", "median_other", "effect_size", "p_value")
+"""What each metric's comparison in ``results/stats.json`` holds."""
+
+
+def _bad_entry(models: Any) -> str | None:
+    """Where ``models`` is not ``{model: {metric: comparison}}`` with every finding's metric."""
+    if not isinstance(models, dict) or not models:
+        return "no 'models' mapping"
+    for model, comparison in models.items():
+        for _, metric, _ in PAPER_FINDINGS:
+            entry = comparison.get(metric) if isinstance(comparison, dict) else None
+            if not isinstance(entry, dict) or any(key not in entry for key in ENTRY_KEYS):
+                return f"models.{model}.{metric} is not a comparison ({', '.join(ENTRY_KEYS)})"
+    return None
+
+
+def checked_metrics(path: Path) -> dict:
+    """The stats stage's metrics read from ``path``, checked to have its shape."""
+    data = read_json(path)
+    problem = _bad_entry(data.get("models") if isinstance(data, dict) else None)
+    if problem:
+        raise UserError(
+            f"{path}: not the stats stage's metrics ({problem}); give results/stats.json"
+        )
+    return data
 
 
 def text_table(rows: list[list[str]]) -> list[str]:
@@ -47,7 +75,7 @@ def run(params: Params, layout: Layout, metrics_path: Path, long_form: bool) -> 
     """The findings in ``metrics_path`` at significance ``stats.alpha``: the table, or the
     long per-finding lines."""
     render = findings_verdict if long_form else findings_table
-    return render(read_json(metrics_path), params.stats.alpha)
+    return render(checked_metrics(metrics_path), params.stats.alpha)
 
 
 COMMAND = Command(
