@@ -67,6 +67,19 @@ def tiny_params(**sections) -> Params:
     return params_from_dict(tiny_params_dict(**sections))
 
 
+def write_token_set_summary(path: Path, tokens_dir: Path, params: Params, **fields) -> None:
+    """A stage's ``summary.json`` recording the analysis token set of ``params`` (as the
+    analysis stages write it), plus ``fields`` (``group=[...]`` or ``model="seed1"``)."""
+    import json
+
+    from universal_neurons.analysis.activations import load_analysis_set, token_set_record
+
+    tokens, excluded, kept = load_analysis_set(tokens_dir, params.analysis)
+    record = token_set_record(tokens, excluded, kept, params.analysis.split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"token_set": record, **fields}))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokens_dir(tmp_path_factory) -> Path:
     """A tokenize stage output built from real text with TINY_PARAMS."""
@@ -88,3 +101,21 @@ def tiny_group(tiny_tokens_dir, tmp_path_factory) -> dict[int, Path]:
     layout = Layout.at(tmp_path_factory.mktemp("train"), tokens=tiny_tokens_dir, models=root)
     train.run(params, layout)  # in parallel processes
     return {seed: root / f"seed{seed}" for seed in params.train.seeds}
+
+
+@pytest.fixture(scope="session")
+def tiny_analysis(tiny_tokens_dir, tiny_group, tmp_path_factory) -> Path:
+    """A workspace ``data/`` with the analysis outputs of the tiny group (collect of every
+    seed, correlate, baseline, universality), made with TINY_PARAMS."""
+    from universal_neurons.pipeline.stages import baseline, collect, correlate, universality
+
+    params = tiny_params()
+    root = tmp_path_factory.mktemp("analysis")
+    models = next(iter(tiny_group.values())).parent
+    layout = Layout.at(root, tokens=tiny_tokens_dir, models=models)
+    for seed in params.train.seeds:
+        collect.run(params, layout, seed, progress=False)
+    correlate.run(params, layout, progress=False)
+    baseline.run(params, layout)
+    universality.run(params, layout)
+    return root / "data"

@@ -72,9 +72,11 @@ class Case:
     params: dict | str = field(default_factory=tiny_params_dict)
     setup: Callable[[Path], None] | None = None  # breaks the workspace before the call
     needs_models: bool = False  # the workspace gets the tiny trained group in models/
+    needs_analysis: bool = False  # ... and the analysis outputs up to universality in data/
     subprocess: bool = False  # run the installed CLI in a real process
     env: dict[str, str] = field(default_factory=dict)
     skip: str | None = None
+    params_option: bool = True  # the command reads params.yaml (``--params`` is added)
 
 
 def _corpus(name: str, content: bytes | None = None, directory: bool = False):
@@ -187,6 +189,63 @@ def _scale(index, factor: float):
         tensor[index] *= factor
 
     return change
+
+
+def _drop_tensor(seed: int, key: str):
+    """Rewrite the model file of ``seed`` without the tensor ``key``."""
+
+    def setup(root: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(_model_file(root, seed))
+        del weights[key]
+        save_file(weights, _model_file(root, seed), metadata={"format": "pt"})
+
+    return setup
+
+
+def _add_tensor(seed: int, key: str, tensor: torch.Tensor):
+    """Rewrite the model file of ``seed`` with one tensor more (or one replaced)."""
+
+    def setup(root: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(_model_file(root, seed))
+        weights[key] = tensor
+        save_file(weights, _model_file(root, seed), metadata={"format": "pt"})
+
+    return setup
+
+
+def _rerun(stage: str, *seed: int, **sections):
+    """Rerun ``stage`` in the workspace with other parameters (an output left stale)."""
+
+    def setup(root: Path) -> None:
+        import importlib
+
+        from conftest import tiny_params
+
+        from universal_neurons.pipeline.layout import Layout
+
+        module = importlib.import_module(f"universal_neurons.pipeline.stages.{stage}")
+        module.run(tiny_params(**sections), Layout.at(root), *seed)
+
+    return setup
+
+
+def _tiny_tokenizer(root: Path) -> None:
+    """A byte-level BPE tokenizer of 10 entries in place of the token set's."""
+    from tokenizers import Tokenizer, models
+
+    tokenizer = Tokenizer(models.BPE(vocab={chr(97 + i): i for i in range(10)}, merges=[]))
+    tokenizer.save(str(root / TOKENS / "tokenizer.json"))
+
+
+def _stats_metrics(content: str):
+    return _write("metrics/stats.json", content.encode())
+
+
+MEMORY_ENV = {"UNIVERSAL_NEURONS_MEMORY_GB": "1"}
 
 
 TOKENS = "data/tokens"
@@ -514,18 +573,20 @@ CASES = [
         needs_models=True,
     ),
     Case(
-        "nan-weight-gives-nan-activations-collect",
+        "nan-weight-in-model-file-collect",
         ["collect", "--seed", "2"],
-        "model seed2: non-finite pre-activations in layer 1 (layers [1]) at analysis batch 0; "
-        "the model or its weights are broken",
+        "models/seed2/model.safetensors: tensor transformer.h.1.mlp.c_fc.weight is not finite "
+        "(NaN or inf in 1 of its 2048 entries); the weights are broken: retrain or re-fetch "
+        "the model",
         needs_models=True,
         setup=_plant(2, "transformer.h.1.mlp.c_fc.weight", _set((0, 5), float("nan"))),
     ),
     Case(
-        "inf-weight-gives-nan-activations-correlate",
+        "inf-weight-in-model-file-correlate",
         ["correlate"],
-        "model seed3: non-finite post-activations in layer 1 (layers [1]) at analysis batch 0; "
-        "the model or its weights are broken",
+        "models/seed3/model.safetensors: tensor transformer.h.0.mlp.c_proj.weight is not "
+        "finite (NaN or inf in 1 of its 2048 entries); the weights are broken: retrain or "
+        "re-fetch the model",
         needs_models=True,
         setup=_plant(3, "transformer.h.0.mlp.c_proj.weight", _set((7, 3), float("inf"))),
     ),
@@ -574,6 +635,269 @@ CASES = [
         "the universality stage or restore it with `dvc checkout`",
         setup=_write("data/universality/seed1.parquet", b"PAR1" + b"\x00" * 64),
     ),
+    # ---- issue 15: model files hold exactly the tensors of their config, all finite
+    Case(
+        "weight-missing-from-model-file",
+        ["collect", "--seed", "2"],
+        "models/seed2/model.safetensors: tensor transformer.h.0.mlp.c_fc.weight is missing; "
+        "the file does not hold the model its config.json describes: re-create or re-pull it",
+        needs_models=True,
+        setup=_drop_tensor(2, "transformer.h.0.mlp.c_fc.weight"),
+    ),
+    Case(
+        "unexpected-tensor-in-model-file",
+        ["collect", "--seed", "2"],
+        "models/seed2/model.safetensors: unexpected tensor transformer.h.0.mlp.extra.weight "
+        "(not part of the model its config.json describes)",
+        needs_models=True,
+        setup=_add_tensor(2, "transformer.h.0.mlp.extra.weight", torch.zeros(3)),
+    ),
+    Case(
+        "tensor-of-wrong-shape",
+        ["correlate"],
+        "models/seed3/model.safetensors: tensor transformer.h.1.mlp.c_fc.bias has shape "
+        "[65], config.json needs [64]",
+        needs_models=True,
+        setup=_add_tensor(3, "transformer.h.1.mlp.c_fc.bias", torch.zeros(65)),
+    ),
+    Case(
+        "nan-output-weight-stats",
+        ["stats"],
+        "models/seed2/model.safetensors: tensor transformer.h.1.mlp.c_proj.weight is not "
+        "finite (NaN or inf in 1 of its 2048 entries); the weights are broken: retrain or "
+        "re-fetch the model",
+        # a pretrained (custom) group: stats then reads no emergence table
+        params=tiny_params_dict(group={"preset": "custom", "models": {"a": "m/a", "b": "m/b"}}),
+        needs_analysis=True,
+        setup=_plant(2, "transformer.h.1.mlp.c_proj.weight", _set((4, 0), float("nan"))),
+    ),
+    # ---- tokenizers
+    Case(
+        "tokenizer-with-too-few-entries",
+        ["train", "--seed", "1"],
+        "data/tokens/tokenizer.json: the tokenizer has 10 entries, fewer than 256: it cannot "
+        "spell text (an empty or broken tokenizer?)",
+        setup=_tiny_tokenizer,
+    ),
+    # ---- memory estimated before allocating (limit configured at 1 GB)
+    Case(
+        "runaway-tokens-per-model",
+        ["train", "--seed", "1"],
+        "train.tokens_per_model=10000000000000: training one model needs about 4.5 TiB "
+        "(batch order: 4.5 TiB), more than the 953.7 MiB of the configured limit "
+        "(UNIVERSAL_NEURONS_MEMORY_GB=1); lower the parameter",
+        params=tiny_params_dict(train={"tokens_per_model": 10**13, "checkpoint_tokens": []}),
+        env=MEMORY_ENV,
+    ),
+    Case(
+        "runaway-d-mlp",
+        ["train", "--seed", "1"],
+        "model.d_mlp=10000000: training one model needs about 329.0 GiB (MLP activations of "
+        "one step: 305.2 GiB), more than the 953.7 MiB of the configured limit "
+        "(UNIVERSAL_NEURONS_MEMORY_GB=1); lower the parameter",
+        params=tiny_params_dict(model={"d_mlp": 10**7}),
+        env=MEMORY_ENV,
+    ),
+    Case(
+        "runaway-d-model",
+        ["train", "--seed", "1"],
+        "model.d_model=1048576: training one model needs about 160.1 TiB (weights, gradients "
+        "and AdamW moments: 160.0 TiB), more than the 953.7 MiB of the configured limit "
+        "(UNIVERSAL_NEURONS_MEMORY_GB=1); lower the parameter",
+        params=tiny_params_dict(model={"d_model": 2**20}),
+        env=MEMORY_ENV,
+    ),
+    Case(
+        "runaway-batch-size",
+        ["train", "--seed", "1"],
+        "train.batch_size=10000000: training one model needs about 7.7 TiB (activations of "
+        "one step: 6.6 TiB), more than the 953.7 MiB of the configured limit "
+        "(UNIVERSAL_NEURONS_MEMORY_GB=1); lower the parameter",
+        params=tiny_params_dict(train={"batch_size": 10**7}),
+        env=MEMORY_ENV,
+    ),
+    Case(
+        "collect-beyond-the-configured-memory",
+        ["collect", "--seed", "1"],
+        "analysis.batch_size=32: collecting seed1 needs about 3.2 MiB (activations of one "
+        "batch: 3.0 MiB), more than the 97.7 KiB of the configured limit "
+        "(UNIVERSAL_NEURONS_MEMORY_GB=0.0001); lower the parameter",
+        needs_models=True,
+        env={"UNIVERSAL_NEURONS_MEMORY_GB": "0.0001"},
+    ),
+    Case(
+        "d-model-beyond-the-sane-bound",
+        ["train", "--seed", "1"],
+        "params.yaml: invalid parameters\n  model.d_model: input should be less than or "
+        "equal to 16777216, got 1073741824",
+        params=tiny_params_dict(model={"d_model": 2**30}),
+    ),
+    # ---- stale inputs: every stage reading two upstream outputs checks they match
+    Case(
+        "stats-after-collect-with-other-sequences",
+        ["stats"],
+        "data/collect/seed3/summary.json: made from another token set than "
+        "data/universality/summary.json (sequences 100 vs 200); rerun the stages between "
+        "them (dvc repro)",
+        needs_analysis=True,
+        setup=_rerun("collect", 3, analysis={"max_sequences": 100}),
+    ),
+    Case(
+        "baseline-after-collect-with-other-sequences",
+        ["baseline"],
+        "data/collect/seed3/summary.json: made from another token set than "
+        "data/correlate/summary.json (sequences 100 vs 200); rerun the stages between them "
+        "(dvc repro)",
+        needs_analysis=True,
+        setup=_rerun("collect", 3, analysis={"max_sequences": 100}),
+    ),
+    Case(
+        "universality-after-correlate-with-other-exclusions",
+        ["universality"],
+        "data/baseline/summary.json: made from another token set than "
+        "data/correlate/summary.json (kept_positions 6083 vs 6082); rerun the stages between "
+        "them (dvc repro)",
+        needs_analysis=True,
+        setup=_rerun("correlate", analysis={"exclude_ids": [5]}),
+    ),
+    # ---- a stage never writes over its own input
+    Case(
+        "fetch-member-is-its-own-output",
+        ["fetch", "--seed", "1"],
+        "group.models: member 1 (a): models/seed1 is (or holds) models/seed1, which this "
+        "stage replaces: it would delete its own input; copy the input elsewhere and point "
+        "at the copy",
+        params=tiny_params_dict(
+            group={"preset": "custom", "models": {"a": "models/seed1", "b": "models/seed2"}},
+            train={"seeds": [1, 2]},
+        ),
+        needs_models=True,
+    ),
+    Case(
+        "corpus-file-inside-the-token-output",
+        ["tokenize"],
+        "corpus.sources: data/tokens/notes.txt is (or holds) data/tokens, which this stage "
+        "replaces: it would delete its own input; copy the input elsewhere and point at the "
+        "copy",
+        params=tiny_params_dict(corpus={"sources": ["news", "data/tokens/notes.txt"]}),
+        setup=_write("data/tokens/notes.txt", b"Some text of a note. " * 40),
+    ),
+    # ---- parameters: type, range, finiteness, duplicates
+    Case(
+        "boolean-where-a-number-is-expected",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  train.batch_size: expected a number, got the "
+        "boolean True",
+        params=tiny_params_dict(train={"batch_size": True}),
+    ),
+    Case(
+        "boolean-in-a-list-of-numbers",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  train.seeds: expected a number, got the boolean True",
+        params=tiny_params_dict(train={"seeds": [1, True]}),
+    ),
+    Case(
+        "non-finite-learning-rate",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  train.learning_rate: input should be a finite "
+        "number, got nan",
+        params="train:\n  learning_rate: .nan\n",
+    ),
+    Case(
+        "infinite-weight-decay",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  train.weight_decay: input should be a finite "
+        "number, got inf",
+        params="train:\n  weight_decay: .inf\n",
+    ),
+    Case(
+        "checkpoint-beyond-tokens-per-model",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  train.checkpoint_tokens: must be below "
+        "train.tokens_per_model=120000 (the final model is saved anyway), got 500000",
+        params=tiny_params_dict(train={"checkpoint_tokens": [60_000, 500_000]}),
+    ),
+    Case(
+        "exclude-id-outside-the-vocabulary",
+        ["collect", "--seed", "1"],
+        "analysis.exclude_ids: 9999 is beyond the vocabulary size 512 of "
+        "data/tokens/tokenizer.json",
+        params=tiny_params_dict(analysis={"exclude_ids": [9999]}),
+        needs_models=True,
+    ),
+    Case(
+        "exclude-id-listed-twice",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  analysis.exclude_ids: 5 is listed twice",
+        params=tiny_params_dict(analysis={"exclude_ids": [5, 7, 5]}),
+    ),
+    Case(
+        "corpus-sources-collapse-into-one-domain",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  corpus.sources: 'corpus/a/notes.txt' and "
+        "'corpus/b/notes.txt' would both be domain 'notes'; rename one file (a local file's "
+        "domain is its name without the extension)",
+        params=tiny_params_dict(corpus={"sources": ["corpus/a/notes.txt", "corpus/b/notes.txt"]}),
+    ),
+    Case(
+        "corpus-file-twice-under-two-spellings",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  corpus.sources: 'corpus/x.txt' and "
+        "'./corpus/x.txt' are the same file",
+        params=tiny_params_dict(corpus={"sources": ["corpus/x.txt", "./corpus/x.txt"]}),
+        setup=_corpus("x.txt", b"Some words. " * 40),
+    ),
+    Case(
+        "params-yaml-not-utf8",
+        ["tokenize"],
+        "params.yaml: not UTF-8 text (byte 0xe9 at offset 29); save it as UTF-8",
+        setup=_write("params.yaml", "train:\n  seeds: [1, 2]  # caf\u00e9\n".encode("latin-1")),
+    ),
+    # ---- tools
+    Case(
+        "findings-given-another-json",
+        ["findings", "--metrics", "metrics/stats.json"],
+        "metrics/stats.json: not the stats stage's metrics (models.seed1.l2_penalty is not a "
+        "comparison (median_universal, median_other, effect_size, p_value)); give "
+        "metrics/stats.json",
+        setup=_stats_metrics('{"models": {"seed1": {"skew": 0.3}}}'),
+    ),
+    Case(
+        "show-on-a-parquet-that-is-no-neuron-table",
+        ["show", "data/tokens/other.parquet"],
+        "data/tokens/other.parquet: not a neuron table (no column layer, index, "
+        "is_universal, excess_corr); give a table of data/stats/ or data/universality/",
+        params_option=False,
+        setup=lambda root: (
+            __import__("pandas")
+            .DataFrame({"a": [1, 2]})
+            .to_parquet(root / TOKENS / "other.parquet")
+        ),
+    ),
+    Case(
+        "show-layer-the-model-lacks",
+        ["show", "seed1", "--layer", "99"],
+        "--layer: no layer 99; the model has layers [0, 1]",
+        params_option=False,
+        needs_analysis=True,
+        setup=lambda root: shutil.copytree(root / "data" / "universality", root / "data" / "stats"),
+    ),
+    Case(
+        "tracking-uri-under-a-regular-file",
+        ["log"],
+        "MLFLOW_TRACKING_URI=blocker/mlruns: blocker is a file, not a folder; set it to a "
+        "usable store or unset it (the default is the project's own mlruns.db)",
+        setup=_write("blocker", b"a file\n"),
+        env={"MLFLOW_TRACKING_URI": "blocker/mlruns"},
+    ),
+    Case(
+        "tracking-uri-with-unknown-scheme",
+        ["log"],
+        "MLFLOW_TRACKING_URI=ftp://example.invalid/store: unknown scheme 'ftp' (expected a "
+        "path, file:, sqlite:///, http(s):// or a database URI); set it to a usable store or "
+        "unset it (the default is the project's own mlruns.db)",
+        env={"MLFLOW_TRACKING_URI": "ftp://example.invalid/store"},
+    ),
 ]
 
 
@@ -590,7 +914,7 @@ def workspace(tmp_path, tiny_tokens_dir, request) -> Path:
 
 
 def _run_cli(root: Path, case: Case, monkeypatch) -> tuple[int, str, str]:
-    args = [*case.args, "--params", "params.yaml"]
+    args = [*case.args, *(["--params", "params.yaml"] if case.params_option else [])]
     if case.subprocess:
         env = dict(
             os.environ,
@@ -618,11 +942,15 @@ def _run_cli(root: Path, case: Case, monkeypatch) -> tuple[int, str, str]:
 def test_bad_input_gives_a_clear_error_and_changes_nothing(case, workspace, request, monkeypatch):
     if case.skip:
         pytest.skip(case.skip)
-    if case.needs_models:
+    if case.needs_models or case.needs_analysis:
         for seed, directory in request.getfixturevalue("tiny_group").items():
             target = workspace / "models" / f"seed{seed}"
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(directory, target)
+    if case.needs_analysis:
+        shutil.copytree(
+            request.getfixturevalue("tiny_analysis"), workspace / "data", dirs_exist_ok=True
+        )
     write_params(workspace, case.params)
     if case.setup:
         case.setup(workspace)

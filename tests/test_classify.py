@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import tiny_params
+from conftest import tiny_params, write_token_set_summary
 
 from universal_neurons.analysis.activations import iter_batches, kept_mask
 from universal_neurons.analysis.families import FAMILIES, VOCAB_FAMILIES
@@ -75,6 +75,8 @@ def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
         universality, stats = _neuron_tables(2, 64, seed)
         universality.to_parquet(data / "universality" / f"seed{seed}.parquet")
         stats.to_parquet(data / "stats" / f"seed{seed}.parquet")
+    group = [f"seed{seed}" for seed in params.train.seeds]
+    write_token_set_summary(data / "stats" / "summary.json", tiny_tokens_dir, params, group=group)
     models_dir = tiny_group[params.train.seeds[0]].parent
     layout = Layout.at(root, tokens=tiny_tokens_dir, models=models_dir)
     syntax.run(params, layout)
@@ -305,7 +307,7 @@ def test_dvc_repro_runs_syntax_and_classify(classified, tmp_path):
         return done.stdout
 
     dvc("init", "--no-scm", "-q")
-    dvc("repro", "--single-item", "syntax", "classify")
+    dvc("repro", "--single-item", "validate", "syntax", "classify")
     metrics = json.loads((work / "results" / "families.json").read_text())
     assert metrics == classified["metrics"]  # same inputs, same params: same families
     shown = json.loads(dvc("metrics", "show", "--json"))

@@ -22,9 +22,15 @@ COMMANDS = command_names()
 def test_the_registry_lists_every_stage_and_tool():
     assert set(COMMANDS) == {
         *(stage.name for stage in all_stages()),
-        *("validate", "show", "findings", "neuron", "ui", "plan"),
+        *("show", "findings", "neuron", "ui", "exps", "plan"),
     }
-    assert {stage.name for stage in all_stages()} >= {"tokenize", "train", "correlate", "log"}
+    assert {stage.name for stage in all_stages()} >= {
+        "validate",
+        "tokenize",
+        "train",
+        "correlate",
+        "log",
+    }
 
 
 @pytest.mark.parametrize("name", COMMANDS)

@@ -50,6 +50,7 @@ def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_pat
     # the train stage's other output, its wall times (the fixture trained the models)
     (repo / "metrics").mkdir()
     (repo / "metrics" / "train_time.json").write_text('{"trained_by": "test fixture"}\n')
+    _run([BIN / "dvc", "repro", "validate"], repo, env)
     _run([BIN / "dvc", "commit", "-f", "tokenize", "train"], repo, env)
     out = _run([BIN / "dvc", "repro", "universality"], repo, env)
     for stage in ("collect@1", "collect@2", "collect@3", "correlate", "baseline", "universality"):

@@ -136,3 +136,31 @@ def test_bad_metrics_file_is_named(tmp_path):
     (tmp_path / "results" / "universality.json").write_text('{"threshold": 0.5}')
     with pytest.raises(ValueError, match=r"universality.json: expected a 'models' mapping"):
         build_report(_sources(tmp_path, [1, 2]), tmp_path / "report")
+
+
+def test_universal_neuron_table_without_pages(full_report):
+    """The planted universal neurons (4 in seed1, 2 in seed2) are listed, most universal first,
+    with their family and best feature; no page was written here, so nothing links."""
+    import pandas as pd
+
+    workdir, out, info = full_report
+    assert "Universal neuron table" in info["result"].sections
+    page = (out / "index.html").read_text(encoding="utf-8")
+    table = page.split('<table class="universal">')[1].split("</table>")[0]
+    rows = [row.split("<td>")[1:] for row in table.split("<tr>")[2:]]  # after the header row
+    cells = [[cell.split("</td>")[0] for cell in row] for row in rows]
+    assert [c[0] for c in cells] == ["seed1"] * 4 + ["seed2"] * 2
+    assert "<a " not in table
+    for seed in (1, 2):
+        universality = pd.read_parquet(workdir / "data" / "universality" / f"seed{seed}.parquet")
+        planted = universality[universality["is_universal"]].sort_values(
+            "excess_corr", ascending=False
+        )
+        families = pd.read_parquet(workdir / "data" / "families" / f"seed{seed}.parquet")
+        mine = [c for c in cells if c[0] == f"seed{seed}"]
+        assert [c[1] for c in mine] == [f"L{r.layer}.N{r.index}" for r in planted.itertuples()]
+        assert [float(c[2]) for c in mine] == pytest.approx(planted["excess_corr"], rel=5e-3)
+        family = families.set_index(["layer", "index"])
+        for c, r in zip(mine, planted.itertuples(), strict=True):
+            assert c[3] == family.loc[(r.layer, r.index), "family"]
+            assert f"<code>{family.loc[(r.layer, r.index), 'best_feature']}</code>" in c[4]

@@ -20,13 +20,14 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import REPO_ROOT, tiny_params, tiny_params_dict
+from conftest import REPO_ROOT, tiny_params, tiny_params_dict, write_token_set_summary
 from scipy import stats as scipy_stats
 
 from universal_neurons.analysis import statistics
 from universal_neurons.analysis.activations import analysis_tokens, excluded_token_ids, kept_mask
 from universal_neurons.analysis.moments import StreamingMoments
 from universal_neurons.models.loading import capture_mlp, load_model, model_shape, processed_weights
+from universal_neurons.pipeline.tools.findings import findings_table
 from universal_neurons.text.tokens import load_tokenizer, load_tokens
 
 # ---------------------------------------------------------------- fixtures: the stage's inputs
@@ -154,6 +155,13 @@ def stage_inputs(tiny_group, tiny_tokens_dir, tmp_path_factory) -> dict:
         universality_table(
             n_layers, d_mlp, PLANTED_UNIVERSAL[name], PLANTED_DEAD[name], seed
         ).to_parquet(universality / f"{name}.parquet")
+    params = tiny_params()
+    for name in activations:
+        write_token_set_summary(
+            collect / name / "summary.json", tiny_tokens_dir, params, model=name
+        )
+    group = [f"seed{seed}" for seed in tiny_group]
+    write_token_set_summary(universality / "summary.json", tiny_tokens_dir, params, group=group)
     models_dir = next(iter(tiny_group.values())).parent
     (root / "emergence").mkdir()
     planted_emergence(n_layers, d_mlp).to_parquet(root / "emergence" / "neurons.parquet")
@@ -515,13 +523,62 @@ def _entry(effect, p, mu=1.0, mo=0.5):
     }
 
 
-def test_findings_verdict_of_planted_metrics():
+def _planted_findings() -> dict:
     model = {m: _entry(0.5, 1e-4) for m in statistics.METRICS}
     model["input_bias"] = _entry(-0.6, 1e-5, -0.8, -0.2)  # holds: more negative
     model["sparsity"] = _entry(0.3, 1e-3, 0.2, 0.1)  # opposite: fires more often
     model["kurt"] = _entry(0.2, 0.2)  # right sign, not significant
     other = dict(model, kurt=_entry(0.4, 0.01))
-    verdict = statistics.findings_verdict({"models": {"seed1": model, "seed2": other}}, alpha=0.05)
+    return {"models": {"seed1": model, "seed2": other}}
+
+
+def table_cells(text: str) -> list[list[str]]:
+    """The cells of ``findings_table``'s text, cut at the columns its dashed rule marks."""
+    lines = text.splitlines()
+    rule = lines[1]
+    spans, start = [], 0
+    for dashes in rule.split("  "):
+        spans.append((start, start + len(dashes)))
+        start += len(dashes) + 2
+    rows = [lines[0], *lines[2 : lines.index("")]]
+    return [[row[a:b].strip() for a, b in spans] for row in rows]
+
+
+def test_findings_table_of_planted_metrics():
+    text = findings_table(_planted_findings(), 0.05)
+    cells = table_cells(text)
+    assert cells[0] == ["finding", "seed1", "seed2", "verdict"]
+    by_finding = {row[0]: row[1:] for row in cells[1:]}
+    assert list(by_finding) == [f"{f} ({m})" for f, m, _ in statistics.PAPER_FINDINGS]
+    assert by_finding["larger weight norm (l2_penalty)"] == [
+        "holds r=+0.50",
+        "holds r=+0.50",
+        "holds in all 2",
+    ]
+    assert by_finding["more negative input bias (input_bias)"] == [
+        "holds r=-0.60",
+        "holds r=-0.60",
+        "holds in all 2",
+    ]
+    assert by_finding["higher kurtosis (kurt)"] == [
+        "n.s. r=+0.20",
+        "holds r=+0.40",
+        "holds in 1 of 2",
+    ]
+    assert by_finding["lower activation frequency (sparsity)"] == [
+        "opposite r=+0.30",
+        "opposite r=+0.30",
+        "holds in none",
+    ]
+    assert max(len(line) for line in text.splitlines()) <= 100  # a table, not long lines
+    undefined = findings_table(
+        {"models": {"seed3": {m: _entry(None, None, None, 0.1) for m in statistics.METRICS}}}, 0.05
+    )
+    assert [row[1:] for row in table_cells(undefined)[1:]] == [["n/a", "holds in none"]] * 5
+
+
+def test_findings_verdict_long_form_of_planted_metrics():
+    verdict = statistics.findings_verdict(_planted_findings(), alpha=0.05)
     lines = verdict.splitlines()
     assert lines[1].startswith("- larger weight norm (l2_penalty): holds in all models;")
     assert lines[2].startswith("- more negative input bias (input_bias): holds in all models;")
@@ -541,13 +598,28 @@ def test_findings_verdict_of_planted_metrics():
 def test_findings_cli_reads_the_stage_metrics(stage_outputs, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps(tiny_params_dict()))  # JSON is YAML
-    result = _invoke(
-        "findings", "--metrics", str(stage_outputs["metrics_path"]), "--params", str(params)
-    )
+    metrics_path = stage_outputs["metrics_path"]
+    result = _invoke("findings", "--metrics", str(metrics_path), "--params", str(params))
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("Universal vs other live neurons, 3 models;")
-    assert len(result.output.strip().splitlines()) == 1 + len(statistics.PAPER_FINDINGS)
-    assert "seed3: median n/a vs" in result.output
+    cells = table_cells(result.output)
+    assert cells[0] == ["finding", "seed1", "seed2", "seed3", "verdict"]
+    assert len(cells) == 1 + len(statistics.PAPER_FINDINGS)
+    comparison = json.loads(metrics_path.read_text())["models"]
+    alpha = tiny_params().stats.alpha
+    for row, (_, metric, sign) in zip(cells[1:], statistics.PAPER_FINDINGS, strict=True):
+        for model, cell in zip(cells[0][1:-1], row[1:-1], strict=True):
+            entry = comparison[model][metric]
+            outcome = statistics.finding_outcome(entry, sign, alpha)
+            assert cell.startswith(statistics.OUTCOME_CELLS[outcome]), (model, metric, cell)
+            if entry["effect_size"] is not None:
+                assert float(cell.split("r=")[1]) == pytest.approx(entry["effect_size"], abs=0.005)
+    # seed3 has no universal neuron (planted): nothing to test, in every row
+    assert [row[3] for row in cells[1:]] == ["n/a"] * len(statistics.PAPER_FINDINGS)
+    long = _invoke("findings", "--long", "--metrics", str(metrics_path), "--params", str(params))
+    assert long.exit_code == 0, long.output
+    assert long.output.startswith("Universal vs other live neurons, 3 models;")
+    assert len(long.output.strip().splitlines()) == 1 + len(statistics.PAPER_FINDINGS)
+    assert "seed3: median n/a vs" in long.output
 
 
 # ---------------------------------------------------------------- the stage under real DVC
@@ -580,7 +652,7 @@ def test_dvc_repro_runs_the_stats_stage(stage_inputs, tmp_path):
 
     run("git", "init", "-q")
     run(str(bin_dir / "dvc"), "init", "-q")
-    run(str(bin_dir / "dvc"), "repro", "--single-item", "stats")
+    run(str(bin_dir / "dvc"), "repro", "--single-item", "validate", "stats")
     metrics = json.loads((repo / "results" / "stats.json").read_text())
     assert set(metrics["models"]) == {"seed1", "seed2", "seed3"}
     assert (repo / "data" / "stats" / "seed2.parquet").is_file()

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 from pipeline_repo import make_pipeline_repo, pipeline_env, run, tiny_pipeline_params
+
+from universal_neurons.outputs.tracking_ui import column_id, headline_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -194,6 +197,15 @@ def test_repro_logs_one_run_over_http(tiny_repo):
     tags = run_data.tags
     assert tags["git.commit"] == tiny_repo["commit"]
     assert tags["dvc.run"] == "repro" and "dvc.exp_name" not in tags
+    # named after the commit; the outputs `dvc repro` rewrote do not count as a dirty tree
+    assert record["run_name"] == runs[0].info.run_name == f"repro-{tiny_repo['commit'][:7]}"
+    # the UI opens on the runs table with the headline columns (outputs/tracking_ui)
+    experiment_tags = client.get_experiment(experiment.experiment_id).tags
+    assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment_tags["mlflow.sharedViewState.headline"])
+    headline = headline_metrics(run_data.metrics)
+    assert headline[0] == "universality.mean_percent_universal"
+    assert view["selectedColumns"] == [column_id("metrics", key) for key in headline]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
     assert {
@@ -419,10 +431,20 @@ def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
         + [f"percent_universal.seed{seed}" for seed in seeds]
     )
     assert len(columns) <= 21
-    table = run(repo, "dvc", "exp", "show", "--only-changed", "--csv", env=env).stdout
+    # plain `dvc exp show --only-changed`: the changed params and headline metrics, no detail
+    # column, but also one hash column per intermediate output (each changed with the lr)
+    plain = run(repo, "dvc", "exp", "show", "--only-changed", "--csv", env=env).stdout
+    plain_header = next(csv.reader(io.StringIO(plain)))
+    assert "train.learning_rate" in plain_header and "mean_heldout_loss" in plain_header
+    assert not [column for column in plain_header if "models." in column]  # no detail columns
+    # `universal-neurons exps` drops exactly those hash columns, and fits 200 columns
+    table = run(repo, "universal-neurons", "exps", "--csv", env=env).stdout
     header = next(csv.reader(io.StringIO(table)))
-    assert "train.learning_rate" in header and "mean_heldout_loss" in header
-    assert not [column for column in header if "models." in column]  # no detail columns
+    dropped = set(plain_header) - set(header)
+    assert dropped and all(
+        re.match(r"(data|models|report|results|metrics)(/|$)", c) for c in dropped
+    )
+    assert {"train.learning_rate", "mean_heldout_loss"} <= set(header)
     assert _rendered_width(table) <= 200, table
     diff = json.loads(
         run(

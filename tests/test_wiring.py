@@ -267,5 +267,6 @@ def test_the_train_stage_depends_on_no_analysis_or_transformerlens_code():
         "pipeline/command.py",
         "pipeline/layout.py",
         "pipeline/stages/train.py",
+        "resources.py",
         "text/tokens.py",
     ]

@@ -8,6 +8,7 @@ section it needs (``params.train``), never the raw YAML.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -32,13 +33,61 @@ EXECUTORS: tuple[str, ...] = get_args(Executor)
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
+# Sane upper bounds: far above any model or run this project can hold, low enough that a typo
+# (an extra zero, 1e13) is refused at load; the stages estimate their memory before allocating.
+MAX_WIDTH = 2**24
+"""Largest ``model.d_model`` / ``model.d_mlp`` accepted (GPT-2 XL: 1,600 / 6,400)."""
+MAX_TOKENS = 10**15
+"""Largest ``train.tokens_per_model`` (GPT-2 was trained on ~10^11 tokens)."""
+MAX_BATCH = 2**24
+"""Largest batch (sequences) of training or analysis."""
+MAX_SEQUENCES = 10**9
+"""Largest ``analysis.max_sequences`` / ``emergence.max_sequences``."""
+
 
 class ConfigError(UserError):
     """A parameter file that cannot be used; the message names every bad key."""
 
 
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types (int, float, bool) a field annotation accepts, at any depth."""
+    if annotation in (int, float, bool):
+        return {annotation}
+    kinds: set[type] = set()
+    for argument in get_args(annotation):
+        kinds |= _scalar_kinds(argument)
+    return kinds
+
+
+def _values(value: Any) -> list[Any]:
+    """A value and, for a list or mapping, its items."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return list(value.values())
+    return [value]
+
+
+def _check_scalar_type(value: Any, kinds: set[type]) -> None:
+    """No boolean where a number is expected, no number where a boolean is expected."""
+    for item in _values(value):
+        if isinstance(item, bool) and kinds and bool not in kinds:
+            raise ValueError(f"expected a number, got the boolean {item}")
+        if kinds == {bool} and not isinstance(item, bool):
+            raise ValueError(f"expected true or false, got {item!r}")
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: Any) -> Any:
+        """Type check before pydantic's coercion: ``true`` is no 1, ``1`` is no ``true``."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            _check_scalar_type(value, _scalar_kinds(annotation))
+        return value
 
 
 BUILTIN_SOURCES = ("bible", "wikipedia", "news", "python_docs")
@@ -72,7 +121,45 @@ class CorpusConfig(_Section):
                 )
         if len(set(sources)) != len(sources):
             raise ValueError(f"sources must be distinct, got {sources}")
+        _distinct_domains(sources)
         return sources
+
+
+def _source_domain(source: str) -> str:
+    """The domain label a source gets (``text.corpus.domain_name``): a built-in source's name,
+    a local file's stem; a Hugging Face source has its own labels (its spec stands for them)."""
+    if source in BUILTIN_SOURCES or source.startswith("hf:"):
+        return source
+    return Path(source).stem
+
+
+def _distinct_domains(sources: list[str]) -> None:
+    """Two sources may not be one file (under two spellings) or share a domain label."""
+    seen: dict[str, str] = {}
+    files: dict[str, str] = {}
+    for source in sources:
+        if source.endswith((".txt", ".jsonl")):
+            real = os.path.realpath(source)
+            if real in files:
+                raise ValueError(f"{files[real]!r} and {source!r} are the same file")
+            files[real] = source
+        domain = _source_domain(source)
+        if domain in seen:
+            raise ValueError(
+                f"{seen[domain]!r} and {source!r} would both be domain {domain!r}; "
+                "rename one file (a local file's domain is its name without the extension)"
+            )
+        seen[domain] = source
+
+
+def _distinct_items(values: list) -> list:
+    """``values`` unchanged when no item repeats; else an error naming the first repeat."""
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice")
+        seen.add(value)
+    return values
 
 
 class TokenizerConfig(_Section):
@@ -106,9 +193,9 @@ class ModelConfig(_Section):
     """GPT-2 architecture of the trained seed group."""
 
     n_layers: Annotated[int, Field(ge=1, le=48)] = 2
-    d_model: PositiveInt = 128
-    n_heads: PositiveInt = 4
-    d_mlp: PositiveInt = 512
+    d_model: Annotated[int, Field(gt=0, le=MAX_WIDTH)] = 128
+    n_heads: Annotated[int, Field(gt=0, le=4096)] = 4
+    d_mlp: Annotated[int, Field(gt=0, le=MAX_WIDTH)] = 512
     activation: Literal["gelu_new", "gelu", "relu"] = "gelu_new"
 
     @field_validator("n_heads")
@@ -131,12 +218,12 @@ class TrainConfig(_Section):
     """
 
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
-    tokens_per_model: PositiveInt = 1_000_000
-    batch_size: PositiveInt = 32
+    tokens_per_model: Annotated[int, Field(gt=0, le=MAX_TOKENS)] = 1_000_000
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 32
     learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 3.0e-3
     warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
-    heldout_sequences: PositiveInt = 256
+    heldout_sequences: Annotated[int, Field(gt=0, le=MAX_SEQUENCES)] = 256
     eval_every_steps: PositiveInt = 50
     checkpoint_tokens: list[PositiveInt] = Field(default_factory=list)
     checkpoint_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -177,13 +264,18 @@ class AnalysisConfig(_Section):
     """
 
     split: Literal["train", "heldout"] = "train"
-    max_sequences: NonNegativeInt = 4000
-    batch_size: PositiveInt = 64
+    max_sequences: Annotated[int, Field(ge=0, le=MAX_SEQUENCES)] = 4000
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 64
     exclude: list[Literal["special", "newline"]] = Field(
         default_factory=lambda: ["special", "newline"]
     )
     exclude_ids: list[NonNegativeInt] = Field(default_factory=list)
     device: Device = "cpu"
+
+    @field_validator("exclude", "exclude_ids")
+    @classmethod
+    def _distinct(cls, values: list) -> list:
+        return _distinct_items(values)
 
 
 class SlurmConfig(_Section):
@@ -271,7 +363,7 @@ class StatsConfig(_Section):
     """
 
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
-    neuron_chunk: PositiveInt = 256
+    neuron_chunk: Annotated[int, Field(gt=0, le=MAX_WIDTH)] = 256
 
 
 class FamiliesConfig(_Section):
@@ -312,6 +404,7 @@ class FamiliesConfig(_Section):
                 parts = item.split(".")
                 if len(parts) != 2 or not all(part.isdigit() for part in parts):
                     raise ValueError(f"expected 'layer.index' like '0.17', got {item!r}")
+            _distinct_items([".".join(str(int(p)) for p in item.split(".")) for item in neurons])
         return neurons
 
 
@@ -321,7 +414,7 @@ class EmergenceConfig(_Section):
     ``max_sequences`` sequences of ``analysis.split`` (0 = the analysis set itself,
     ``analysis.max_sequences``); every other setting is the analysis stages' own."""
 
-    max_sequences: NonNegativeInt = 1000
+    max_sequences: Annotated[int, Field(ge=0, le=MAX_SEQUENCES)] = 1000
 
 
 class GroupConfig(_Section):
@@ -415,6 +508,11 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
         raise ConfigError(f"{path}: parameter file not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML{_yaml_where(exc)}") from None
     return params_from_dict(raw, str(path))

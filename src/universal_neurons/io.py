@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -26,9 +29,25 @@ class OutputError(UserError, OSError):
     """An output location that cannot be written."""
 
 
-def _check_writable(target: Path) -> None:
-    """Create ``target``'s parent directories; stop with a message naming what is in the way."""
+class Terminated(SystemExit):
+    """SIGTERM arrived: unwinds like SIGINT (every ``atomic_path`` removes its temporary
+    path, previous outputs stay), then the process exits with status 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """Handle SIGTERM like SIGINT in this process: raise ``Terminated`` where it runs."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _check_writable(target: Path) -> list[Path]:
+    """Create ``target``'s parent directories; stop with a message naming what is in the way.
+    Returns the directories it created (deepest first), for ``_remove_created``."""
     directory = target.parent
+    created = [d for d in [directory, *directory.parents] if not d.exists()]
     for ancestor in [directory, *directory.parents]:
         if ancestor.exists() and not ancestor.is_dir():
             raise OutputError(
@@ -42,6 +61,14 @@ def _check_writable(target: Path) -> None:
         ) from None
     if not os.access(directory, os.W_OK):
         raise OutputError(f"{target}: output directory {directory} is not writable")
+    return created
+
+
+def _remove_created(directories: list[Path]) -> None:
+    """Remove the (still empty) directories a failed write created, deepest first."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 _libc = None
@@ -98,6 +125,54 @@ def _clean_stale(target: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
 
 
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_FULL_TEXTS = (
+    "No space left",
+    "File too large",
+    "Disk quota",
+    "requested and",
+    "code: 27,",
+    "code: 28,",
+)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """True for a write that failed because the disk is full or a file size limit was hit
+    (Python, numpy, pyarrow and safetensors each say so in their own words)."""
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    return any(text in str(exc) for text in _FULL_TEXTS)
+
+
+def _failed_file(work: Path, exc: BaseException) -> Path:
+    """The file a failed write was writing: the exception's file name, else the file under
+    ``work`` that reached the file size limit (``ulimit -f``), else the one written last."""
+    name = getattr(exc, "filename", None)
+    if name:
+        return Path(name)
+    files = [work] if work.is_file() else [p for p in work.rglob("*") if p.is_file()]
+    if not files:
+        return work
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    full = [p for p in files if limit != resource.RLIM_INFINITY and p.stat().st_size >= limit]
+    return max(full or files, key=lambda p: p.stat().st_mtime_ns)
+
+
+def _disk_full_message(target: Path, work: Path, exc: BaseException) -> str:
+    """One line: the output file that could not be written, why, and what to do."""
+    failed = _failed_file(work, exc)
+    try:
+        shown = target / failed.relative_to(work) if failed != work else target
+    except ValueError:
+        shown = failed
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    reason = " ".join(reason.split())[:160]
+    return (
+        f"{shown}: could not be written ({reason}): the disk is full or a file size limit "
+        "(ulimit -f) was reached; free space and rerun (the previous output is unchanged)"
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
@@ -109,7 +184,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     paths left by a killed run (``.{name}.{pid}.*.tmp``) are removed by the next write.
     """
     target = Path(target)
-    _check_writable(target)
+    created = _check_writable(target)
     _clean_stale(target)
     temp = Path(
         tempfile.mkdtemp(
@@ -118,7 +193,16 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     )
     work = temp / (target.name + suffix)
     try:
-        yield work
+        try:
+            yield work
+        except BaseException as exc:
+            full = isinstance(exc, Exception) and _disk_full(exc)
+            message = _disk_full_message(target, work, exc) if full else ""
+            shutil.rmtree(temp, ignore_errors=True)
+            _remove_created(created)
+            if full:
+                raise OutputError(message) from None
+            raise
         if not (work.exists() or work.is_symlink()):
             raise OutputError(f"{target}: nothing was written")
         if not (target.exists() or target.is_symlink()):
@@ -128,6 +212,24 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
             os.replace(work, target)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_not_output(source: str | Path, output: str | Path, key: str) -> None:
+    """Stop when the input ``source`` (named by ``key``) is the output ``output`` a stage is
+    about to replace, or lies inside it or around it: the write would delete the input."""
+    if not Path(source).expanduser().exists():
+        return
+    real_source = os.path.realpath(Path(source).expanduser())
+    real_output = os.path.realpath(output)
+    if _inside(real_source, real_output) or _inside(real_output, real_source):
+        raise UserError(
+            f"{key}: {source} is (or holds) {output}, which this stage replaces: it would "
+            "delete its own input; copy the input elsewhere and point at the copy"
+        )
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -6,6 +6,7 @@ an excluded set (BOS/EOS/padding and newline tokens by default, as the paper did
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,9 +85,41 @@ def load_analysis_set(
     Raises ``NoKeptPositionsError`` when every position is excluded.
     """
     tokenizer = load_tokenizer(tokens_dir)
+    vocab_size = tokenizer.get_vocab_size()
+    beyond = [token for token in config.exclude_ids if token >= vocab_size]
+    if beyond:
+        raise UserError(
+            f"analysis.exclude_ids: {beyond[0]} is beyond the vocabulary size {vocab_size} of "
+            f"{Path(tokens_dir) / 'tokenizer.json'}"
+        )
     tokens = analysis_tokens(load_tokens(tokens_dir, config.split), config)
-    check_token_ids(
-        tokens, tokenizer.get_vocab_size(), str(Path(tokens_dir) / f"{config.split}_tokens.npy")
-    )
+    check_token_ids(tokens, vocab_size, str(Path(tokens_dir) / f"{config.split}_tokens.npy"))
     excluded = excluded_token_ids(tokenizer, config)
     return tokens, excluded, count_kept(tokens, excluded)
+
+
+def activation_memory(
+    config: AnalysisConfig, shape: tuple[int, int], n_layers: int, d_mlp: int, models: int = 1
+) -> tuple[str, int]:
+    """``(parameter, bytes)``: one analysis batch's captured activations (pre and post,
+    float32, with the centred copies the statistics make) of ``models`` models, for the
+    token set of ``shape`` ``[sequences, context]`` (a batch is at most all of it)."""
+    batch = min(config.batch_size, shape[0])
+    return (
+        f"analysis.batch_size={config.batch_size}",
+        models * 6 * 4 * batch * shape[1] * n_layers * d_mlp,
+    )
+
+
+def token_set_record(tokens: np.ndarray, excluded: np.ndarray, kept: int, split: str) -> dict:
+    """What identifies an analysis token set, as every analysis output records it
+    (``token_set`` in its ``summary.json``): split, sequences, kept positions, excluded ids
+    and a digest of the token ids."""
+    digest = hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int64).tobytes()).hexdigest()
+    return {
+        "split": split,
+        "sequences": int(len(tokens)),
+        "kept_positions": int(kept),
+        "excluded_ids": [int(i) for i in excluded],
+        "tokens_sha256": digest[:16],
+    }

@@ -25,6 +25,7 @@ Words: a token continues the word of the previous token when it starts with a le
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -397,16 +398,27 @@ def build_features(
     )
 
 
+def _syntax_prefix(syntax: SyntaxLabels, sequences: int) -> SyntaxLabels | None:
+    """The labels of the first ``sequences`` sequences (None: the labels cover fewer)."""
+    if syntax.pos.shape[0] < sequences:
+        return None
+    return dataclasses.replace(syntax, pos=syntax.pos[:sequences], dep=syntax.dep[:sequences])
+
+
 def load_analysis_features(
     tokens_dir: str | Path,
     analysis: AnalysisConfig,
     families: FamiliesConfig,
     syntax_dir: str | Path | None = None,
+    syntax_prefix: bool = False,
 ) -> tuple[np.ndarray, FeatureSet, np.ndarray, list[str]]:
     """The analysis token set of a tokenize output and its features.
 
     Returns ``(tokens [sequences, context], features, excluded token ids, token strings)``.
     Syntax features are included when ``syntax_dir`` exists (the syntax stage's output).
+    ``syntax_prefix``: the labels may have been parsed for more sequences of the same split
+    (a page over the first N sequences only): their first rows are used, and syntax is left
+    out when they cover fewer sequences than asked.
     """
     tokenizer = load_tokenizer(tokens_dir)
     tokens = np.asarray(analysis_tokens(load_tokens(tokens_dir, analysis.split), analysis))
@@ -415,6 +427,8 @@ def load_analysis_features(
     syntax = None
     if syntax_dir is not None and Path(syntax_dir).exists():
         syntax = SyntaxLabels.load(syntax_dir)
+        if syntax_prefix:
+            syntax = _syntax_prefix(syntax, len(tokens))
     pieces = token_pieces(tokenizer)
     features = build_features(
         tokens,

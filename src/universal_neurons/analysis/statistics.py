@@ -445,22 +445,38 @@ def _holds_summary(outcomes: list[str]) -> str:
     return summary + (f" ({extra})" if extra else "")
 
 
-def _finding_line(
-    finding: str, metric: str, sign: int, models: Mapping[str, Any], alpha: float
-) -> str:
-    """One finding: its summary over the models, then each model's medians, r and p."""
-    outcomes, details = [], []
+def _model_entries(models: Mapping[str, Any], metric: str) -> dict[str, Mapping[str, Any]]:
+    """``{model: its comparison entry of metric}``; a model without it is a user error."""
+    entries = {}
     for model, comparison in models.items():
         entry = comparison.get(metric)
         if entry is None:
             raise UserError(f"stats: model {model} has no metric {metric!r}")
-        outcomes.append(finding_outcome(entry, sign, alpha))
-        details.append(
-            f"{model}: median {_fmt(entry['median_universal'])} vs "
-            f"{_fmt(entry['median_other'])}, r = {_fmt(entry['effect_size'])}, "
-            f"p = {_fmt(entry['p_value'])}"
-        )
+        entries[model] = entry
+    return entries
+
+
+def _finding_line(
+    finding: str, metric: str, sign: int, models: Mapping[str, Any], alpha: float
+) -> str:
+    """One finding: its summary over the models, then each model's medians, r and p."""
+    entries = _model_entries(models, metric)
+    outcomes = [finding_outcome(entry, sign, alpha) for entry in entries.values()]
+    details = [
+        f"{model}: median {_fmt(entry['median_universal'])} vs "
+        f"{_fmt(entry['median_other'])}, r = {_fmt(entry['effect_size'])}, "
+        f"p = {_fmt(entry['p_value'])}"
+        for model, entry in entries.items()
+    ]
     return f"- {finding} ({metric}): {_holds_summary(outcomes)}; " + "; ".join(details) + "."
+
+
+def _models(stats: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The per-model comparisons of ``metrics/stats.json``; none is a user error."""
+    models = stats.get("models") or {}
+    if not models:
+        raise UserError("stats: no models in the metrics (expected {'models': {...}})")
+    return models
 
 
 def findings_verdict(stats: Mapping[str, Any], alpha: float = 0.05) -> str:
@@ -469,12 +485,48 @@ def findings_verdict(stats: Mapping[str, Any], alpha: float = 0.05) -> str:
     One line per finding: in how many models it holds (same sign, Mann-Whitney
     ``p < alpha``), then per model the medians, the rank-biserial ``r`` and ``p``.
     """
-    models = stats.get("models") or {}
-    if not models:
-        raise UserError("stats: no models in the metrics (expected {'models': {...}})")
+    models = _models(stats)
     lines = [
         f"Universal vs other live neurons, {len(models)} models; a finding holds in a model "
         f"when the rank-biserial effect r has the paper's sign and the Mann-Whitney p < {alpha}:"
     ]
     lines += [_finding_line(*finding, models, alpha) for finding in PAPER_FINDINGS]
     return "\n".join(lines)
+
+
+OUTCOME_CELLS = {
+    "holds": "holds",
+    "not significant": "n.s.",
+    "opposite": "opposite",
+    "undefined": "n/a",
+}
+"""Short cell text of each outcome in the findings table."""
+
+
+def findings_cell(entry: Mapping[str, Any], sign: int, alpha: float) -> str:
+    """One model's cell: the outcome and the effect size, e.g. ``holds r=+0.55``, ``n/a``."""
+    outcome = finding_outcome(entry, sign, alpha)
+    if outcome == "undefined":
+        return OUTCOME_CELLS[outcome]
+    return f"{OUTCOME_CELLS[outcome]} r={entry['effect_size']:+.2f}"
+
+
+def _short_summary(outcomes: list[str]) -> str:
+    """The verdict column: ``holds in all 5``, ``holds in none``, ``holds in 2 of 5``."""
+    holds, total = outcomes.count("holds"), len(outcomes)
+    if holds == total:
+        return f"holds in all {total}"
+    return "holds in none" if holds == 0 else f"holds in {holds} of {total}"
+
+
+def findings_rows(stats: Mapping[str, Any], alpha: float = 0.05) -> list[list[str]]:
+    """The findings x models table as strings: a header row ``finding, <models...>, verdict``
+    and one row per paper finding (``findings_cell`` per model; verdict ``holds in k of n``)."""
+    models = _models(stats)
+    rows = [["finding", *models, "verdict"]]
+    for finding, metric, sign in PAPER_FINDINGS:
+        entries = _model_entries(models, metric).values()
+        outcomes = [finding_outcome(entry, sign, alpha) for entry in entries]
+        cells = [findings_cell(entry, sign, alpha) for entry in entries]
+        rows.append([f"{finding} ({metric})", *cells, _short_summary(outcomes)])
+    return rows

@@ -15,7 +15,7 @@ can keep each neuron's top-k activations and where they occurred (``TopActivatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,27 +117,50 @@ class FeatureSums:
 class TopActivations:
     """The ``k`` highest activations per neuron and where they are: ``[n_neurons, k]`` each.
 
-    An accumulator: ``update`` replaces the arrays batch after batch."""
+    An accumulator: ``update`` replaces the arrays batch after batch. ``rows`` (kept when
+    ``empty(..., context=...)``): the neuron's activations over the whole sequence of each
+    entry, ``[n_neurons, k, context]`` float32, so that a context can be shown with the
+    activation of every token. ``per_sequence``: at most one entry per sequence (its highest
+    kept position), so that the contexts are distinct texts.
+    """
 
     values: torch.Tensor
     sequence: torch.Tensor
     position: torch.Tensor
+    rows: torch.Tensor | None = None
+    per_sequence: bool = False
 
     @classmethod
-    def empty(cls, n_neurons: int, k: int) -> TopActivations:
-        """No activation seen yet: values -inf, places -1."""
+    def empty(
+        cls, n_neurons: int, k: int, context: int | None = None, per_sequence: bool = False
+    ) -> TopActivations:
+        """No activation seen yet: values -inf, places -1 (``rows`` zero when kept)."""
+        rows = None if context is None else torch.zeros(n_neurons, k, context, dtype=torch.float32)
         return cls(
             torch.full((n_neurons, k), -torch.inf, dtype=torch.float64),
             torch.full((n_neurons, k), -1, dtype=torch.int64),
             torch.full((n_neurons, k), -1, dtype=torch.int64),
+            rows,
+            per_sequence,
         )
+
+    def _candidates(self, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's best ``(values, flat batch*pos places)`` per neuron ``[n, k']`` of
+        ``masked [batch, pos, n]``: the top k places, or each sequence's best place."""
+        batch, pos, n = masked.shape
+        k = self.values.shape[1]
+        if not self.per_sequence:
+            return masked.reshape(-1, n).T.topk(min(k, batch * pos), dim=1)
+        best, best_pos = masked.max(dim=1)  # [batch, n]
+        vals, seq = best.T.topk(min(k, batch), dim=1)
+        return vals, seq * pos + best_pos.T.gather(1, seq)
 
     def update(self, acts: torch.Tensor, kept: torch.Tensor, first_sequence: int) -> None:
         """``acts``: ``[batch, pos, n_neurons]``; ``kept``: bool ``[batch, pos]``."""
         batch, pos, n = acts.shape
         k = self.values.shape[1]
-        flat = acts.to(torch.float64).masked_fill(~kept[..., None], -torch.inf).reshape(-1, n).T
-        vals, where = flat.topk(min(k, flat.shape[1]), dim=1)
+        masked = acts.to(torch.float64).masked_fill(~kept[..., None], -torch.inf)
+        vals, where = self._candidates(masked)
         values = torch.cat([self.values, vals], dim=1)
         seqs = torch.cat([self.sequence, where // pos + first_sequence], dim=1)
         poss = torch.cat([self.position, where % pos], dim=1)
@@ -145,6 +168,11 @@ class TopActivations:
         self.values = values.gather(1, order)
         self.sequence = seqs.gather(1, order)
         self.position = poss.gather(1, order)
+        if self.rows is not None:
+            neuron = torch.arange(n)[:, None]
+            new_rows = acts.to(torch.float32).permute(2, 0, 1)[neuron, where // pos]  # [n, k', pos]
+            rows = torch.cat([self.rows, new_rows], dim=1)
+            self.rows = rows.gather(1, order[..., None].expand(-1, -1, rows.shape[2]))
 
 
 def _check_finite(
@@ -161,6 +189,34 @@ def _check_finite(
 
 
 @torch.no_grad()
+def iter_neuron_activations(
+    model,
+    tokens: np.ndarray,
+    neurons: Sequence[tuple[int, int]],
+    excluded_ids: np.ndarray,
+    batch_size: int,
+    device: str = "cpu",
+    desc: str = "neurons",
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """One streaming pass of ``tokens [sequences, context]`` through ``model``, capturing only
+    the MLP post activations of ``neurons`` (``(layer, index)`` pairs).
+
+    Yields ``(first sequence of the batch, kept bool [b, pos], activations float64 [b, pos,
+    len(neurons)])`` on the CPU per batch; stops with a message naming the neuron and batch
+    on non-finite activations.
+    """
+    layers = torch.tensor([n[0] for n in neurons])
+    index = torch.tensor([n[1] for n in neurons])
+    n_batches = -(-len(tokens) // batch_size)
+    for number, batch in tqdm(iter_batches(tokens, batch_size), total=n_batches, desc=desc):
+        kept = kept_mask(batch, excluded_ids)
+        post = capture_mlp(model, batch.to(device), ("post",))["post"]  # [L, b, p, D]
+        acts = post[layers.to(post.device), :, :, index.to(post.device)]  # [N, b, p]
+        acts = acts.permute(1, 2, 0).to(torch.float64).cpu()  # [b, p, N]
+        _check_finite(acts, neurons, desc, number)
+        yield number * batch_size, kept, acts
+
+
 def collect_feature_sums(
     model,
     tokens: np.ndarray,
@@ -181,17 +237,9 @@ def collect_feature_sums(
     top = TopActivations.empty(len(neurons), top_k) if top_k else None
     if not neurons:
         return sums, top
-    layers = torch.tensor([n[0] for n in neurons])
-    index = torch.tensor([n[1] for n in neurons])
-    n_batches = -(-len(tokens) // batch_size)
-    for number, batch in tqdm(iter_batches(tokens, batch_size), total=n_batches, desc=desc):
-        start = number * batch_size
-        kept = kept_mask(batch, excluded_ids)
-        post = capture_mlp(model, batch.to(device), ("post",))["post"]  # [L, b, p, D]
-        acts = post[layers.to(post.device), :, :, index.to(post.device)]  # [N, b, p]
-        acts = acts.permute(1, 2, 0).to(torch.float64).cpu()  # [b, p, N]
-        _check_finite(acts, neurons, desc, number)
-        sums.update(acts[kept], features.batch_codes(start, start + len(batch), kept))
+    stream = iter_neuron_activations(model, tokens, neurons, excluded_ids, batch_size, device, desc)
+    for start, kept, acts in stream:
+        sums.update(acts[kept], features.batch_codes(start, start + len(kept), kept))
         if top is not None:
             top.update(acts, kept, start)
     return sums, top

@@ -6,6 +6,8 @@ on as little code as possible: editing analysis code never retrains the group.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,5 +49,14 @@ def init_model(config: GPT2Config, seed: int) -> GPT2LMHeadModel:
 
 
 def save_model(model: GPT2LMHeadModel, directory: Path) -> None:
-    """Save in Hugging Face format: ``config.json`` + ``model.safetensors``."""
-    model.save_pretrained(directory, safe_serialization=True)
+    """Save in Hugging Face format: ``config.json`` + ``model.safetensors``. A system error of
+    the safetensors writer (e.g. a full disk) becomes an ``OSError`` naming the weights file
+    (safetensors removes the partial file and names none)."""
+    try:
+        model.save_pretrained(directory, safe_serialization=True)
+    except Exception as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(directory / "model.safetensors")) from exc

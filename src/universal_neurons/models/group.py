@@ -15,6 +15,7 @@ from pathlib import Path
 from universal_neurons.config import GroupConfig
 from universal_neurons.errors import UserError
 from universal_neurons.models.loading import resolve_model_source
+from universal_neurons.text.tokens import MIN_VOCAB
 
 PRESETS: dict[str, list[str]] = {
     "gpt2-small": [  # the paper's GPT2-small seeds a-e (Mistral / stanford-crfm)
@@ -85,6 +86,16 @@ def member(config: GroupConfig, seed: int, seeds: list[int]) -> tuple[str, str]:
     return members[seed - 1]
 
 
+def _usable_tokenizer(auto_tokenizer, source: str):
+    """The tokenizer saved with the model ``source``, or None when it has none or an unusable
+    one (fewer than ``MIN_VOCAB`` entries): then ``tokenizer.path`` must name another."""
+    try:
+        tokenizer = auto_tokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError):
+        return None
+    return tokenizer if len(tokenizer) >= MIN_VOCAB else None
+
+
 def fetch_model(label: str, source: str, output_dir: Path) -> dict:
     """Write the model ``source`` (local dir or hub id) to ``output_dir`` in Hugging Face format.
 
@@ -98,16 +109,14 @@ def fetch_model(label: str, source: str, output_dir: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(resolved)
     output_dir.mkdir(parents=True)
     model.save_pretrained(output_dir, safe_serialization=True)
-    try:
-        AutoTokenizer.from_pretrained(resolved).save_pretrained(output_dir)
-        tokenizer = True
-    except (OSError, ValueError):
-        tokenizer = False  # a model without tokenizer files: tokenizer.path must name another
+    tokenizer = _usable_tokenizer(AutoTokenizer, resolved)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
     info = {
         "label": label,
         "source": source,
         "architecture": type(model).__name__,
-        "tokenizer": tokenizer,
+        "tokenizer": tokenizer is not None,
     }
     (output_dir / "source.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info

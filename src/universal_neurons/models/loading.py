@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from tokenizers import Tokenizer
 
 from universal_neurons.errors import UserError
 from universal_neurons.hub import hub_reachable
-from universal_neurons.text.tokens import TokensError
+from universal_neurons.text.tokens import TokensError, check_tokenizer
 
 
 class ModelLoadError(UserError):
@@ -30,11 +32,13 @@ class ModelLoadError(UserError):
 def _check_local_model(directory: Path) -> None:
     if not (directory / "config.json").is_file():
         raise ModelLoadError(f"{directory}: model directory has no config.json")
-    weights = list(directory.glob("*.safetensors")) + list(directory.glob("*.bin"))
+    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
     if not weights:
         raise ModelLoadError(f"{directory}: model directory has no weights (*.safetensors)")
-    for path in directory.glob("*.safetensors"):
-        _check_safetensors(path)
+    for path in weights:
+        if path.suffix == ".safetensors":
+            _check_safetensors(path)
+    check_model_tensors(directory, weights)
 
 
 def _check_safetensors(path: Path) -> None:
@@ -54,6 +58,107 @@ def _check_safetensors(path: Path) -> None:
         header_len = int.from_bytes(handle.read(8), "little")
     if header_len + 8 > size:
         raise ModelLoadError(f"{path}: truncated safetensors file ({size} bytes)")
+
+
+@dataclass(frozen=True)
+class ExpectedTensors:
+    """The tensors a model of a ``config.json`` holds: ``shapes`` (name: shape), the names a
+    file may leave out (tied to another tensor, or rebuilt on load) and the patterns of names
+    a file may hold besides (buffers older files saved), and the model's key prefix."""
+
+    shapes: dict[str, tuple[int, ...]]
+    optional: frozenset[str]
+    ignored: tuple[str, ...]
+    prefix: str
+
+
+def expected_tensors(directory: Path) -> ExpectedTensors:
+    """What the weights of the model in ``directory`` must hold, from its ``config.json``
+    (the model is built on the meta device: nothing is allocated)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(directory))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"{directory}/config.json: not a usable model config ({exc})"
+        ) from None
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    tied = tied if getattr(config, "tie_word_embeddings", True) else set()
+    missing_ok = tuple(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
+    unexpected_ok = tuple(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    optional = {n for n in shapes if n in tied or any(re.search(p, n) for p in missing_ok)}
+    return ExpectedTensors(
+        shapes, frozenset(optional), missing_ok + unexpected_ok, model.base_model_prefix
+    )
+
+
+def _stored_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of every tensor of a weights file, one at a time."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                yield name, handle.get_tensor(name)
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt file
+        raise ModelLoadError(
+            f"{path}: unreadable weights file ({exc}); re-create or re-pull it"
+        ) from None
+    yield from state.items()
+
+
+def _check_tensor(
+    path: Path, name: str, tensor: torch.Tensor, expected: ExpectedTensors
+) -> str | None:
+    """The tensor's name as the model calls it (None: an ignored extra); stops on an
+    unexpected name, a wrong shape or a non-finite value."""
+    key = name if name in expected.shapes else f"{expected.prefix}.{name}"
+    if key not in expected.shapes:
+        if any(re.search(pattern, name) for pattern in expected.ignored):
+            return None
+        raise ModelLoadError(
+            f"{path}: unexpected tensor {name} (not part of the model its config.json describes)"
+        )
+    if tuple(tensor.shape) != expected.shapes[key]:
+        raise ModelLoadError(
+            f"{path}: tensor {name} has shape {list(tensor.shape)}, config.json needs "
+            f"{list(expected.shapes[key])}"
+        )
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ModelLoadError(
+            f"{path}: tensor {name} is not finite (NaN or inf in {bad} of its {tensor.numel()} "
+            "entries); the weights are broken: retrain or re-fetch the model"
+        )
+    return key
+
+
+def check_model_tensors(directory: Path, files: list[Path]) -> None:
+    """The weight ``files`` of a model directory hold exactly the tensors its ``config.json``
+    needs (names and shapes), all finite; else one line naming the file and the first
+    missing, unexpected, misshapen or non-finite tensor. Nothing is randomly initialised."""
+    expected = expected_tensors(directory)
+    found: set[str] = set()
+    for path in files:
+        for name, tensor in _stored_tensors(path):
+            key = _check_tensor(path, name, tensor, expected)
+            if key is not None:
+                found.add(key)
+    missing = [name for name in expected.shapes if name not in found | expected.optional]
+    if missing:
+        shown = files[0] if len(files) == 1 else directory
+        raise ModelLoadError(
+            f"{shown}: tensor {missing[0]} is missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; the file does not hold the model its config.json describes: re-create or re-pull it"
+        )
 
 
 def resolve_model_source(spec: str, weights: bool = True) -> str:
@@ -115,7 +220,7 @@ def model_tokenizer(path: str) -> Tokenizer:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise TokensError(f"tokenizer.path: {path} has no fast tokenizer (tokenizer.json)")
-    return backend
+    return check_tokenizer(backend, f"tokenizer.path: {path}")
 
 
 def model_dtype(device: str) -> str:

@@ -81,6 +81,30 @@ def _batch_order(n_sequences: int, n_batches: int, batch_size: int, seed: int) -
     return np.concatenate(epochs)[:needed].reshape(n_batches, batch_size)
 
 
+def training_memory(
+    config: TrainConfig, model_config: GPT2Config, context: int
+) -> dict[str, tuple[str, int]]:
+    """The largest allocations of training one model, in bytes, each with the parameter that
+    sets it (``resources.check_memory``): the batch order, the weights with their gradients
+    and AdamW moments, and one step's activations and logits (forward and backward)."""
+    batch, d, m = config.batch_size, model_config.n_embd, model_config.n_inner
+    layers, vocab = model_config.n_layer, model_config.vocab_size
+    steps = math.ceil(config.tokens_per_model / (batch * context))
+    weights = vocab * d + model_config.n_positions * d + layers * (4 * d * d + 2 * d * m)
+    width = "model.d_mlp" if 2 * m > 4 * d + vocab // max(1, layers) else "model.d_model"
+    positions = batch * context
+    per_position = layers * (16 * d + 2 * model_config.n_head * context) + 3 * vocab
+    return {
+        "batch order": (f"train.tokens_per_model={config.tokens_per_model}", 16 * steps * batch),
+        "weights, gradients and AdamW moments": (
+            f"{width}={m if width == 'model.d_mlp' else d}",
+            5 * 4 * weights,
+        ),
+        "activations of one step": (f"train.batch_size={batch}", 2 * 4 * positions * per_position),
+        "MLP activations of one step": (f"model.d_mlp={m}", 2 * 4 * positions * layers * 4 * m),
+    }
+
+
 def _loss(model: GPT2LMHeadModel, batch: torch.Tensor, device: str) -> torch.Tensor:
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
         logits = model(batch[:, :-1]).logits

@@ -8,6 +8,7 @@ import pandas as pd
 
 from universal_neurons.analysis.statistics import EMERGENCE_COLUMN
 from universal_neurons.errors import MissingInputError, UserError
+from universal_neurons.io import read_parquet
 
 SHOW_COLUMNS = (
     "layer",
@@ -51,6 +52,22 @@ def find_table(model: str, stats_dir: Path, name: str) -> Path:
     )
 
 
+NEURON_COLUMNS = ("layer", "index", "is_universal", "excess_corr")
+"""Columns every neuron table has (the universality and stats stages' tables)."""
+
+
+def read_neuron_table(path: Path) -> pd.DataFrame:
+    """The neuron table at ``path``, checked to be one (a parquet with ``NEURON_COLUMNS``)."""
+    table = read_parquet(path, "stats")
+    missing = [column for column in NEURON_COLUMNS if column not in table.columns]
+    if missing:
+        raise UserError(
+            f"{path}: not a neuron table (no column {', '.join(missing)}); give a table of "
+            "data/stats/ or data/universality/"
+        )
+    return table
+
+
 def _check_listing(table: pd.DataFrame, sort: str, layer: int | None, top: int) -> None:
     """Stop on a sort column, a count or a layer the table does not have."""
     if sort not in table.columns:
@@ -60,7 +77,7 @@ def _check_listing(table: pd.DataFrame, sort: str, layer: int | None, top: int) 
     if top <= 0:
         raise UserError(f"--top: expected a positive number, got {top}")
     if layer is not None:
-        layers = sorted(table["layer"].unique())
+        layers = sorted(int(value) for value in table["layer"].unique())
         if layer not in layers:
             raise UserError(f"--layer: no layer {layer}; the model has layers {layers}")
 
@@ -80,7 +97,9 @@ def top_neurons(
         table = table[table["layer"] == layer]
     if universal_only:
         table = table[table["is_universal"].astype(bool)]
-    columns = list(SHOW_COLUMNS) + ([sort] if sort not in SHOW_COLUMNS else [])
+    columns = [c for c in SHOW_COLUMNS if c in table.columns] + (
+        [sort] if sort not in SHOW_COLUMNS else []
+    )
     ordered = table.sort_values(
         [sort, "layer", "index"],
         ascending=[ascending, True, True],

@@ -8,6 +8,7 @@ each rendered only when its inputs exist:
 | Universal neurons (headline) | ``results/universality.json`` |
 | Per layer | ``results/universality.json`` (``percent_universal_per_layer``) |
 | Correlation vs baseline | ``data/universality/seed{s}.parquet`` (``max_corr``, ``max_baseline``, ``excess_corr``) |
+| Universal neuron table | ``data/stats/seed{s}.parquet`` (else ``data/universality/``), ``data/families/seed{s}.parquet``; links to ``neurons/`` when the report stage wrote the pages |
 | Neuron statistics | ``results/stats.json`` |
 | Families | ``results/families.json``, examples from ``data/families/seed{s}.parquet`` |
 | Across training | ``metrics/emergence.csv`` (the emergence stage) |
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from universal_neurons.errors import UserError
-from universal_neurons.outputs import plots
+from universal_neurons.outputs import neuron_page, plots
 
 FIGURES = "figures"
 CURVES = "curves"
@@ -47,7 +48,8 @@ class ReportSources:
     ``models``: the group's model names in order; ``model_dirs``: per model, the directory
     holding ``curve.csv`` and ``training.json``; ``universality_tables`` / ``family_tables``:
     per model, the universality and family stages' tables; ``emergence_curve``: the
-    emergence stage's ``metrics/emergence.csv``.
+    emergence stage's ``metrics/emergence.csv``; ``stats_tables``: per model, the stats
+    stage's table (the universal neuron table prefers it: it adds ``first_universal_tokens``).
     """
 
     models: tuple[str, ...]
@@ -58,6 +60,7 @@ class ReportSources:
     family_tables: Mapping[str, Path]
     model_dirs: Mapping[str, Path]
     emergence_curve: Path
+    stats_tables: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -474,6 +477,37 @@ figcaption { font-size: 0.85em; color: #555; }
 """
 
 
+def _read_tables(*choices: Mapping[str, Path], models: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Per model, the first of its tables in ``choices`` that exists (models without one
+    are left out)."""
+    tables = {}
+    for model in models:
+        path = next((c[model] for c in choices if model in c and c[model].is_file()), None)
+        if path is not None:
+            tables[model] = pd.read_parquet(path)
+    return tables
+
+
+def _universal_neurons_section(sources: ReportSources, out: Path, result: ReportResult) -> str:
+    """The most universal neurons of every model, each linked to its page when the report
+    stage wrote the pages (``neurons/<model>/<layer>.<index>.html``, ``outputs.neuron_page``)."""
+    models = sources.models
+    tables = _read_tables(sources.stats_tables, sources.universality_tables, models=models)
+    rows = neuron_page.universal_rows(tables, _read_tables(sources.family_tables, models=models))
+    if rows.empty:
+        return ""
+    limit = neuron_page.INDEX_ROWS_PER_MODEL
+    shown = rows.groupby("model", sort=False, group_keys=False).head(limit)
+    folder = neuron_page.NEURONS_DIR
+    linked = (out / folder / "index.html").is_file()
+    note = f"<p>{len(shown):,} of {len(rows):,} universal neurons (at most {limit} per model)"
+    if linked:
+        note += f'; <a href="{folder}/index.html">all of them</a>. Each links to its page'
+    result.sections.append("Universal neuron table")
+    table = neuron_page.index_html(shown, f"{folder}/" if linked else None)
+    return f"<h2>Universal neuron table</h2>{note}.</p>{table}"
+
+
 def _result_sections(sources: ReportSources, out: Path, result: ReportResult) -> list[str]:
     """Every section whose inputs exist, in the order of the page."""
     body = []
@@ -484,6 +518,7 @@ def _result_sections(sources: ReportSources, out: Path, result: ReportResult) ->
         body.append(_headline_section(universality, sources.universality_metrics, result))
         body.append(_per_layer_section(universality, sources.universality_metrics, out, result))
     body.append(_distribution_section(sources, threshold, out, result))
+    body.append(_universal_neurons_section(sources, out, result))
     stats = _read_json(sources.stats_metrics)
     if stats is not None:
         body.append(_stats_section(stats, sources.stats_metrics, out, result))

@@ -17,6 +17,9 @@ MLflow run:
   the hash ``dvc.lock`` records for every stage output.
 - artifacts: ``report/``, ``metrics/``, ``params.yaml`` + ``dvc.lock`` (under ``dvc/``),
   training curves (``training/seed{s}/``) and the neuron tables (``tables/<stage>/``).
+- the run's name: the DVC experiment, else ``repro-<commit>`` (``-dirty`` when files other
+  than the pipeline's outputs differ from the commit); the experiment's runs table shows the
+  headline metrics as columns (``outputs.tracking_ui``), and ``serve_ui`` prints its address.
 
 The store: ``MLFLOW_TRACKING_URI`` when set, else a SQLite store at the repository root
 (``sqlite:///<root>/mlruns.db``, artifacts in ``<root>/mlartifacts``). The root is anchored to
@@ -42,6 +45,7 @@ from typing import Any
 import yaml
 
 from universal_neurons.errors import UserError
+from universal_neurons.outputs import tracking_ui
 
 DEFAULT_EXPERIMENT = "universal-neurons"
 STORE_FILE = "mlruns.db"
@@ -88,8 +92,75 @@ def default_tracking_uri(root: Path) -> str:
 
 
 def tracking_uri(root: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the SQLite store at the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root or project_root())
+    """``MLFLOW_TRACKING_URI`` when set (checked to be usable: ``check_tracking_uri``), else
+    the SQLite store at the repository root."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return check_tracking_uri(configured)
+    return default_tracking_uri(root or project_root())
+
+
+URI_TIMEOUT_S = 5.0
+"""How long a tracking server may take to answer before the URI is refused."""
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+
+
+def _uri_error(uri: str, problem: str) -> TrackingError:
+    return TrackingError(
+        f"MLFLOW_TRACKING_URI={uri}: {problem}; set it to a usable store or unset it "
+        "(the default is the project's own mlruns.db)"
+    )
+
+
+def _check_store_path(uri: str, path: Path) -> None:
+    """A local store (a folder, or a SQLite file's folder) can be created at ``path``: no
+    regular file stands where a folder must be."""
+    for ancestor in [path, *path.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise _uri_error(uri, f"{ancestor} is a file, not a folder")
+            return
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    """An MLflow server at ``uri`` answers its ``/health`` within ``timeout_s`` seconds."""
+    import urllib.error
+    import urllib.request
+
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s) as response:  # noqa: S310
+            response.read(64)
+    except urllib.error.HTTPError as exc:
+        raise _uri_error(uri, f"the server answered {health} with HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _uri_error(
+            uri, f"no MLflow server answers within {timeout_s:g} s ({reason})"
+        ) from None
+
+
+def check_tracking_uri(uri: str, timeout_s: float = URI_TIMEOUT_S) -> str:
+    """``uri`` unchanged when MLflow can use it: a local path or ``file:`` URI whose folder
+    can exist, a ``sqlite:///`` file whose folder can exist, an ``http(s)://`` server that
+    answers within ``timeout_s``, or a database scheme MLflow knows; else one line naming it."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file"):
+        _check_store_path(uri, Path(parsed.path if scheme else uri).expanduser())
+    elif scheme == "sqlite":
+        _check_store_path(uri, Path(uri.split(":///", 1)[-1]).expanduser().parent)
+    elif scheme in ("http", "https"):
+        _check_server(uri, timeout_s)
+    elif not scheme.startswith(_DATABASE_SCHEMES):
+        raise _uri_error(
+            uri,
+            f"unknown scheme {scheme!r} (expected a path, file:, sqlite:///, http(s):// "
+            "or a database URI)",
+        )
+    return uri
 
 
 def experiment_name() -> str:
@@ -348,11 +419,12 @@ class RunInputs:
     artifacts: Sequence[tuple[Path, str]]
 
 
-def _run_name(tags: Mapping[str, str]) -> str:
-    """The DVC experiment's name inside ``dvc exp run``, else ``repro-<commit>``."""
-    return os.environ.get("DVC_EXP_NAME") or (
-        f"repro-{tags['git.commit'][:7]}" if "git.commit" in tags else "repro"
-    )
+def _run_name(repository: Path, tags: Mapping[str, str], outputs: Iterable[str]) -> str:
+    """The DVC experiment's name inside ``dvc exp run``, else ``repro-<commit>`` (``-dirty``:
+    files other than the pipeline's ``outputs`` differ from that commit)."""
+    commit = tags.get("git.commit")
+    dirty = bool(commit) and bool(tracking_ui.changed_inputs(repository, outputs))
+    return tracking_ui.run_name(os.environ.get("DVC_EXP_NAME"), commit, dirty)
 
 
 def _log_contents(
@@ -417,15 +489,17 @@ def log_run(
     series.update(training_curves(inputs.curves))
     series.update(read_emergence(inputs.emergence_curve))
     repository = Path(inputs.repository).resolve()
-    tags = run_tags(repository, lock_hashes(inputs.lock), exclude_outputs)
+    lock = lock_hashes(inputs.lock)
+    tags = run_tags(repository, lock, exclude_outputs)
     artifacts = [(Path(path).resolve(), where) for path, where in inputs.artifacts]
     params = flatten_params(raw_params)
-    run_name = _run_name(tags)
+    run_name = _run_name(repository, tags, [*lock, *exclude_outputs])
     client = MlflowClient(tracking_uri=uri)
     experiment_id, run_id = _create_run(client, name, uri, run_name)
     try:
         existing = [(path, where) for path, where in artifacts if path.exists()]
         _log_contents(client, run_id, (scalars, series), params, tags, existing)
+        tracking_ui.publish_view(client, experiment_id, scalars)  # the runs table's columns
     except Exception as exc:
         client.set_terminated(run_id, "FAILED")
         raise TrackingError(f"MLflow run {run_id} in {uri}: logging failed ({exc})") from exc
@@ -514,7 +588,8 @@ def serve_ui(
     root = project_root(root)
     uri = tracking_uri(root)
     if uri.startswith(("http://", "https://")):
-        echo(f"MLflow UI: {uri} (MLFLOW_TRACKING_URI names a running server)")
+        address = tracking_ui.server_experiment_url(uri, experiment_name())
+        echo(f"MLflow UI: {address} (MLFLOW_TRACKING_URI names a running server)")
         return 0
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
@@ -523,7 +598,8 @@ def serve_ui(
             raise UserError(
                 f"--port: cannot listen on {host}:{port} ({exc}); pick another port"
             ) from None
-    echo(f"MLflow UI: http://{host}:{port}  (store: {uri}; Ctrl+C stops it)")
+    address = tracking_ui.local_experiment_url(f"http://{host}:{port}", uri, experiment_name())
+    echo(f"MLflow UI: {address}  (store: {uri}; Ctrl+C stops it)")
     process = subprocess.Popen(ui_command(host, port, uri, root), cwd=root)
     try:
         status = process.wait()

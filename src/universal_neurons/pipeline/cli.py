@@ -17,6 +17,7 @@ import click
 
 from universal_neurons.config import DEFAULT_PARAMS_PATH, load_params
 from universal_neurons.errors import UserError
+from universal_neurons.io import Terminated, exit_on_sigterm
 from universal_neurons.pipeline.command import Command, Stage
 from universal_neurons.pipeline.layout import Layout
 from universal_neurons.pipeline.registry import command, command_modules, command_names
@@ -47,7 +48,9 @@ def _exit_with(error: UserError) -> None:
 
 
 def run_command(declared: Command, params_path: Path | None, options: dict[str, Any]) -> Any:
-    """Run ``declared`` in the project's layout; a ``UserError`` becomes one line and exit 2."""
+    """Run ``declared`` in the project's layout; a ``UserError`` becomes one line and exit 2,
+    SIGTERM one line and exit 143 (after every temporary output was removed)."""
+    exit_on_sigterm()
     try:
         if not declared.needs_params:
             return declared.run(Layout(), **options)
@@ -55,6 +58,13 @@ def run_command(declared: Command, params_path: Path | None, options: dict[str, 
         return declared.run(load_params(layout.params), layout, **options)
     except UserError as exc:
         _exit_with(exc)
+    except Terminated as exc:
+        _close_progress_bars()
+        click.echo(
+            f"error: {declared.name} stopped by SIGTERM; unfinished outputs were not written",
+            err=True,
+        )
+        sys.exit(exc.code)
 
 
 def click_command(declared: Command) -> click.Command:

@@ -76,6 +76,8 @@ class Stage(Command):
     under ``params`` too and the default ``dvc.yaml`` does not. A ``per_seed`` stage runs once per seed of ``train.seeds``
     (``foreach`` in ``dvc.yaml``): its ``run``, ``inputs`` and ``outputs`` take the seed
     after the layout, and its command line gets a required ``--seed`` (help: ``seed_help``).
+    Every stage but the validate stage itself (``validated=False``) also reads the validate
+    stage's output (``Layout.params_check``), so that DVC checks the parameters first.
     """
 
     params: Sequence[str]
@@ -85,6 +87,7 @@ class Stage(Command):
     scale_params: Sequence[str] = ()
     per_seed: bool = False
     seed_help: str = "Which seed of train.seeds."
+    validated: bool = True
 
     @property
     def cmd(self) -> str:
@@ -93,8 +96,12 @@ class Stage(Command):
         return f"universal-neurons {self.name}{seed}"
 
     def declared_inputs(self, layout: Layout) -> list[Path]:
-        """``inputs`` as ``dvc.yaml`` writes them (the seed of a per-seed stage: ``${item}``)."""
-        return list(self.inputs(layout, SEED_ITEM) if self.per_seed else self.inputs(layout))
+        """``inputs`` as ``dvc.yaml`` writes them (the seed of a per-seed stage: ``${item}``),
+        after the validate stage's output."""
+        first = [layout.params_check] if self.validated else []
+        return first + list(
+            self.inputs(layout, SEED_ITEM) if self.per_seed else self.inputs(layout)
+        )
 
     def declared_outputs(self, layout: Layout) -> list[Out]:
         """``outputs`` as ``dvc.yaml`` writes them."""

@@ -64,6 +64,11 @@ class Layout:
 
     # --- stage outputs under data/ -------------------------------------------------------
 
+    @property
+    def params_check(self) -> Path:
+        """``data/params.valid``: the validate stage's output, which every other stage reads."""
+        return self.data / "params.valid"
+
     def stage_dir(self, stage: str) -> Path:
         """The output folder of ``stage`` under ``data/`` (``data/correlate``)."""
         return self.data / stage

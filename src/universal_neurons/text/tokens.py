@@ -133,6 +133,40 @@ class TokenSet:
     domains: list[str]
 
 
+MIN_VOCAB = 256
+"""Fewest entries a usable tokenizer has (a byte-level tokenizer needs 256 to spell any text)."""
+MAX_TOKEN_SHARE = 0.5
+"""Largest share of a token set one id may fill (in English text the commonest token, a space
+or ``the``, fills a few percent; an empty or foreign tokenizer maps nearly all text to one id)."""
+
+
+def check_tokenizer(tokenizer: Tokenizer, source: str) -> Tokenizer:
+    """``tokenizer`` unchanged if it has at least ``MIN_VOCAB`` entries; else a clear error."""
+    size = tokenizer.get_vocab_size()
+    if size < MIN_VOCAB:
+        raise TokensError(
+            f"{source}: the tokenizer has {size} entries, fewer than {MIN_VOCAB}: it cannot "
+            "spell text (an empty or broken tokenizer?)"
+        )
+    return tokenizer
+
+
+def check_token_spread(tokens: np.ndarray, source: str) -> None:
+    """Stop when one id fills more than ``MAX_TOKEN_SHARE`` of the positions after the first
+    (position 0 is BOS): the tokenizer did not fit the text."""
+    ids = np.asarray(tokens[:, 1:]).ravel()
+    if ids.size == 0:
+        return
+    counts = np.bincount(ids)
+    top = int(counts.argmax())
+    share = counts[top] / ids.size
+    if share > MAX_TOKEN_SHARE:
+        raise TokensError(
+            f"{source}: token id {top} fills {share:.0%} of the token set: the tokenizer does "
+            "not fit the text (an empty or foreign tokenizer?)"
+        )
+
+
 def build_token_set(
     documents: list[Document], tokenizer: Tokenizer, config: TokensConfig
 ) -> TokenSet:
@@ -154,6 +188,7 @@ def build_token_set(
         raise TokensError(
             f"tokens.context={config.context}: the corpus yields only {len(tokens)} sequences, need at least 2"
         )
+    check_token_spread(tokens, "tokenizer")
     order = np.random.default_rng(config.seed).permutation(len(tokens))
     n_heldout = max(1, round(config.heldout_fraction * len(tokens)))
     heldout, train = order[:n_heldout], order[n_heldout:]
@@ -192,11 +227,12 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if not path.is_file():
         raise MissingInputError(f"{path}: tokenizer not found (run the tokenize stage)")
     try:
-        return Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
         raise TokensError(
             f"{path}: not a valid tokenizer file ({exc}); rerun the tokenize stage"
         ) from None
+    return check_tokenizer(tokenizer, str(path))
 
 
 def load_tokens(directory: str | Path, split: str = "train") -> np.ndarray:

@@ -17,34 +17,32 @@ import numpy as np
 from universal_neurons.analysis.baseline import baseline_spread, group_baselines
 from universal_neurons.analysis.correlation import CrossMoments
 from universal_neurons.errors import UserError
-from universal_neurons.io import atomic_path, read_json, read_parquet, write_json
+from universal_neurons.io import atomic_path, read_parquet, write_json
 from universal_neurons.pipeline.command import Out, Stage, as_json
-from universal_neurons.pipeline.inputs import correlate_summary
+from universal_neurons.pipeline.inputs import (
+    check_same_inputs,
+    collect_summaries,
+    correlate_summary,
+)
 from universal_neurons.pipeline.layout import Layout, model_name
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
 
 
-def _within_covariances(params: Params, layout: Layout, kept: int) -> dict[str, np.ndarray]:
-    """Per model, collect's within-layer covariance ``[layers, d_mlp, d_mlp]``; collect must
-    have seen the same ``kept`` positions as correlate."""
-    within = {}
-    for seed in params.train.seeds:
-        directory = layout.model_dir("collect", seed)
-        collected = read_json(directory / "summary.json")
-        if collected["kept_positions"] != kept:
-            raise UserError(
-                f"{directory}: {collected['kept_positions']} kept positions, but correlate "
-                f"saw {kept}; rerun collect and correlate with the same analysis"
-            )
-        within[model_name(seed)] = np.load(directory / "within_layer_cov.npy", allow_pickle=False)
-    return within
+def _within_covariances(params: Params, layout: Layout) -> dict[str, np.ndarray]:
+    """Per model, collect's within-layer covariance ``[layers, d_mlp, d_mlp]``."""
+    return {
+        model_name(seed): np.load(
+            layout.model_dir("collect", seed) / "within_layer_cov.npy", allow_pickle=False
+        )
+        for seed in params.train.seeds
+    }
 
 
 def _from_pairs(params: Params, layout: Layout, summary: dict):
     """The baseline table, rotating correlate's full pair statistics (one pair at a time)."""
-    within = _within_covariances(params, layout, summary["kept_positions"])
+    within = _within_covariances(params, layout)
     seeds = {model_name(seed): seed for seed in params.train.seeds}
     pairs_dir = layout.stage_dir("correlate") / "pairs"
     pairs = (
@@ -71,6 +69,8 @@ def run(params: Params, layout: Layout) -> dict:
     """Compute the baseline of every ordered pair; return the metrics."""
     cfg = params.baseline
     summary = correlate_summary(params, layout)
+    correlate_path = layout.stage_dir("correlate") / "summary.json"
+    check_same_inputs({correlate_path: summary, **collect_summaries(params, layout)})
     full = summary.get("outputs", "full_pairs") == "full_pairs"
     table = (_from_pairs if full else _from_draws)(params, layout, summary)
     metrics = {
@@ -82,7 +82,10 @@ def run(params: Params, layout: Layout) -> dict:
     with atomic_path(layout.stage_dir("baseline")) as temp:
         temp.mkdir()
         table.to_parquet(temp / "baseline.parquet", index=False)
-        (temp / "summary.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        inputs = {"token_set": summary["token_set"], "group": summary["group"]}
+        (temp / "summary.json").write_text(
+            json.dumps(metrics | inputs, indent=2, sort_keys=True) + "\n"
+        )
     write_json(layout.result("baseline.json"), metrics)
     return metrics
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from universal_neurons.analysis.activations import count_kept, token_set_record
 from universal_neurons.analysis.families import (
     FAMILIES,
     VOCAB_FAMILIES,
@@ -30,6 +31,7 @@ from universal_neurons.io import atomic_path, read_parquet, write_json
 from universal_neurons.models.loading import load_model, model_shape
 from universal_neurons.outputs.plots import plot_family_counts
 from universal_neurons.pipeline.command import Out, Stage, as_json
+from universal_neurons.pipeline.inputs import check_same_inputs, group_names, summary_of
 from universal_neurons.pipeline.layout import Layout, model_name
 
 if TYPE_CHECKING:
@@ -84,6 +86,18 @@ def _write(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict, metric
         plot_family_counts(metrics, [*FAMILIES, *VOCAB_FAMILIES], temp)
 
 
+def _check_stats_inputs(params: Params, layout: Layout, tokens, excluded) -> None:
+    """The stats stage's tables were made from this analysis token set and group."""
+    stats = layout.stage_dir("stats") / "summary.json"
+    current = token_set_record(
+        tokens, excluded, count_kept(tokens, excluded), params.analysis.split
+    )
+    source = layout.tokens / f"{params.analysis.split}_tokens.npy"
+    check_same_inputs(
+        {stats: summary_of(stats), source: {"token_set": current}}, group_names(params)
+    )
+
+
 def run(params: Params, layout: Layout) -> dict:
     """Classify the chosen neurons of every model; write tables, metrics, CSV and plot."""
     syntax_dir = layout.stage_dir("syntax")
@@ -92,6 +106,7 @@ def run(params: Params, layout: Layout) -> dict:
     tokens, features, excluded, _ = load_analysis_features(
         layout.tokens, params.analysis, params.families, syntax_dir
     )
+    _check_stats_inputs(params, layout, tokens, excluded)
     metrics: dict = {"models": {}}
     tables: dict[str, pd.DataFrame] = {}
     for seed in params.train.seeds:

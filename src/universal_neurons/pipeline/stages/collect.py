@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from universal_neurons.analysis.activations import load_analysis_set
+from universal_neurons.analysis.activations import (
+    activation_memory,
+    load_analysis_set,
+    token_set_record,
+)
 from universal_neurons.analysis.collect import CollectResult, collect_model, moments_table
 from universal_neurons.errors import UserError
 from universal_neurons.io import atomic_path
@@ -26,6 +30,7 @@ from universal_neurons.models.loading import (
 )
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.resources import check_memory
 from universal_neurons.text.tokens import tokenizer_vocab
 
 if TYPE_CHECKING:
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 
 
 def _summary(result: CollectResult, name: str, sequences: int, excluded: np.ndarray) -> dict:
-    """``summary.json`` of one model's pass."""
+    """``summary.json`` of one model's pass (its token set is added by ``run``)."""
     return {
         "model": name,
         "kept_positions": int(result.kept_positions),
@@ -46,6 +51,18 @@ def _summary(result: CollectResult, name: str, sequences: int, excluded: np.ndar
     }
 
 
+def _check_memory(cfg, layout: Layout, seed: int, spec, shape: tuple[int, int]) -> None:
+    """Stop before the pass if its within-layer covariance and one batch's activations need
+    more memory than there is."""
+    n_layers, d_mlp = spec.n_layers, spec.d_mlp
+    within = (f"{layout.model(seed)} (d_mlp={d_mlp})", 3 * 8 * n_layers * d_mlp * d_mlp)
+    batch = activation_memory(cfg, shape, n_layers, d_mlp)
+    check_memory(
+        {"within-layer covariance": within, "activations of one batch": batch},
+        f"collecting {model_name(seed)}",
+    )
+
+
 def run(params: Params, layout: Layout, seed: int, progress: bool = True) -> dict:
     """Collect the statistics of the model of ``seed``; return the summary."""
     if seed not in params.train.seeds:
@@ -55,12 +72,15 @@ def run(params: Params, layout: Layout, seed: int, progress: bool = True) -> dic
     check_device(cfg.device)
     tokens, excluded, kept = load_analysis_set(layout.tokens, cfg)
     model = load_model(str(layout.model(seed)), device=cfg.device)
-    check_fits_tokens(model_spec(model), name, tokens, *tokenizer_vocab(layout.tokens))
+    spec = model_spec(model)
+    check_fits_tokens(spec, name, tokens, *tokenizer_vocab(layout.tokens))
+    _check_memory(cfg, layout, seed, spec, tokens.shape)
     result = collect_model(
         model, name, tokens, excluded, cfg.batch_size, device=cfg.device, progress=progress
     )
     assert result.kept_positions == kept, (result.kept_positions, kept)
     summary = _summary(result, name, len(tokens), excluded)
+    summary["token_set"] = token_set_record(tokens, excluded, kept, cfg.split)
     with atomic_path(layout.model_dir("collect", seed)) as temp:
         temp.mkdir()
         moments_table(result).to_parquet(temp / "moments.parquet", index=False)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from universal_neurons.analysis.activations import load_analysis_set
+from universal_neurons.analysis.activations import load_analysis_set, token_set_record
 from universal_neurons.analysis.maxima import BaselineDraws, check_whole_layers, pair_tables
 from universal_neurons.analysis.pairs import (
     GroupStatistics,
@@ -97,9 +97,11 @@ def _work_folder(output_dir: Path) -> Path:
 
 
 def _summary(params: Params, stats: GroupStatistics, products: str, excluded, dead) -> dict:
-    """``summary.json``: the group, its pairs, the token set and how it was computed."""
+    """``summary.json``: the group, its pairs, the token set and how it was computed (the
+    token set's record is added by ``run``)."""
     return {
         "models": stats.names,
+        "group": stats.names,
         "pairs": [pair_key(a, b) for a, b in stats.pairs],
         "kept_positions": int(stats.kept_positions),
         "batches": stats.batches,
@@ -247,6 +249,7 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     assert stats.kept_positions == kept
     summary = _summary(params, stats, products, excluded, dead)
     summary["outputs"] = "full_pairs" if full else "maxima"
+    summary["token_set"] = token_set_record(tokens, excluded, kept, cfg.split)
     if not full:
         summary["baseline"] = params.baseline.model_dump()
     if corr.split():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from universal_neurons.io import atomic_path
+from universal_neurons.io import atomic_path, check_not_output
 from universal_neurons.models.group import fetch_model, member
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 def run(params: Params, layout: Layout, seed: int) -> dict:
     """Fetch member ``seed`` of the group into ``models/seed{seed}``."""
     label, source = member(params.group, seed, params.train.seeds)
+    check_not_output(source, layout.model(seed), f"group.models: member {seed} ({label})")
     with atomic_path(layout.model(seed)) as temp:
         return fetch_model(label, source, temp)
 

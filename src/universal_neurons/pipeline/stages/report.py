@@ -1,15 +1,21 @@
-"""Stage report: metrics, tables and curves -> report/index.html + figures.
+"""Stage report: metrics, tables and curves -> report/index.html + figures + neuron pages.
 
 Results, tables and training curves -> ``report/index.html`` + figures, and
 ``results/training.json`` (the training summary of every model; its headline, the mean
-final held-out loss: ``metrics/training.json``).
+final held-out loss: ``metrics/training.json``). With the analysis outputs present (token
+set, correlate's maxima, baseline, neuron tables) the report also holds a page per universal
+neuron, ``report/neurons/<model>/<layer>.<index>.html`` (``outputs.neuron_page``), linked
+from its universal neuron table.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pandas as pd
+
 from universal_neurons.io import atomic_path, write_json
+from universal_neurons.outputs.neuron_page import NEURONS_DIR, write_group_pages
 from universal_neurons.outputs.report import (
     ReportSources,
     build_report,
@@ -20,6 +26,8 @@ from universal_neurons.pipeline.command import Out, Stage, as_json
 from universal_neurons.pipeline.layout import Layout, model_name
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from universal_neurons.config import Params
 
 
@@ -35,25 +43,62 @@ def report_sources(layout: Layout, seeds: list[int]) -> ReportSources:
         family_tables={name: layout.table("families", name) for name in names},
         model_dirs={model_name(seed): layout.model(seed) for seed in seeds},
         emergence_curve=layout.metric("emergence.csv"),
+        stats_tables={name: layout.table("stats", name) for name in names},
     )
 
 
+def page_inputs(layout: Layout) -> list[Path]:
+    """What the neuron pages read besides the report's inputs: the token set, correlate's
+    maxima and the baseline."""
+    return [layout.tokens, layout.stage_dir("correlate"), layout.stage_dir("baseline")]
+
+
+def write_neuron_pages(params: Params, layout: Layout, sources: ReportSources, out: Path) -> int:
+    """The pages of the universal neurons of the pipeline state into ``out``; the number of
+    universal neurons (0, nothing written, when an input is missing or none is universal)."""
+    max_corr = layout.stage_dir("correlate") / "max_corr.parquet"
+    baseline = layout.stage_dir("baseline") / "baseline.parquet"
+    tokenizer = layout.tokens / "tokenizer.json"
+    needed = [*sources.stats_tables.values(), max_corr, baseline, tokenizer]
+    if not all(path.is_file() for path in needed):
+        return 0
+    stats = {name: pd.read_parquet(path) for name, path in sources.stats_tables.items()}
+    if not any(table["is_universal"].any() for table in stats.values()):
+        return 0
+    families = {
+        name: pd.read_parquet(path)
+        for name, path in sources.family_tables.items()
+        if path.is_file()
+    }
+    tables = (stats, families, pd.read_parquet(max_corr), pd.read_parquet(baseline))
+    rows = write_group_pages(out, sources.model_dirs, layout.tokens, params.analysis, *tables)
+    return len(rows)
+
+
 def run(params: Params, layout: Layout) -> dict:
-    """Render the report and write the training summary metrics."""
+    """Render the report (with the neuron pages) and write the training summary metrics."""
     sources = report_sources(layout, params.train.seeds)
     with atomic_path(layout.report) as temp:
+        temp.mkdir()
+        pages = write_neuron_pages(params, layout, sources, temp / NEURONS_DIR)
         result = build_report(sources, temp)
     summary = training_summary(sources.model_dirs)
     write_json(layout.result("training.json"), summary)
     write_json(layout.metric("training.json"), training_headline(summary))
-    return {"sections": result.sections, "figures": result.figures, "training": summary}
+    return {
+        "sections": result.sections,
+        "figures": result.figures,
+        "neuron_pages": pages,
+        "training": summary,
+    }
 
 
 COMMAND = Stage(
     name="report",
-    params=("train.seeds",),
+    params=("analysis", "train.seeds"),
     inputs=lambda layout: [
         layout.models,
+        *page_inputs(layout),
         layout.metric("emergence.csv"),
         *layout.analysis_results(),
     ],
@@ -63,5 +108,7 @@ COMMAND = Stage(
         Out(layout.metric("training.json"), kind="metrics", cache=False),
     ],
     run=run,
-    render=lambda result: as_json({"sections": result["sections"], "figures": result["figures"]}),
+    render=lambda result: as_json(
+        {key: result[key] for key in ("sections", "figures", "neuron_pages")}
+    ),
 )

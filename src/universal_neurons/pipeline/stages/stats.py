@@ -11,6 +11,7 @@ layer and group) and ``plots/*.png``; ``results/stats.json``, ``metrics/findings
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -32,6 +33,12 @@ from universal_neurons.io import atomic_path, read_parquet, write_json
 from universal_neurons.models.loading import load_model, processed_weights
 from universal_neurons.outputs.plots import plot_per_layer, plot_percentile_boxen
 from universal_neurons.pipeline.command import Out, Stage
+from universal_neurons.pipeline.inputs import (
+    check_same_inputs,
+    collect_summaries,
+    group_names,
+    summary_of,
+)
 from universal_neurons.pipeline.layout import Layout, model_name
 
 if TYPE_CHECKING:
@@ -61,11 +68,13 @@ def model_table(params: Params, layout: Layout, seed: int) -> pd.DataFrame:
     return neuron_table(universality, weights, activation_statistics(moments, "pre"), emergence)
 
 
-def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout) -> None:
-    """The neuron tables, the per-layer medians and the two figures (in one atomic step), and
-    the pooled percentiles of the universal neurons."""
+def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout, inputs: dict) -> None:
+    """The neuron tables, the per-layer medians, the two figures and ``summary.json`` (the
+    token set and group, ``inputs``) in one atomic step, and the pooled percentiles of the
+    universal neurons."""
     with atomic_path(layout.stage_dir("stats")) as temp:
         (temp / "plots").mkdir(parents=True)
+        (temp / "summary.json").write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
         for model, table in tables.items():
             table.to_parquet(temp / f"{model}.parquet", index=False)
         medians = {model: per_layer_medians(table) for model, table in tables.items()}
@@ -82,14 +91,28 @@ def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout) -> None:
         universal_percentile_summary(tables).to_csv(temp, index=False)
 
 
+def checked_inputs(params: Params, layout: Layout) -> dict:
+    """The universality stage's summary, checked to describe the token set and group that
+    collect's outputs describe; it is what the neuron tables are made from."""
+    path = layout.stage_dir("universality") / "summary.json"
+    if not path.is_file():  # the tables come first: a missing stage is named by them
+        read_parquet(
+            layout.table("universality", model_name(params.train.seeds[0])), "universality"
+        )
+    summary = summary_of(path)
+    check_same_inputs({path: summary, **collect_summaries(params, layout)}, group_names(params))
+    return {"token_set": summary["token_set"], "group": group_names(params)}
+
+
 def run(params: Params, layout: Layout) -> dict:
     """Write every model's neuron table and figures; return ``{"models": {name: comparison}}``."""
+    inputs = checked_inputs(params, layout)
     tables = {
         model_name(seed): model_table(params, layout, seed)
         for seed in tqdm(params.train.seeds, desc="stats", unit="model")
     }
     comparison = {"models": {model: compare_universal(table) for model, table in tables.items()}}
-    _write_tables(tables, layout)
+    _write_tables(tables, layout, inputs)
     write_json(layout.result("stats.json"), comparison)
     write_json(layout.metric("findings.json"), findings_holding(comparison, params.stats.alpha))
     return comparison

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
-from universal_neurons.io import atomic_path
+from universal_neurons.io import atomic_path, check_not_output
 from universal_neurons.models.loading import model_tokenizer
 from universal_neurons.pipeline.command import Out, Stage, as_json
 from universal_neurons.pipeline.layout import Layout
@@ -31,8 +31,17 @@ def tokenizer_for(config: TokenizerConfig, documents: list[Document]) -> Tokeniz
     return build_tokenizer(config, documents)
 
 
+def _check_inputs_outside(params: Params, layout: Layout) -> None:
+    """No corpus file and no tokenizer model lies inside ``data/tokens``, which is replaced."""
+    for source in params.corpus.sources:
+        check_not_output(source, layout.tokens, "corpus.sources")
+    if params.tokenizer.kind == "model":
+        check_not_output(params.tokenizer.path, layout.tokens, "tokenizer.path")
+
+
 def run(params: Params, layout: Layout) -> dict:
     """Build the corpus, the tokenizer and the token array; return the summary."""
+    _check_inputs_outside(params, layout)
     documents = load_corpus(params.corpus)
     tokenizer = tokenizer_for(params.tokenizer, documents)
     token_set = build_token_set(documents, tokenizer, params.tokens)

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 import click
 
 from universal_neurons.errors import UserError
-from universal_neurons.io import atomic_path, write_json
+from universal_neurons.io import Terminated, atomic_path, exit_on_sigterm, write_json
 from universal_neurons.models.gpt2 import gpt2_config
-from universal_neurons.models.training import train_model
+from universal_neurons.models.training import train_model, training_memory
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.resources import check_memory
 from universal_neurons.text.tokens import (
     TokensError,
     check_token_ids,
@@ -60,6 +61,7 @@ def run(params: Params, layout: Layout, seeds: tuple[int, ...] = ()) -> dict[str
             raise UserError(f"--seed: {seed} is not one of train.seeds {params.train.seeds}")
     _check_tokens(params, layout.tokens)
     workers = worker_count(params, len(seeds))
+    _check_memory(params, layout.tokens, workers)
     if workers == 1:
         reports = {
             model_name(s): train_seed(params, s, layout.tokens, layout.model(s)) for s in seeds
@@ -85,17 +87,33 @@ def _train_in_processes(
     (seeds not started yet are cancelled, finished ones stay written)."""
     context = multiprocessing.get_context("spawn")  # no torch state inherited from the parent
     reports = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=exit_on_sigterm)
+    with pool:
         futures = {
             pool.submit(train_seed, params, s, layout.tokens, layout.model(s)): s for s in seeds
         }
         try:
             for future in as_completed(futures):
                 reports[model_name(futures[future])] = future.result()
+        except (Terminated, KeyboardInterrupt):
+            _stop_workers(pool)
+            raise
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return reports
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the seeds not started and SIGTERM the running workers, which remove their
+    temporary model directories (``exit_on_sigterm``) before they exit; wait for them."""
+    processes = list((pool._processes or {}).values())  # shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join()
 
 
 def _check_tokens(params: Params, tokens_dir: Path) -> None:
@@ -110,6 +128,17 @@ def _check_tokens(params: Params, tokens_dir: Path) -> None:
                 f"{source}: sequences of {array.shape[1]} tokens, but tokens.context is "
                 f"{params.tokens.context}; rerun the tokenize stage"
             )
+
+
+def _check_memory(params: Params, tokens_dir: Path, workers: int) -> None:
+    """Stop before any allocation if ``workers`` models training at once need more memory
+    than the machine offers (the estimate of ``training_memory``)."""
+    tokenizer = load_tokenizer(tokens_dir)
+    context = params.tokens.context
+    config = gpt2_config(params.model, tokenizer.get_vocab_size(), context, 0)
+    parts = training_memory(params.train, config, context)
+    what = "training one model" if workers == 1 else f"training {workers} models at once"
+    check_memory({key: (cause, size * workers) for key, (cause, size) in parts.items()}, what)
 
 
 def train_seed(params: Params, seed: int, tokens_dir: Path, output_dir: Path) -> dict:

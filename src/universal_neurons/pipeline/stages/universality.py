@@ -9,6 +9,7 @@ Writes ``data/universality/seed{s}.parquet`` (columns ``universality.TABLE_COLUM
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from universal_neurons.analysis.universality import (
@@ -20,7 +21,7 @@ from universal_neurons.analysis.universality import (
 )
 from universal_neurons.io import atomic_path, read_parquet, write_json
 from universal_neurons.pipeline.command import Out, Stage
-from universal_neurons.pipeline.inputs import correlate_summary
+from universal_neurons.pipeline.inputs import check_same_inputs, correlate_summary, summary_of
 from universal_neurons.pipeline.layout import Layout, model_name
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ def run(params: Params, layout: Layout) -> dict:
     """Build every model's neuron table and the universality metrics; return the metrics."""
     threshold = params.universality.threshold
     summary = correlate_summary(params, layout)
+    baseline_path = layout.stage_dir("baseline") / "summary.json"
+    correlate_path = layout.stage_dir("correlate") / "summary.json"
+    check_same_inputs({correlate_path: summary, baseline_path: summary_of(baseline_path)})
     maxima = read_parquet(layout.stage_dir("correlate") / "max_corr.parquet", "correlate")
     baseline = read_parquet(layout.stage_dir("baseline") / "baseline.parquet", "baseline")
     names = [model_name(seed) for seed in params.train.seeds]
@@ -41,6 +45,8 @@ def run(params: Params, layout: Layout) -> dict:
         temp.mkdir()
         for name, table in tables.items():
             table.to_parquet(temp / f"{name}.parquet", index=False)
+        inputs = {"token_set": summary["token_set"], "group": summary["group"]}
+        (temp / "summary.json").write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
     write_json(layout.result("universality.json"), metrics)
     write_json(layout.metric("universality.json"), headline_metrics(summaries, tables))
     with atomic_path(layout.metric("universality_per_layer.csv")) as temp:

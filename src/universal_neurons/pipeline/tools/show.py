@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import pandas as pd
 
-from universal_neurons.outputs.listing import find_table, format_listing, top_neurons
+from universal_neurons.outputs.listing import (
+    find_table,
+    format_listing,
+    read_neuron_table,
+    top_neurons,
+)
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout, model_name
 
@@ -25,7 +29,7 @@ def run(
 ) -> str:
     """The listing of MODEL (``seed1``, ``1`` or a ``.parquet`` path) from ``stats_dir``."""
     name = model_name(model) if model.isdigit() else model
-    table = pd.read_parquet(find_table(model, stats_dir, name))
+    table = read_neuron_table(find_table(model, stats_dir, name))
     listing = top_neurons(table, sort_column, layer, top, ascending, universal_only)
     return format_listing(listing, output_format)
 

@@ -1,4 +1,4 @@
-"""Start the MLflow UI on the project's store and print its address."""
+"""Start the MLflow UI on the project's store and print the address of its runs table (headline columns)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,48 @@
+"""Compare the DVC experiments: `dvc exp show --only-changed` without hash columns.
+
+Once a parameter changes, every intermediate output that a later stage reads gets a new hash,
+and `dvc exp show` gives each of them a column of hashes (about twenty here), which pushes the
+table far past a terminal's width. This prints the same table without them: the changed
+parameters and the headline metrics (`metrics/*.json`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import click
+
+from universal_neurons.errors import UserError
+from universal_neurons.pipeline.command import Command
+from universal_neurons.pipeline.layout import Layout
+
+OUTPUT_COLUMNS = r"^(data|models|report|results|metrics|tracking)(/|$)"
+"""The columns `dvc exp show` adds for data dependencies (paths of stage outputs)."""
+
+
+def exp_show_command(output_format: str | None) -> list[str]:
+    """The ``dvc exp show`` command line (``output_format``: ``csv``, ``md`` or None)."""
+    command = ["dvc", "exp", "show", "--only-changed", "--drop", OUTPUT_COLUMNS, "--no-pager"]
+    return command + ([f"--{output_format}"] if output_format else [])
+
+
+def run(layout: Layout, output_format: str | None) -> None:
+    """Print the experiments table of the repository at ``layout.root``."""
+    if shutil.which("dvc") is None:
+        raise UserError("exps: the dvc command is not on PATH (activate the project's .venv)")
+    done = subprocess.run(exp_show_command(output_format), cwd=layout.root)
+    if done.returncode != 0:
+        raise UserError(f"exps: dvc exp show failed with status {done.returncode}")
+
+
+COMMAND = Command(
+    name="exps",
+    run=run,
+    render=lambda _: None,
+    options=[
+        click.option("--csv", "output_format", flag_value="csv", help="CSV instead of a table."),
+        click.option("--md", "output_format", flag_value="md", help="Markdown instead of a table."),
+    ],
+    needs_params=False,
+)

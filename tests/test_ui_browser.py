@@ -1,0 +1,221 @@
+"""The MLflow UI opens where the runs are (issue 16), seen in a real browser.
+
+Two runs are logged into a project's SQLite store with the project's own logging, the real
+``universal-neurons ui`` serves it over HTTP on a free port, and headless Chromium opens the
+address that ``ui`` prints: the runs table must show both runs with their % universal in the
+headline columns, and the compare page the changed parameter side by side. A screenshot of
+the runs table is written to the test's temporary folder for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from headless_chromium import Chromium
+from synthetic_results import write_results
+
+from universal_neurons.outputs.tracking import default_tracking_uri, log_run
+from universal_neurons.outputs.tracking_ui import (
+    column_id,
+    compare_runs_url,
+    runs_table_url,
+    server_experiment_url,
+)
+from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.stages.log import run_inputs
+
+pytestmark = pytest.mark.slow
+
+STARTUP_LIMIT_S = 180  # how long the server may take to answer (a wait, not a speed check)
+RENDER_LIMIT_S = 180  # how long the single-page app may take to show the table
+MEAN = "universality.mean_percent_universal"
+PRINTED = re.compile(r"^MLflow UI: (\S+)", re.MULTILINE)
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _log(work: Path, uri: str, threshold: float, mean_percent: float | None = None):
+    """Log the workspace with the parameter ``universality.threshold`` (and the headline mean
+    % universal, ``metrics/universality.json``) set."""
+    if mean_percent is not None:
+        metrics = work / "metrics" / "universality.json"
+        headline = json.loads(metrics.read_text())
+        headline["mean_percent_universal"] = mean_percent
+        metrics.write_text(json.dumps(headline))
+    raw = {"universality": {"threshold": threshold}, "train": {"seeds": [1, 2]}}
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    return log_run(run_inputs(Layout.at(work), [1, 2]), raw, uri=uri)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project root whose store holds two runs: ``repro-<commit>`` (synthetic results,
+    τ = 0.5) and the experiment ``tau-0.15`` (τ = 0.15, 12.5 % universal)."""
+    root = tmp_path_factory.mktemp("project")
+    work = root / "work"
+    documents = write_results(work)
+    outs = [{"path": "metrics/universality.json", "md5": "aa"}]
+    (work / "dvc.lock").write_text(yaml.safe_dump({"stages": {"u": {"cmd": "x", "outs": outs}}}))
+    _git(work, "init", "-q")
+    _git(work, "add", "-A")
+    _git(work, "commit", "-qm", "results")
+    uri = default_tracking_uri(root)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("DVC_EXP_NAME", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+            patch.delenv(name, raising=False)
+        first = _log(work, uri, threshold=0.5)
+        patch.setenv("DVC_EXP_NAME", "tau-0.15")
+        second = _log(work, uri, threshold=0.15, mean_percent=12.5)
+    commit = _git(work, "rev-parse", "HEAD")
+    assert first.run_name == f"repro-{commit[:7]}"
+    expected_mean = documents["universality"]["mean_percent_universal"]
+    seed1 = documents["universality"]["models"]["seed1"]["percent_universal"]
+    return {"root": root, "runs": (first, second), "means": (expected_mean, 12.5), "seed1": seed1}
+
+
+def _wait_for_server(base: str, process: subprocess.Popen, log: Path) -> None:
+    """Poll ``base``/health until it answers; fail with the log if ``ui`` exits or never does."""
+    deadline = time.monotonic() + STARTUP_LIMIT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"universal-neurons ui exited with {process.returncode}:\n{log.read_text()}"
+            )
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)  # poll interval of a readiness check (a condition, not a fixed wait)
+    pytest.fail(f"{base} did not answer within {STARTUP_LIMIT_S} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def ui(project):
+    """``universal-neurons ui --port <free>`` on the project; yields the address it printed."""
+    port = _free_port()
+    log = project["root"] / "ui.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["DVC_ROOT"] = str(project["root"])
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            ["universal-neurons", "ui", "--port", str(port)],
+            cwd=project["root"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for_server(f"http://127.0.0.1:{port}", process, log)
+        printed = PRINTED.search(log.read_text())
+        assert printed, f"ui printed no address:\n{log.read_text()}"
+        yield {"base": f"http://127.0.0.1:{port}", "printed": printed.group(1)}
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium (fresh profile) for the module's pages."""
+    with Chromium() as chromium:
+        yield chromium
+
+
+def _cell(run_id: str, column: str) -> str:
+    """JavaScript: the text of the runs table's cell of run ``run_id`` in ``column`` (or null)."""
+    selector = json.dumps(f'[row-id="{run_id}"] [col-id="{column}"]')
+    return f"(document.querySelector({selector}) || {{}}).innerText"
+
+
+def test_ui_prints_the_runs_table(project, ui):
+    """``ui`` prints the experiment's runs table with the headline view, not the server root."""
+    experiment_id = project["runs"][0].experiment_id
+    assert ui["printed"] == runs_table_url(ui["base"], experiment_id)
+    assert ui["printed"] == (
+        f"{ui['base']}/#/experiments/{experiment_id}/runs"
+        "?workflowType=machine_learning&viewStateShareKey=headline"
+    )
+    # what `ui` prints for MLFLOW_TRACKING_URI=<this server>: the same table, found over REST
+    assert server_experiment_url(ui["base"], "universal-neurons") == ui["printed"]
+
+
+def test_runs_table_in_a_browser(project, ui, browser, tmp_path):
+    """Chromium at the printed address: both rows, their names and % universal as columns."""
+    first, second = project["runs"]
+    mean_column = column_id("metrics", MEAN)
+    browser.goto(ui["printed"])
+    browser.wait_for(
+        f"{_cell(first.run_id, mean_column)} && {_cell(second.run_id, mean_column)}",
+        timeout_s=RENDER_LIMIT_S,
+    )
+    shot = browser.screenshot(tmp_path / "runs_table.png")
+    rows = {
+        run.run_id: {
+            "name": browser.evaluate(_cell(run.run_id, "attributes.`Run Name`")),
+            "mean": browser.evaluate(_cell(run.run_id, mean_column)),
+            "seed1": browser.evaluate(
+                _cell(run.run_id, column_id("metrics", "universality.percent_universal.seed1"))
+            ),
+        }
+        for run in (first, second)
+    }
+    headers = browser.evaluate(
+        "Array.from(document.querySelectorAll('.ag-header-cell[col-id]'), c => c.getAttribute('col-id'))"
+    )
+    route = browser.evaluate("window.location.hash")
+    print(f"screenshot: {shot}")
+    assert route.startswith(f"#/experiments/{first.experiment_id}/runs?")
+    assert mean_column in headers
+    for run, mean in zip((first, second), project["means"], strict=True):
+        assert rows[run.run_id]["name"].splitlines()[-1] == run.run_name
+        assert rows[run.run_id]["mean"] == repr(mean)  # JS prints numbers as Python's repr
+        assert rows[run.run_id]["seed1"] == repr(project["seed1"])  # 4 universal of 39 live
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_compare_page_in_a_browser(project, ui, browser):
+    """The compare address shows the changed parameter of the two runs side by side."""
+    first, second = project["runs"]
+    url = compare_runs_url(ui["base"], first.experiment_id, [first.run_id, second.run_id])
+    row = (
+        "Array.from(document.querySelectorAll('tr'))"
+        ".map(r => r.innerText).find(t => t.startsWith('universality.threshold'))"
+    )
+    browser.goto(url)
+    browser.wait_for(row, timeout_s=RENDER_LIMIT_S)
+    cells = browser.evaluate(row).split("\t")
+    names = browser.text()
+    assert [cell.strip() for cell in cells] == ["universality.threshold", "0.5", "0.15"]
+    assert first.run_name in names and second.run_name in names
