@@ -859,7 +859,7 @@ CASES = [
         ["findings", "--metrics", "metrics/stats.json"],
         "metrics/stats.json: not the stats stage's metrics (models.seed1.l2_penalty is not a "
         "comparison (median_universal, median_other, effect_size, p_value)); give "
-        "metrics/stats.json",
+        "results/stats.json",
         setup=_stats_metrics('{"models": {"seed1": {"skew": 0.3}}}'),
     ),
     Case(

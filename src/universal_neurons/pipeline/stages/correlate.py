@@ -47,7 +47,7 @@ from universal_neurons.analysis.units import (
     unit_manifest,
     units_summary,
 )
-from universal_neurons.errors import MissingInputError
+from universal_neurons.errors import MissingInputError, UserError
 from universal_neurons.io import atomic_path
 from universal_neurons.models.loading import (
     ModelSpec,
@@ -243,7 +243,11 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     work = _work_folder(output_dir)
     context = _unit_context(params, layout, products, work, (spec.n_layers, spec.d_mlp))
     context = replace(context, manifest=_manifest(context, tokens, excluded))
-    _run_units(params, units, context, progress)
+    try:
+        _run_units(params, units, context, progress)
+    except UserError:  # bad input: no unit file is worth resuming (a kill keeps them)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     outputs = _full_outputs if full else _maxima_outputs
     stats, pairs, tables, dead = outputs(params, units, context, (names, spec, kept), n)
     assert stats.kept_positions == kept
