@@ -119,3 +119,20 @@ def tiny_analysis(tiny_tokens_dir, tiny_group, tmp_path_factory) -> Path:
     baseline.run(params, layout)
     universality.run(params, layout)
     return root / "data"
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run ``git *args`` in ``cwd`` with a fixed identity and no inherited git settings;
+    return its stdout, stripped."""
+    import subprocess
+
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()

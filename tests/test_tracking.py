@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import git
 from synthetic_results import write_results
 
 from universal_neurons.outputs.tracking import (
@@ -79,21 +79,13 @@ def test_project_root_anchors(tmp_path, monkeypatch):
     assert project_root(repo / "src") == other.resolve()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking_uri() == f"sqlite:///{other.resolve()}/mlruns.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-    assert tracking_uri() == "http://127.0.0.1:1"
+    elsewhere = f"sqlite:///{tmp_path / 'team' / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
+    assert tracking_uri() == elsewhere
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "PATH": "/usr/bin:/bin",
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    return git(cwd, *args)
 
 
 def all_artifacts(client, run_id: str, path: str | None = None) -> set[str]:
@@ -213,11 +205,28 @@ def test_ui_refuses_a_busy_port(tmp_path, monkeypatch):
 
 
 def test_ui_points_at_a_tracking_server(monkeypatch):
+    """With MLFLOW_TRACKING_URI naming a server that answers, that server is the UI."""
+    import http.server
+    import threading
+
     from universal_neurons.outputs.tracking import serve_ui
 
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's API)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
     lines = []
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert serve_ui("127.0.0.1", 5000, echo=lines.append) == 0
-    assert lines == [
-        "MLflow UI: http://127.0.0.1:5999 (MLFLOW_TRACKING_URI names a running server)"
-    ]
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert serve_ui("127.0.0.1", 5000, echo=lines.append) == 0
+    finally:
+        server.shutdown()
+    assert lines == [f"MLflow UI: {uri} (MLFLOW_TRACKING_URI names a running server)"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.parse
 from pathlib import Path
 
 import yaml
+from conftest import git
 from synthetic_results import write_results
 
 from universal_neurons.outputs.tracking import default_tracking_uri, log_run
@@ -27,16 +27,7 @@ from universal_neurons.pipeline.stages.log import run_inputs
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "PATH": "/usr/bin:/bin",
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    return git(cwd, *args)
 
 
 def test_headline_metrics_pick_and_order():

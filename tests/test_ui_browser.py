@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import git
 from headless_chromium import Chromium
 from synthetic_results import write_results
 
@@ -44,16 +45,7 @@ PRINTED = re.compile(r"^MLflow UI: (\S+)", re.MULTILINE)
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "PATH": "/usr/bin:/bin",
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    return git(cwd, *args)
 
 
 def _free_port() -> int:
