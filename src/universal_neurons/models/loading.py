@@ -96,6 +96,11 @@ def expected_tensors(directory: Path) -> ExpectedTensors:
     )
 
 
+LEGACY_NAMES = {"embed_out.weight": "lm_head.weight"}
+"""Names that weights files use for tensors the model now calls otherwise (GPT-NeoX and
+Pythia files, and Hugging Face's own save_pretrained, call the unembedding ``embed_out``)."""
+
+
 def _stored_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` of every tensor of a weights file, one at a time."""
     if path.suffix == ".safetensors":
@@ -119,7 +124,8 @@ def _check_tensor(
 ) -> str | None:
     """The tensor's name as the model calls it (None: an ignored extra); stops on an
     unexpected name, a wrong shape or a non-finite value."""
-    key = name if name in expected.shapes else f"{expected.prefix}.{name}"
+    name_now = LEGACY_NAMES.get(name, name)
+    key = name_now if name_now in expected.shapes else f"{expected.prefix}.{name_now}"
     if key not in expected.shapes:
         if any(re.search(pattern, name) for pattern in expected.ignored):
             return None
