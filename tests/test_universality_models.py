@@ -27,6 +27,7 @@ from universal_neurons.analysis.activations import (
 from universal_neurons.analysis.baseline import pair_baselines
 from universal_neurons.analysis.collect import (
     NonFiniteActivationError,
+    NonFiniteStatisticsError,
     collect_model,
     kept_neuron_matrix,
 )
@@ -260,10 +261,16 @@ def test_non_finite_activations_stop_collect_naming_model_layer_and_batch(
 ):
     tokens, excluded = analysis
     state = load_file(str(tiny_group[2] / "model.safetensors"))
-    state["transformer.h.1.mlp.c_fc.bias"][3] = float("nan")
+    # finite weights (a NaN weight is refused when the model loads) whose products overflow
+    # float32: neuron 3 of layer 1 gets an infinite pre-activation
+    state["transformer.h.1.mlp.c_fc.weight"][:, 3] *= 1e38
+    assert torch.isfinite(state["transformer.h.1.mlp.c_fc.weight"]).all()
     _write_model(tiny_group[2], tmp_path / "broken", state)
     model = load_model(str(tmp_path / "broken"))
-    with pytest.raises(NonFiniteActivationError, match=r"model broken: .*layer 1 .*batch 0"):
+    # overflow shows as non-finite activations or, one step later, non-finite statistics:
+    # either way the message names the model, the layer and the batch
+    raised = (NonFiniteActivationError, NonFiniteStatisticsError)
+    with pytest.raises(raised, match=r"model broken:? .*layer 1.*batch 0"):
         collect_model(model, "broken", tokens, excluded, UNEVEN_BATCH, progress=False)
 
 
