@@ -143,17 +143,19 @@ def test_slurm_memory_limit_names_the_parameter_and_a_block_that_fits():
         plan.check_memory(params(block + 3072), GPT2_SMALL)
 
 
-def test_plan_command_prints_the_preset_plan():
-    """``universal-neurons plan`` on the GPT2-small preset, with given rates (nothing measured)."""
+def test_plan_command_prints_the_preset_plan(tmp_path):
+    """``universal-neurons plan`` on the GPT2-small preset, with given rates (nothing measured),
+    in an empty folder (the repository's own models/, if checked out, are another group)."""
     import subprocess
     import sys
 
     from conftest import REPO_ROOT
 
-    args = ["--params", "pipelines/gpt2-small/params.yaml", "--tokens", "100000000"]
+    preset = REPO_ROOT / "pipelines" / "gpt2-small" / "params.yaml"
+    args = ["--params", str(preset), "--tokens", "100000000"]
     rates = ["--products-tflops", "664", "--float64-tflops", "67", "--parallel", "32"]
     command = [sys.executable, "-m", "universal_neurons", "plan", *args, *rates]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     work = plan.WorkPlan(
