@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from universal_neurons.analysis.activations import iter_batches, kept_mask
-from universal_neurons.analysis.correlation import CrossMoments
+from universal_neurons.analysis.correlation import SCRATCH, CrossMoments
 from universal_neurons.analysis.moments import StreamingMoments
 from universal_neurons.errors import UserError
 from universal_neurons.models.loading import capture_mlp, model_shape
@@ -63,8 +63,10 @@ def check_finite_statistics(
     ``layer`` alone when it is given (within-layer statistics). Dead neurons are not an
     error: their sums are finite zeros and their correlation is NaN by definition later.
     """
+    if bool(torch.isfinite(stats.cxy.sum())):  # one pass: any NaN/inf makes the sum non-finite
+        return
     bad = ~torch.isfinite(stats.cxy)
-    if not bool(bad.any()):
+    if not bool(bad.any()):  # finite sums whose total overflowed: nothing to report
         return
     rows, cols = torch.nonzero(bad, as_tuple=True)
     row, col = int(rows[0]), int(cols[0])
@@ -182,6 +184,7 @@ def collect_model(
             block = post[:, layer * d_mlp : (layer + 1) * d_mlp]
             within[layer] = within[layer].update(block, block, "float32")
             check_finite_statistics(within[layer], model_name, model_name, d_mlp, number, layer)
+    SCRATCH.clear()  # the update's work buffers
     kept = moments["post"].count
     return CollectResult(n_layers, d_mlp, kept, batches, moments, within)
 

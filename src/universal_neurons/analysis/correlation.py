@@ -41,37 +41,101 @@ def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
     return tensor
 
 
-def _bf16_matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` with bfloat16-rounded inputs and float32 accumulation/output.
+class _Scratch:
+    """Work buffers reused from one batch to the next, by name.
 
-    On CUDA this is the tensor-core product (``torch.mm(..., out_dtype=float32)``).
-    Elsewhere it is emulated exactly: the inputs are rounded to bfloat16 and multiplied
-    in float32 (a product of two bfloat16 numbers is exact in float32).
+    A fresh buffer of tens of MB costs a page fault per 4 kB page on the CPU (the allocator
+    hands large blocks back to the system), which took a third of the update's time at
+    2,048 neurons; the CUDA allocator caches blocks itself, so only CPU buffers are kept.
     """
-    a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
-    if a.is_cuda:
-        try:
-            return torch.mm(a16, b16, out_dtype=torch.float32)
-        except (RuntimeError, TypeError):  # older torch / backend without mm.dtype
-            pass
-    return torch.mm(a16.to(torch.float32), b16.to(torch.float32))
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+        """An uninitialised ``shape`` buffer (the previous one of this name when it fits)."""
+        device = torch.device(device)
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            self._buffers.pop(name, None)  # free the old one before allocating the new one
+            buffer = self._buffers[name] = torch.empty(shape, dtype=dtype)
+        return buffer
+
+    def clear(self) -> None:
+        """Release every buffer (their memory goes back once nothing else holds them)."""
+        self._buffers.clear()
 
 
-def centred_product(x: torch.Tensor, y: torch.Tensor, products: Products) -> torch.Tensor:
-    """``xᵀ y`` of centred batches ``x [tokens, n_x]``, ``y [tokens, n_y]`` -> float64 ``[n_x, n_y]``.
+SCRATCH = _Scratch()
+"""The update's work buffers (``SCRATCH.clear()`` frees them after a pass)."""
 
-    ``products``: ``float64`` (exact reference), ``float32`` (CPU default) or
-    ``bfloat16`` (inputs rounded to bfloat16, float32 accumulation; the GPU path).
-    """
+
+def _product(xs: torch.Tensor, ys: torch.Tensor, products: Products) -> torch.Tensor:
+    """``xsᵀ ys`` of ``xs [tokens, n_x]``, ``ys [tokens, n_y]`` in ``products`` precision:
+    ``float64`` (exact reference), ``float32`` (CPU default) or ``bfloat16`` (inputs rounded
+    to bfloat16, float32 accumulation and output: the tensor-core product on CUDA, emulated
+    exactly elsewhere, since a product of two bfloat16 numbers is exact in float32)."""
+    shape = (xs.shape[1], ys.shape[1])
     if products == "float64":
-        return x.to(torch.float64).T @ y.to(torch.float64)
+        return xs.T @ ys
     if products == "float32":
-        return (x.to(torch.float32).T @ y.to(torch.float32)).to(torch.float64)
+        return torch.mm(xs.T, ys, out=SCRATCH.get("product", shape, torch.float32, xs.device))
     if products == "bfloat16":
-        return _bf16_matmul_f32(x.to(torch.float32).T.contiguous(), y.to(torch.float32)).to(
-            torch.float64
-        )
+        x16, y16 = xs.to(torch.bfloat16).T.contiguous(), ys.to(torch.bfloat16)
+        if xs.is_cuda:
+            try:
+                return torch.mm(x16, y16, out_dtype=torch.float32)
+            except (RuntimeError, TypeError):  # older torch / backend without mm.dtype
+                pass
+        return torch.mm(x16.to(torch.float32), y16.to(torch.float32))
     raise ValueError(f"products: expected one of {', '.join(PRODUCTS)}, got {products!r}")
+
+
+@dataclass(frozen=True)
+class _ShiftedBatch:
+    """One side of a batch shifted by a fixed ``shift [n]``: ``values = x - shift``
+    ``[tokens, n]`` (working precision) and its column sums / sums of squares (float64)."""
+
+    shift: torch.Tensor
+    values: torch.Tensor
+    sums: torch.Tensor
+    squares: torch.Tensor
+
+
+def _first_shift(x: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+    """The shift of a first batch ``x [tokens, n]``: its mean per column, computed as
+    ``x[0] + mean(x - x[0])`` so that a constant column's shift is exactly its value."""
+    first = x[0].to(work)
+    return first + (x.to(work) - first).mean(dim=0)
+
+
+def _column_squares(values: torch.Tensor, chunk_elements: int = 2**18) -> torch.Tensor:
+    """Σ values² per column of ``values [tokens, n]``. On the CPU a few rows at a time (small
+    temporaries: ``torch.linalg.vector_norm`` over dim 0 ran at a fifth of this speed); on
+    CUDA in one kernel (its allocator caches the temporary)."""
+    if values.device.type != "cpu":
+        return values.square().sum(dim=0)
+    rows = max(1, chunk_elements // max(1, values.shape[1]))
+    total = torch.zeros(values.shape[1], dtype=values.dtype, device=values.device)
+    for chunk in values.split(rows):
+        total.add_((chunk * chunk).sum(dim=0))
+    return total
+
+
+def _shifted(x: torch.Tensor, shift: torch.Tensor, name: str, work: torch.dtype) -> _ShiftedBatch:
+    """``x [tokens, n]`` minus ``shift [n]`` (cast to ``work``) into a reused buffer, with its
+    column sums and sums of squares (computed in ``work``, returned in float64)."""
+    shift = shift.to(work)
+    values = SCRATCH.get(name, tuple(x.shape), work, x.device)
+    torch.sub(x.to(work), shift, out=values)
+    return _ShiftedBatch(
+        shift=shift.to(torch.float64),
+        values=values,
+        sums=values.sum(dim=0).to(torch.float64),
+        squares=_column_squares(values).to(torch.float64),
+    )
 
 
 @dataclass(frozen=True)
@@ -106,47 +170,16 @@ class CrossMoments:
 
     @classmethod
     def of_batch(cls, x: Batch, y: Batch, products: Products = "float32") -> CrossMoments:
-        """Statistics of one batch: ``x [tokens, n_x]`` and ``y [tokens, n_y]`` (same tokens).
-
-        Means and sums of squares are float64; the centred cross-product uses
-        ``products`` (see ``centred_product``) and is returned in float64.
-        """
+        """Statistics of one batch: ``x [tokens, n_x]`` and ``y [tokens, n_y]`` (same tokens);
+        the cross-product in ``products`` precision (see ``update``)."""
         x, y = _as_tensor(x), _as_tensor(y)
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"activations: x has {x.shape[0]} tokens but y has {y.shape[0]}; they must match"
-            )
-        n = int(x.shape[0])
-        if n == 0:
-            return cls.empty(x.shape[1], y.shape[1], x.device)
-        # Per-batch elementwise work in the working precision (float32 unless float64 is
-        # asked for): the batch is centred on its own mean, so the float32 rounding of the
-        # mean and of the batch's sums of squares is relative (~1e-7), never cancellation;
-        # across batches everything is merged in float64.
-        # Shifting by the first row first makes a constant neuron centre to exactly 0
-        # (so it stays dead, with variance exactly 0) and keeps the mean accurate.
-        work = torch.float64 if products == "float64" else torch.float32
-        # (One new buffer per side, the rest in place: large fresh buffers cost page faults.)
-        x, y = x.to(work), y.to(work)
-        shift_x, shift_y = x[0].clone(), y[0].clone()
-        xc, yc = x - shift_x, y - shift_y
-        mean_xs, mean_ys = xc.mean(dim=0), yc.mean(dim=0)
-        xc.sub_(mean_xs)
-        yc.sub_(mean_ys)
-        return cls(
-            count=n,
-            mean_x=shift_x.to(torch.float64) + mean_xs.to(torch.float64),
-            mean_y=shift_y.to(torch.float64) + mean_ys.to(torch.float64),
-            m2_x=torch.linalg.vector_norm(xc, dim=0).to(torch.float64) ** 2,
-            m2_y=torch.linalg.vector_norm(yc, dim=0).to(torch.float64) ** 2,
-            cxy=centred_product(xc, yc, products),
-        )
+        return cls.empty(x.shape[1], y.shape[1], x.device).update(x, y, products)
 
     def merge(self, other: CrossMoments, inplace: bool = False) -> CrossMoments:
         """Statistics of both streams together (Chan's exact pairwise merge, float64).
 
         ``inplace=True`` reuses ``self``'s cross-product matrix (no copy of ``[n_x, n_y]``);
-        ``self`` must then not be used any more (``update`` does this).
+        ``self`` must then not be used any more.
         """
         if self.shape != other.shape:
             raise ValueError(f"cannot merge statistics of shape {self.shape} and {other.shape}")
@@ -168,10 +201,77 @@ class CrossMoments:
         )
 
     def update(self, x: Batch, y: Batch, products: Products = "float32") -> CrossMoments:
-        """Merge one batch ``x [tokens, n_x]``, ``y [tokens, n_y]``; returns the merged statistics."""
-        device = self.cxy.device
-        x, y = _as_tensor(x).to(device), _as_tensor(y).to(device)
-        return self.merge(CrossMoments.of_batch(x, y, products), inplace=True)
+        """Merge one batch ``x [tokens, n_x]``, ``y [tokens, n_y]``; returns the merged
+        statistics (``self``'s cross-product matrix is reused: do not use ``self`` after).
+
+        Each side is shifted by a fixed point close to its mean, ``s``: the running mean
+        (float64 rounded to the working precision), or when nothing has been seen yet the
+        batch's own mean (``_first_shift``: a constant neuron shifts to exactly 0 and stays
+        dead). The shift matters for bfloat16 products, whose rounding is relative to the
+        shifted values: the first row instead of the mean gave 30x the error.
+        One product ``P = Σ (x-s_x)(y-s_y)ᵀ`` in ``products`` precision (``float32`` on the
+        CPU, ``bfloat16`` inputs with float32 accumulation on CUDA, ``float64`` for a
+        reference) is then the whole cost; with the shifted column sums ``S`` the batch's
+        centred cross-product is ``P - S_x S_yᵀ / b`` and Chan's merge adds
+        ``(n_A b / n) (μ_batch,x - μ_A,x)(μ_batch,y - μ_A,y)ᵀ``: both rank-one terms go into
+        the float64 accumulator in one pass. The shift keeps ``S`` small, so nothing cancels
+        beyond float32 rounding of the batch's own spread.
+        """
+        x, y = self._batch(x, y)
+        b = float(x.shape[0])
+        if b == 0:
+            return self
+        work = torch.float64 if products == "float64" else torch.float32
+        side_x = _shifted(x, self.mean_x if self.count else _first_shift(x, work), "x", work)
+        side_y = _shifted(y, self.mean_y if self.count else _first_shift(y, work), "y", work)
+        n_a, n = float(self.count), self.count + b
+        batch_mean_x = side_x.shift + side_x.sums / b
+        batch_mean_y = side_y.shift + side_y.sums / b
+        dx, dy = batch_mean_x - self.mean_x, batch_mean_y - self.mean_y
+        product = _product(side_x.values, side_y.values, products)
+        self._accumulate(product)
+        rank_two = (
+            torch.stack([side_x.sums, dx * (n_a * b / n)], dim=1),
+            torch.stack([-side_y.sums / b, dy], dim=0),
+        )
+        self.cxy.addmm_(*rank_two)
+        return CrossMoments(
+            count=self.count + int(b),
+            mean_x=self.mean_x + dx * (b / n),
+            mean_y=self.mean_y + dy * (b / n),
+            m2_x=self.m2_x + (side_x.squares - side_x.sums**2 / b) + dx * dx * (n_a * b / n),
+            m2_y=self.m2_y + (side_y.squares - side_y.sums**2 / b) + dy * dy * (n_a * b / n),
+            cxy=self.cxy,
+        )
+
+    def _batch(self, x: Batch, y: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check one batch against the statistics' shape; both sides on their device."""
+        x, y = _as_tensor(x).to(self.cxy.device), _as_tensor(y).to(self.cxy.device)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"activations: x has {x.shape[0]} tokens but y has {y.shape[0]}; they must match"
+            )
+        if (x.shape[1], y.shape[1]) != self.shape:
+            raise ValueError(
+                f"activations: batch of {x.shape[1]} x {y.shape[1]} neurons for statistics of "
+                f"{self.shape[0]} x {self.shape[1]}"
+            )
+        return x, y
+
+    def _accumulate(self, product: torch.Tensor, chunk_elements: int = 2**20) -> None:
+        """Add a batch's product ``[n_x, n_y]`` (float32 or float64) to the float64 ``cxy``
+        in place. On the CPU a float32 product is widened a few rows at a time into a small
+        reused buffer first (an in-place add of mixed dtypes there allocates a float64
+        temporary of the whole matrix); CUDA's kernel widens as it adds."""
+        if product.dtype == torch.float64 or product.device.type != "cpu":
+            self.cxy.add_(product)
+            return
+        n_y = product.shape[1]
+        rows = max(1, chunk_elements // max(1, n_y))
+        wide = SCRATCH.get("product64", (rows, n_y), torch.float64, product.device)
+        for start in range(0, product.shape[0], rows):
+            part = product[start : start + rows]
+            self.cxy[start : start + len(part)].add_(wide[: len(part)].copy_(part))
 
     def var_x(self) -> torch.Tensor:
         """Population variance of each x neuron ``[n_x]``."""

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from universal_neurons.analysis.activations import iter_batches, kept_mask, load_analysis_set
 from universal_neurons.analysis.collect import check_finite_statistics, kept_activations
-from universal_neurons.analysis.correlation import CrossMoments
+from universal_neurons.analysis.correlation import SCRATCH, CrossMoments
 from universal_neurons.analysis.maxima import (
     BaselineDraws,
     BlockMaxima,
@@ -178,6 +178,7 @@ def correlate_pass(
             x = acts[unit.a][:, r0 - start : r1 - start]
             stats[unit] = stats[unit].update(x, acts[unit.b], products)  # type: ignore[arg-type]
             check_finite_statistics(stats[unit], unit.a, unit.b, d_mlp, first + number)
+    SCRATCH.clear()  # the update's work buffers: free before the block is reduced
     return stats, total
 
 
