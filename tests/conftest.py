@@ -121,6 +121,26 @@ def tiny_analysis(tiny_tokens_dir, tiny_group, tmp_path_factory) -> Path:
     return root / "data"
 
 
+def save_tiny_neox(directory: Path, seed: int, vocab_size: int = 512, context: int = 64) -> None:
+    """A tiny Pythia-architecture model (GPT-NeoX: rotary, parallel attention + MLP; 2 layers
+    of 64 neurons), random weights from ``seed``, saved in Hugging Face format."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=context,
+        rotary_pct=0.25,
+        initializer_range=0.2,
+    )
+    torch.manual_seed(seed)
+    GPTNeoXForCausalLM(config).save_pretrained(directory)
+
+
 def git(cwd: Path, *args: str) -> str:
     """Run ``git *args`` in ``cwd`` with a fixed identity and no inherited git settings;
     return its stdout, stripped."""

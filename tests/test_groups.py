@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_params
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from conftest import save_tiny_neox, tiny_params
+from transformers import PreTrainedTokenizerFast
 
 from universal_neurons.config import ConfigError, GroupConfig, params_from_dict
 from universal_neurons.models.group import PRESETS, GroupError, group_members, member
@@ -99,19 +99,8 @@ def _save_tokenizer(tokens_dir, directory):
 
 
 def _neox(directory, seed, tokens_dir):
-    """A tiny Pythia-architecture model (GPT-NeoX, rotary, parallel attention+MLP), saved."""
-    config = GPTNeoXConfig(
-        vocab_size=512,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        rotary_pct=0.25,
-        initializer_range=0.2,
-    )
-    torch.manual_seed(seed)
-    GPTNeoXForCausalLM(config).save_pretrained(directory)
+    """A tiny Pythia-architecture model with the test tokenizer, saved."""
+    save_tiny_neox(directory, seed)
     _save_tokenizer(tokens_dir, directory)
 
 

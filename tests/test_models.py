@@ -4,9 +4,12 @@ import shutil
 
 import pytest
 import torch
+from conftest import save_tiny_neox
 from transformers import GPT2LMHeadModel
 
+from universal_neurons.models import trunk
 from universal_neurons.models.loading import ModelLoadError, capture_mlp, load_model, model_shape
+from universal_neurons.models.trunk import uses_trunk
 
 
 def _hf_mlp_activations(directory, tokens):
@@ -35,7 +38,14 @@ def test_local_model_loads_and_hooks_have_the_right_shape(tiny_group):
     assert cache["blocks.1.mlp.hook_post"].shape == (3, 17, 64)
     captured = capture_mlp(model, tokens, ("pre", "post"))
     assert captured["post"].shape == (2, 3, 17, 64)
-    torch.testing.assert_close(captured["post"][1], cache["blocks.1.mlp.hook_post"], rtol=0, atol=0)
+    hooked = capture_mlp(model, tokens, ("pre", "post"), fused=False)
+    torch.testing.assert_close(hooked["post"][1], cache["blocks.1.mlp.hook_post"], rtol=0, atol=0)
+    # The fused trunk (same modules, fused attention) agrees with the hooks up to rounding.
+    assert uses_trunk(model)
+    for kind in ("pre", "post"):
+        torch.testing.assert_close(captured[kind], hooked[kind], rtol=0, atol=1e-5)
+    later = capture_mlp(model, tokens, ("post",), layers=range(1, 2))
+    assert torch.equal(later["post"][0], captured["post"][1])
     # Folding LayerNorm must not change the neurons: same activations as the raw HF model.
     torch.testing.assert_close(
         captured["post"], _hf_mlp_activations(tiny_group[1], tokens), rtol=1e-4, atol=1e-5
@@ -65,3 +75,26 @@ def test_truncated_safetensors_is_named(tiny_group, tmp_path):
         ModelLoadError, match=r"model.safetensors: (unreadable|truncated) safetensors"
     ):
         load_model(str(broken))
+
+
+def test_trunk_is_used_only_where_it_agrees_with_the_hooks(tiny_group, monkeypatch):
+    """A trunk that disagrees with the bridge on the probe batch (here: a tolerance of 0)
+    is not used: the capture is then exactly the hooks' one."""
+    monkeypatch.setitem(trunk.PROBE_TOLERANCE, torch.float32, 0.0)
+    model = load_model(str(tiny_group[2]))
+    tokens = torch.randint(1, 512, (2, 17), generator=torch.Generator().manual_seed(1))
+    captured = capture_mlp(model, tokens, ("pre", "post"))
+    assert not uses_trunk(model)
+    hooked = capture_mlp(model, tokens, ("pre", "post"), fused=False)
+    for kind in ("pre", "post"):
+        assert torch.equal(captured[kind], hooked[kind])
+
+
+def test_gpt_neox_keeps_the_bridge_path(tmp_path):
+    """The trunk mirrors GPT-2 only: a GPT-NeoX (Pythia) model is captured through the hooks."""
+    save_tiny_neox(tmp_path / "neox", seed=0)
+    model = load_model(str(tmp_path / "neox"))
+    tokens = torch.randint(1, 512, (2, 16), generator=torch.Generator().manual_seed(2))
+    captured = capture_mlp(model, tokens, ("post",))
+    assert not trunk.supported(model) and not uses_trunk(model)
+    assert torch.equal(captured["post"], capture_mlp(model, tokens, ("post",), fused=False)["post"])
