@@ -122,7 +122,8 @@ def reduce_block(
 ) -> BlockMaxima:
     """Summaries of one block's statistics ``stats [B, N]`` (rows ``rows`` of ``a``, whole
     layers, all of ``b``): maxima both ways and every baseline draw; ``chunk`` rows of
-    correlations at a time, one layer of rotations at a time (memory ~ ``8·chunk·N``)."""
+    correlations at a time, one layer of rotations for ``chunk`` rows at a time (memory
+    ~ ``8·chunk·N`` and ``40·chunk·d_mlp + 24·d_mlp²``)."""
     (a, b), (r0, r1), count = pair, rows, stats.count
     var_x, var_y = stats.var_x(), stats.var_y()
     forward = row_maxima(stats.cxy, count, var_x, var_y, dead_variance, chunk)
@@ -131,19 +132,28 @@ def reduce_block(
     n_b = stats.shape[1] // d_mlp
     a_layers = range(r0 // d_mlp, r1 // d_mlp)
 
-    def forward_layers(sample):
+    def forward_layers(sample, rows):  # the block's rows against each rotated layer of b
         for layer in range(n_b):
-            cov = stats.cxy[:, layer * d_mlp : (layer + 1) * d_mlp] / count
+            cov = stats.cxy[rows, layer * d_mlp : (layer + 1) * d_mlp] / count
             yield cov, draws.within_layer(b, layer), draws.matrix(b, sample, layer, d_mlp)
 
-    def backward_layers(sample):
+    def backward_layers(sample, rows):  # b's neurons ``rows`` against the block's rotated layers
         for layer in a_layers:
-            cov = stats.cxy[layer * d_mlp - r0 : (layer + 1) * d_mlp - r0].T / count
+            cov = stats.cxy[layer * d_mlp - r0 : (layer + 1) * d_mlp - r0, rows].T / count
             yield cov, draws.within_layer(a, layer), draws.matrix(a, sample, layer, d_mlp)
 
     def baselines(layers, var):  # [samples, n]: per draw, the max over the mixed directions
+        # ``chunk`` rows at a time: one backward layer against all of b is [N, d_mlp] per
+        # temporary (0.9 GB for GPT2-small), five of them in ``mixed_layer_maxima``
+        chunks = [slice(i, i + chunk) for i in range(0, var.shape[0], chunk)]
         per_draw = [
-            mixed_layer_maxima(layers(s), var, dead_variance).max_corr for s in range(draws.samples)
+            np.concatenate(
+                [
+                    mixed_layer_maxima(layers(s, rows), var[rows], dead_variance).max_corr
+                    for rows in chunks
+                ]
+            )
+            for s in range(draws.samples)
         ]
         return torch.as_tensor(np.stack(per_draw))
 

@@ -59,6 +59,13 @@ class GroupShape:
         per_layer = 4 * self.d_model**2 + 2 * self.d_model * self.d_mlp
         return self.n_layers * per_layer + (self.d_vocab + self.context) * self.d_model
 
+    def loaded_parameters(self) -> int:
+        """Weights one model holds once loaded for analysis: ``model_parameters`` and a
+        second copy of the joint QKV projection (TransformerBridge keeps Hugging Face's and
+        its own split q/k/v, 3 d_model² per layer: 0.43 GiB per GPT2-small-shaped model
+        measured, 0.40 counted)."""
+        return self.model_parameters() + self.n_layers * 3 * self.d_model**2
+
 
 PRESET_SHAPES = {  # (n_layers, d_mlp, d_model, d_vocab, context): the models' own config.json
     "gpt2-small": (12, 3072, 768, 50257, 1024),
@@ -86,7 +93,8 @@ class WorkPlan:
     """How correlate splits the work: ``block`` neurons of a per unit (the whole ``N`` if 0),
     ``shards`` token shards, ``batch_tokens`` tokens per batch, ``full_pairs`` (pair files
     written, baseline rotates them) or not (units reduce to maxima, ``samples`` draws),
-    ``one_pass`` (every pair in one pass), ``model_bytes`` per weight (4 float32, 2 bf16)."""
+    ``one_pass`` (every pair in one pass), ``model_bytes`` per weight (4 float32, 2 bf16),
+    ``cuda``: units run on a GPU."""
 
     block: int
     shards: int
@@ -95,6 +103,7 @@ class WorkPlan:
     samples: int
     one_pass: bool
     model_bytes: int = 4
+    cuda: bool = False
 
 
 def unit_memory(shape: GroupShape, plan: WorkPlan) -> dict[str, int]:
@@ -103,11 +112,16 @@ def unit_memory(shape: GroupShape, plan: WorkPlan) -> dict[str, int]:
     whichever is larger, + the models and the process's own ``RUNTIME``."""
     n, b, t = shape.neurons, plan.block or shape.neurons, plan.batch_tokens
     accumulators = (shape.pairs if plan.one_pass else 1) * 8 * b * n
-    product = 12 * b * n
+    # each batch's float32 product, and on the CPU its float64 widening before the add
+    # (CUDA's add kernel widens as it reads): 12 or 4 bytes per entry
+    product = (4 if plan.cuda else 12) * b * n
     models_held = shape.models if plan.one_pass else 2
     activations = 18 * t * (models_held * n if plan.one_pass else b + n)
-    reduction = 0 if plan.full_pairs else 8 * min(b, REDUCE_CHUNK) * n + 24 * b * shape.d_mlp
-    models = models_held * shape.model_parameters() * plan.model_bytes
+    # 1,024 rows of correlations, then per layer and 1,024 rows the rotated terms (five
+    # [rows, d_mlp] temporaries) and the layer's matrices (three [d_mlp, d_mlp])
+    rotations = 40 * REDUCE_CHUNK * shape.d_mlp + 24 * shape.d_mlp**2
+    reduction = 0 if plan.full_pairs else 8 * min(b, REDUCE_CHUNK) * n + rotations
+    models = models_held * shape.loaded_parameters() * plan.model_bytes
     parts = {
         "accumulators": accumulators,
         "product": product,
@@ -218,6 +232,7 @@ def work_plan(params: Params, shape: GroupShape) -> WorkPlan:
         samples=params.baseline.samples,
         one_pass=not corr.split(),
         model_bytes=2 if cfg.device.startswith("cuda") else 4,
+        cuda=cfg.device.startswith("cuda"),
     )
 
 
