@@ -112,7 +112,7 @@ def test_unit_memory_is_the_documented_arithmetic():
     assert mem["accumulators"] == 8 * b * n
     assert mem["product"] == 12 * b * n
     assert mem["activations"] == 18 * t * (b + n)
-    assert mem["models"] == 2 * 4 * GPT2_SMALL.model_parameters()
+    assert mem["models"] == 2 * 4 * GPT2_SMALL.loaded_parameters()
     assert mem["total"] == 8 * b * n + 12 * b * n + 18 * t * (b + n) + mem["models"] + plan.RUNTIME
     assert plan.unit_count(GPT2_SMALL, work) == 10 * 12
     # the default one pass of a whole group holds every pair's accumulator
@@ -145,12 +145,17 @@ def test_slurm_memory_limit_names_the_parameter_and_a_block_that_fits():
 
 def test_plan_command_prints_the_preset_plan(tmp_path):
     """``universal-neurons plan`` on the GPT2-small preset, with given rates (nothing measured),
-    in an empty folder (the repository's own models/, if checked out, are another group)."""
+    run from a folder holding another group's models/: the preset's parameter file is a
+    pipeline of its own, whose paths are relative to its folder, so that group is ignored."""
+    import json
     import subprocess
     import sys
 
     from conftest import REPO_ROOT
 
+    decoy = tmp_path / "models" / "seed1"
+    decoy.mkdir(parents=True)
+    (decoy / "config.json").write_text(json.dumps({"n_layer": 2, "n_embd": 128, "vocab_size": 512}))
     preset = REPO_ROOT / "pipelines" / "gpt2-small" / "params.yaml"
     args = ["--params", str(preset), "--tokens", "100000000"]
     rates = ["--products-tflops", "664", "--float64-tflops", "67", "--parallel", "32"]
@@ -159,7 +164,7 @@ def test_plan_command_prints_the_preset_plan(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     work = plan.WorkPlan(
-        36864, 1, 24 * 512, full_pairs=False, samples=3, one_pass=False, model_bytes=2
+        36864, 1, 24 * 512, full_pairs=False, samples=3, one_pass=False, model_bytes=2, cuda=True
     )
     memory = plan.unit_memory(GPT2_SMALL, work)["total"] / plan.GIB
     assert "5 models x 12 layers x 3072 = 36,864 neurons each, 10 pairs; 100,000,000 tokens" in out

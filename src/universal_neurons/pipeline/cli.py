@@ -54,7 +54,10 @@ def run_command(declared: Command, params_path: Path | None, options: dict[str, 
     try:
         if not declared.needs_params:
             return declared.run(Layout(), **options)
-        layout = Layout(params=params_path or DEFAULT_PARAMS_PATH)
+        # A parameter file elsewhere (``--params pipelines/gpt2-small/params.yaml``) is a
+        # pipeline of its own: its paths are relative to its folder, where DVC runs its stages.
+        params_path = Path(params_path or DEFAULT_PARAMS_PATH)
+        layout = Layout.at(params_path.parent, params=params_path)
         return declared.run(load_params(layout.params), layout, **options)
     except UserError as exc:
         _exit_with(exc)
