@@ -74,26 +74,33 @@ mixing matrix [d_mlp, d_mlp])``; the last two as tensors or arrays."""
 
 @torch.no_grad()
 def mixed_layer_maxima(
-    layers: LayerTerms, var_x: torch.Tensor, dead_variance: float = 0.0
+    layers: LayerTerms,
+    var_x: torch.Tensor,
+    dead_variance: float = 0.0,
+    rows: int = 0,
+    count: int = 1,
 ) -> MaxCorrelation:
     """Per x neuron, the max correlation with any mixed partner direction ``M_l y_l``, the
     partner's layers taken one at a time (``layers``, see ``LayerTerms``), so that only one
-    layer's ``[n_x, d_mlp]`` block is held. ``var_x [n_x]``: x's population variances. The
-    argmax indexes the mixed directions (``layer * d_mlp + j``, the first maximum, as
-    ``row_max`` of the whole row would give). Everything in float64.
+    layer's ``[n_x, d_mlp]`` block is held (``rows`` > 0: only ``rows`` x neurons of it at a
+    time; ``count`` > 1: the layers give sums over ``count`` positions, divided here a block
+    at a time). ``var_x [n_x]``: x's population variances. The argmax indexes the mixed
+    directions (``layer * d_mlp + j``, the first maximum, as ``row_max`` of the whole row
+    would give). Everything in float64.
     """
     best, where, offset = None, None, 0
     for covariance, within, matrix in layers:
-        covariance = covariance.to(torch.float64)
         device = covariance.device
         m, sigma = _float64(matrix, device), _float64(within, device)
         sx = torch.where(var_x > dead_variance, var_x.sqrt(), torch.nan).to(device)
-        cov_mixed = covariance @ m.T  # [n_x, d_mlp]
         var_mixed = ((m @ sigma) * m).sum(dim=1)  # diag(M Σ Mᵀ)
         sy = torch.where(var_mixed > dead_variance, var_mixed.clamp_min(0).sqrt(), torch.nan)
-        values, index = torch.nan_to_num(cov_mixed / sx[:, None] / sy[None, :], nan=-torch.inf).max(
-            dim=1
-        )
+        step = rows or covariance.shape[0]
+        parts = [
+            _mixed_row_max(covariance[start : start + step], count, m, sx[start : start + step], sy)
+            for start in range(0, covariance.shape[0], step)
+        ]
+        values, index = torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
         if best is None:
             best, where = values, index + offset
         else:
@@ -104,6 +111,19 @@ def mixed_layer_maxima(
             )
         offset += m.shape[0]
     return _finite_maxima(best, where)
+
+
+def _mixed_row_max(
+    covariance: torch.Tensor, count: int, m: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row maxima (and argmax) of the correlations ``(covariance / count · Mᵀ) / (sx ⊗ sy)``
+    of some x neurons ``covariance [rows, d_mlp]`` with one layer's mixed directions, NaN as
+    -inf."""
+    covariance = covariance.to(torch.float64)
+    if count != 1:
+        covariance = covariance / count
+    cov_mixed = covariance @ m.T  # [rows, d_mlp]
+    return torch.nan_to_num(cov_mixed / sx[:, None] / sy[None, :], nan=-torch.inf).max(dim=1)
 
 
 def _float64(values, device: torch.device) -> torch.Tensor:

@@ -132,27 +132,22 @@ def reduce_block(
     n_b = stats.shape[1] // d_mlp
     a_layers = range(r0 // d_mlp, r1 // d_mlp)
 
-    def forward_layers(sample, rows):  # the block's rows against each rotated layer of b
+    def forward_layers(sample):
         for layer in range(n_b):
-            cov = stats.cxy[rows, layer * d_mlp : (layer + 1) * d_mlp] / count
+            cov = stats.cxy[:, layer * d_mlp : (layer + 1) * d_mlp]
             yield cov, draws.within_layer(b, layer), draws.matrix(b, sample, layer, d_mlp)
 
-    def backward_layers(sample, rows):  # b's neurons ``rows`` against the block's rotated layers
+    def backward_layers(sample):  # one of the block's layers against all of b: [N, d_mlp]
         for layer in a_layers:
-            cov = stats.cxy[layer * d_mlp - r0 : (layer + 1) * d_mlp - r0, rows].T / count
+            cov = stats.cxy[layer * d_mlp - r0 : (layer + 1) * d_mlp - r0].T
             yield cov, draws.within_layer(a, layer), draws.matrix(a, sample, layer, d_mlp)
 
     def baselines(layers, var):  # [samples, n]: per draw, the max over the mixed directions
-        # ``chunk`` rows at a time: one backward layer against all of b is [N, d_mlp] per
-        # temporary (0.9 GB for GPT2-small), five of them in ``mixed_layer_maxima``
-        chunks = [slice(i, i + chunk) for i in range(0, var.shape[0], chunk)]
+        # ``chunk`` rows of a layer at a time, the sums divided by ``count`` chunk by chunk: a
+        # backward layer against all of b would be five [N, d_mlp] float64 temporaries (4.5 GB
+        # for GPT2-small)
         per_draw = [
-            np.concatenate(
-                [
-                    mixed_layer_maxima(layers(s, rows), var[rows], dead_variance).max_corr
-                    for rows in chunks
-                ]
-            )
+            mixed_layer_maxima(layers(s), var, dead_variance, chunk, count).max_corr
             for s in range(draws.samples)
         ]
         return torch.as_tensor(np.stack(per_draw))
