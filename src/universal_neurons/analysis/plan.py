@@ -112,9 +112,9 @@ def unit_memory(shape: GroupShape, plan: WorkPlan) -> dict[str, int]:
     whichever is larger, + the models and the process's own ``RUNTIME``."""
     n, b, t = shape.neurons, plan.block or shape.neurons, plan.batch_tokens
     accumulators = (shape.pairs if plan.one_pass else 1) * 8 * b * n
-    # each batch's float32 product, and on the CPU its float64 widening before the add
-    # (CUDA's add kernel widens as it reads): 12 or 4 bytes per entry
-    product = (4 if plan.cuda else 12) * b * n
+    # each batch's float32 product (widened into the float64 sums by CUDA's add kernel, on
+    # the CPU through a reused buffer of 2**20 entries)
+    product = 4 * b * n + (0 if plan.cuda else 8 * 2**20)
     models_held = shape.models if plan.one_pass else 2
     activations = 18 * t * (models_held * n if plan.one_pass else b + n)
     # 1,024 rows of correlations, then per layer and 1,024 rows the rotated terms (five
