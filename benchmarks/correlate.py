@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _best_time(func, device: str, repeats: int = 3) -> float:
+def _times(func, device: str, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` calls of ``func`` after one warm-up call (device synchronised)."""
     func()  # warm-up
     _sync(device)
     times = []
@@ -51,7 +53,15 @@ def _best_time(func, device: str, repeats: int = 3) -> float:
         func()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def _best_time(func, device: str, repeats: int = 3) -> float:
+    return min(_times(func, device, repeats))
+
+
+def _median_time(func, device: str, repeats: int = 5) -> float:
+    return float(np.median(_times(func, device, repeats)))
 
 
 def bench_update(n: int, tokens: int, device: str, products: str) -> dict:
@@ -163,93 +173,266 @@ def bench_memory(args, root: Path) -> dict:
 
 
 def bench_hooks(path: Path, args) -> dict:
-    """(c): capture_mlp (hooks, stops after the last MLP) vs a bare forward of the same model."""
+    """(c): capture_mlp (fused trunk, stops after the last MLP) vs the same layers' plain
+    Hugging Face forward (``model.transformer``, its default fused attention): their ratio.
+    The bridge's hook path is timed too, for reference."""
+    from transformers import AutoModelForCausalLM
+
     from universal_neurons.models.loading import capture_mlp, load_model
 
     model = load_model(str(path), device=args.device)
+    plain = AutoModelForCausalLM.from_pretrained(str(path)).to(args.device).eval()
     tokens = torch.as_tensor(
         np.random.default_rng(1).integers(1, args.vocab, size=(args.batch, args.context)),
         device=args.device,
     )
     with torch.no_grad():
-        t_hooks = _best_time(lambda: capture_mlp(model, tokens, ("post",)), args.device, 5)
-        t_bare = _best_time(lambda: model(tokens), args.device, 5)
-    return {"hooks_s": t_hooks, "bare_forward_s": t_bare, "ratio": t_hooks / t_bare}
+        t_fused = _median_time(lambda: capture_mlp(model, tokens, ("post",)), args.device)
+        t_hooks = _median_time(
+            lambda: capture_mlp(model, tokens, ("post",), fused=False), args.device
+        )
+        t_plain = _median_time(lambda: plain.transformer(tokens), args.device)
+    return {
+        "capture_s": t_fused,
+        "hooks_s": t_hooks,
+        "plain_trunk_s": t_plain,
+        "ratio": t_fused / t_plain,
+        "hooks_ratio": t_hooks / t_plain,
+    }
 
 
-def bench_gpt2_small(args) -> dict:
-    """(d): a GPT2-small-shaped pair on the GPU, bf16 products, float64 accumulators."""
-    from universal_neurons.models.loading import capture_mlp, load_model, model_dtype
+SHAPES = {  # family, layers, d_model, heads, d_mlp, vocab, context
+    "gpt2-small": ("gpt2", 12, 768, 12, 3072, 50257, 1024),
+    "gpt2-medium": ("gpt2", 24, 1024, 16, 4096, 50257, 1024),
+    "pythia-160m": ("gpt_neox", 12, 768, 12, 3072, 50304, 2048),
+}
+"""The paper's three groups' model shapes (random weights, configs built locally)."""
+
+
+def _shaped_models(root: Path, name: str, layers: int) -> list[Path]:
+    """Two models of shape ``SHAPES[name]`` (``layers`` of them) saved under ``root``."""
+    family, _, d_model, heads, d_mlp, vocab, n_ctx = SHAPES[name]
+    if family == "gpt2":
+        shape = ModelConfig(
+            n_layers=layers, d_model=d_model, n_heads=heads, d_mlp=d_mlp, activation="gelu_new"
+        )
+        return _tiny_models(root, shape, vocab, n_ctx)
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=d_mlp,
+        max_position_embeddings=n_ctx,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+    )
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        path = root / f"seed{seed}"
+        GPTNeoXForCausalLM(config).save_pretrained(path)
+        paths.append(path)
+    return paths
+
+
+def bench_pair(args, name: str, blocks: int = 0) -> dict:
+    """(d): one pair of ``name``-shaped models through correlate's own pass
+    (``units.correlate_pass``: both forwards, the masks, the update, the finite checks),
+    the rows of the last of ``blocks`` blocks of neurons (all layers of both models; 0: the
+    fewest that fit ``--pair-gib``); the pair's rate is the unit's divided by ``blocks``."""
+    from universal_neurons.analysis.units import PassSettings, Unit, correlate_pass
+    from universal_neurons.models.loading import load_model, model_dtype
+    from universal_neurons.models.trunk import uses_trunk
 
     device = args.device
-    layers = args.gpt2_layers  # 12 = GPT2-small; fewer for a quick CPU check of the code path
-    shape = ModelConfig(n_layers=layers, d_model=768, n_heads=12, d_mlp=3072, activation="gelu_new")
-    dtype = getattr(torch, model_dtype(device))  # bf16 models on CUDA, as correlate runs them
+    layers = args.pair_layers or SHAPES[name][1]
+    d_mlp, vocab, n_ctx = SHAPES[name][4], SHAPES[name][5], min(SHAPES[name][6], args.pair_context)
+    dtype = getattr(torch, model_dtype(device))
+    n = layers * d_mlp
+    blocks = blocks or args.pair_blocks or _blocks_for(n, layers, args.pair_gib)
+    rows = (n - n // blocks, n)
+    products = "bfloat16" if device.startswith("cuda") else "float32"
+    seqs, batches = args.pair_batch, args.pair_batches
+    tokens = np.random.default_rng(0).integers(1, vocab, size=((batches + 1) * seqs, n_ctx))
+    excluded = np.array([0])
     with tempfile.TemporaryDirectory() as tmp:
-        paths = _tiny_models(Path(tmp), shape, 50257, 1024)
-        models = [load_model(str(p), device, dtype) for p in paths]
-    n = layers * 3072
-    seqs, ctx = args.gpt2_batch, args.gpt2_context
-    gen = np.random.default_rng(0)
-    stats = CrossMoments.empty(n, n, device)
-    batches = [
-        torch.as_tensor(gen.integers(0, 50257, size=(seqs, ctx)), device=device)
-        for _ in range(args.gpt2_batches + 1)
+        paths = _shaped_models(Path(tmp), name, layers)
+        start = time.perf_counter()
+        models = {
+            "a": load_model(str(paths[0]), device, dtype),
+            "b": load_model(str(paths[1]), device, dtype),
+        }
+        load_s = time.perf_counter() - start
+    settings = PassSettings(seqs, products, device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    warm = Unit("a", "b", rows, (0, seqs))
+    correlate_pass([warm], models, (tokens, excluded), settings)  # warm-up, first-batch checks
+    _sync(device)
+    timed = Unit("a", "b", rows, (seqs, (batches + 1) * seqs))
+    start = time.perf_counter()
+    stats, _ = correlate_pass([timed], models, (tokens, excluded), settings)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    kept = stats.pop(timed).count  # (frees the sums before the profile)
+    flops = 2.0 * kept * (rows[1] - rows[0]) * n
+    bare = _bare_product_rate(rows[1] - rows[0], n, kept // batches, device, products)
+    out = {
+        "shape": name,
+        "layers": layers,
+        "neurons": n,
+        "rows_in_unit": rows[1] - rows[0],
+        "blocks_per_pair": blocks,
+        "model_dtype": str(dtype).replace("torch.", ""),
+        "products": products,
+        "tokens": kept,
+        "unit_tokens_per_s": kept / elapsed,
+        "pair_tokens_per_s": kept / elapsed / blocks,
+        "achieved_tflops_incl_forwards": flops / elapsed / 1e12,
+        "product_only_tflops": bare / 1e12,
+        "fraction_of_product_rate": flops / elapsed / bare,
+        "model_load_s": load_s,
+    }
+    out["fused_trunk"] = uses_trunk(models["a"])
+    if args.profile:
+        one = Unit("a", "b", rows, (0, seqs))
+        out["profile_one_batch"] = _profile(
+            lambda: correlate_pass([one], models, (tokens, excluded), settings), device
+        )
+    if device.startswith("cuda"):
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if (name == "gpt2-small" and blocks == 1) or args.pair_layers:
+        out.update(
+            _precision(
+                paths_models=models, device=device, tokens=tokens[:seqs], name=name, layers=layers
+            )
+        )
+    return out
+
+
+def _profile(func, device: str, top: int = 12) -> list[dict]:
+    """The ``top`` operators of one call of ``func`` by self time on the device (ms)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        func()
+        _sync(device)
+    key = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+    return [
+        {"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0) / 1e3} for e in events[:top]
     ]
 
-    def step(batch, stats):
-        acts = [
-            capture_mlp(m, batch, ("post",))["post"].permute(1, 2, 0, 3).reshape(-1, n)
-            for m in models
-        ]
-        return stats.update(acts[0], acts[1], "bfloat16"), acts
 
-    with torch.no_grad():
-        stats, _ = step(batches[0], stats)  # warm-up
-        _sync(device)
-        start = time.perf_counter()
-        for batch in batches[1:]:
-            stats, acts = step(batch, stats)
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        tokens = args.gpt2_batches * seqs * ctx
-        peak = bench_update(n, seqs * ctx, device, "bfloat16")
-        # error of bf16 products vs float64 on a block of neurons of the last batch
-        block = min(4096, n)
-        ref = CrossMoments.of_batch(acts[0][:, :block], acts[1][:, :block], "float64")
-        got = CrossMoments.of_batch(acts[0][:, :block], acts[1][:, :block], "bfloat16")
-        error = float((got.correlation() - ref.correlation()).abs().nan_to_num(0).max())
-    flops = 2.0 * tokens * n * n
+def _blocks_for(n: int, layers: int, gib: float) -> int:
+    """The fewest blocks of whole layers whose float64 ``[rows, n]`` sums fit in ``gib``."""
+    for blocks in range(1, layers + 1):
+        if layers % blocks == 0 and (n // blocks) * n * 8 <= gib * 2**30:
+            return blocks
+    return layers
+
+
+def _bare_product_rate(rows: int, n: int, tokens: int, device: str, products: str) -> float:
+    """FLOP/s of the plain product ``[rows, tokens] x [tokens, n]`` (bf16 -> fp32 on CUDA)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(rows, tokens, device=device, generator=gen)
+    y = torch.randn(tokens, n, device=device, generator=gen)
+    if products == "bfloat16":
+        x, y = x.bfloat16(), y.bfloat16()
+
+        def bare():
+            torch.mm(x, y, out_dtype=torch.float32)
+    else:
+
+        def bare():
+            torch.mm(x, y)
+
+    return 2.0 * rows * tokens * n / _median_time(bare, device)
+
+
+def _precision(paths_models: dict, device: str, tokens: np.ndarray, name: str, layers: int) -> dict:
+    """Max |correlation error| on a block of neurons over one batch: the run's path (models
+    in their dtype, ``bfloat16`` products on CUDA) against float32 models with float64
+    products, and the products alone (same activations, bfloat16 vs float64)."""
+    from universal_neurons.models.loading import capture_mlp
+
+    batch = torch.as_tensor(tokens, device=device)
+    block = 4096
+    acts = {}
+    for key, model in paths_models.items():
+        post = capture_mlp(model, batch, ("post",))["post"]
+        acts[key] = post.permute(1, 2, 0, 3).reshape(-1, post.shape[0] * post.shape[-1])[:, :block]
+        model.float()
+        post = capture_mlp(model, batch, ("post",), fused=False)["post"]
+        acts[key + "32"] = post.permute(1, 2, 0, 3).reshape(-1, post.shape[0] * post.shape[-1])[
+            :, :block
+        ]
+    products = "bfloat16" if device.startswith("cuda") else "float32"
+    ref = CrossMoments.of_batch(acts["a32"], acts["b32"], "float64").correlation()
+    run = CrossMoments.of_batch(acts["a"], acts["b"], products).correlation()
+    same_acts = CrossMoments.of_batch(acts["a32"], acts["b32"], products).correlation()
     return {
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
-        "model_dtype": str(dtype),
-        "layers": layers,
-        "tokens": tokens,
-        "tokens_per_s": tokens / elapsed,
-        "seconds_per_12288_tokens": elapsed / tokens * 12288,
-        "achieved_tflops_incl_forward": flops / elapsed / 1e12,
-        "bf16_matmul_peak_tflops": peak["matmul_gflops"] / 1e3,
-        "fraction_of_bf16_peak": (flops / elapsed) / (peak["matmul_gflops"] * 1e9),
-        "update_only_fraction": peak["ratio"],
-        "max_abs_error_vs_float64": error,
+        "block_neurons": block,
+        "precision_tokens": int(batch.numel()),
+        "max_abs_error_vs_float64": float((run - ref).abs().nan_to_num(0).max()),
+        "max_abs_error_products_only": float((same_acts - ref).abs().nan_to_num(0).max()),
     }
+
+
+def machine() -> dict:
+    """Where the figures were measured: device name, torch version, threads, date."""
+    import datetime
+    import platform
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
+    return {
+        "machine": name or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def bench_updates(args, products: str) -> list[dict]:
+    """(a) at each ``--neurons`` size: the run with the median ratio of ``--runs`` runs."""
+    results = []
+    for n in args.neurons:
+        runs = [bench_update(n, args.tokens, args.device, products) for _ in range(args.runs)]
+        ratios = [run["ratio"] for run in runs]
+        median = runs[int(np.argsort(ratios)[len(ratios) // 2])]
+        results.append({**median, "ratios": ratios})
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--neurons", type=int, default=1024, help="(a) neurons per side")
+    parser.add_argument("--neurons", type=int, nargs="+", default=[1024, 2048], help="(a) sizes")
     parser.add_argument("--tokens", type=int, default=4096, help="(a) tokens per batch")
+    parser.add_argument("--runs", type=int, default=5, help="(a): median of this many runs")
     parser.add_argument("--memory-tokens", type=int, default=16384, help="(b) smaller token count")
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=32, help="sequences per batch")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--gpt2-small", action="store_true")
-    parser.add_argument("--gpt2-batch", type=int, default=12, help="(d) sequences of 1024")
-    parser.add_argument("--gpt2-batches", type=int, default=5)
-    parser.add_argument("--gpt2-layers", type=int, default=12, help="(d) 12 = GPT2-small")
-    parser.add_argument("--gpt2-context", type=int, default=1024, help="(d) tokens per sequence")
+    parser.add_argument(
+        "--pair", action="append", help=f"(d) SHAPE[:BLOCKS], SHAPE one of {', '.join(SHAPES)}"
+    )
+    parser.add_argument("--pair-blocks", type=int, default=0, help="(d) blocks (0: to fit)")
+    parser.add_argument("--pair-gib", type=float, default=24.0, help="(d) GiB of sums per unit")
+    parser.add_argument("--pair-batch", type=int, default=12, help="(d) sequences per batch")
+    parser.add_argument("--pair-batches", type=int, default=5, help="(d) timed batches")
+    parser.add_argument("--pair-layers", type=int, default=0, help="(d) fewer layers (a check)")
+    parser.add_argument("--pair-context", type=int, default=1024, help="(d) tokens per sequence")
+    parser.add_argument("--profile", action="store_true", help="(d) profile one batch")
+    parser.add_argument("--save", help="also write the report (JSON) to this file")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -258,19 +441,35 @@ def main() -> None:
     if args.memory_child:
         memory_child(args)
         return
-    report: dict = {"device": args.device, "threads": torch.get_num_threads()}
-    if args.gpt2_small:
-        report["gpt2_small"] = bench_gpt2_small(args)
-        print(json.dumps(report, indent=2))
-        return
+    report: dict = {"device": args.device, **machine()}
     products = "bfloat16" if args.device.startswith("cuda") else "float32"
-    report["a_update_vs_matmul"] = bench_update(args.neurons, args.tokens, args.device, products)
-    shape = ModelConfig()  # the default pipeline's model shape: 2 layers x 512 neurons
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = _tiny_models(Path(tmp), shape, args.vocab, args.context)
-        report["b_memory"] = bench_memory(args, Path(tmp))
-        report["c_hooks_vs_forward"] = bench_hooks(paths[0], args)
+    report["a_update_vs_matmul"] = bench_updates(args, products)
+    _write(report, args.save)
+    if args.pair:
+        for spec in args.pair:
+            name, _, blocks = spec.partition(":")
+            if name not in SHAPES:
+                parser.error(f"--pair: unknown shape {name!r}; expected one of {', '.join(SHAPES)}")
+            report.setdefault("d_pairs", []).append(bench_pair(args, name, int(blocks or 0)))
+            _write(report, args.save)  # each shape's figures as soon as they exist
+    else:
+        shape = ModelConfig()  # the default pipeline's model shape: 2 layers x 512 neurons
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = _tiny_models(Path(tmp), shape, args.vocab, args.context)
+            report["b_memory"] = bench_memory(args, Path(tmp))
+            report["c_hooks_vs_forward"] = bench_hooks(paths[0], args)
+        _write(report, args.save)
     print(json.dumps(report, indent=2))
+
+
+def _write(report: dict, path: str | None) -> None:
+    """Write ``report`` as JSON to ``path`` (atomically), if given."""
+    if path:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(target)
 
 
 if __name__ == "__main__":
