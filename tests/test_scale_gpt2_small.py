@@ -87,7 +87,7 @@ def _corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.xfail(
-    reason="issue 14: correlate peaked at 4.36 GiB (8.4 GB before this round's fixes); a "
+    reason="issue 14: correlate peaked at 3.9-4.4 GiB (8.4 GB before this round's fixes); a "
     "watcher on the peak finds it in the block reduction's rotated layers, where the "
     "resident memory keeps growing while the live tensors do not; see docs/scale.md",
     strict=False,
