@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from universal_neurons.analysis.correlation import CrossMoments  # noqa: E402
+from universal_neurons.analysis.pairs import resolve_products  # noqa: E402
 from universal_neurons.config import ModelConfig  # noqa: E402
 from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model  # noqa: E402
 
@@ -254,7 +255,7 @@ def bench_pair(args, name: str, blocks: int = 0) -> dict:
     n = layers * d_mlp
     blocks = blocks or args.pair_blocks or _blocks_for(n, layers, args.pair_gib)
     rows = (n - n // blocks, n)
-    products = "bfloat16" if device.startswith("cuda") else "float32"
+    products = resolve_products("auto", device)
     seqs, batches = args.pair_batch, args.pair_batches
     tokens = np.random.default_rng(0).integers(1, vocab, size=((batches + 1) * seqs, n_ctx))
     excluded = np.array([0])
@@ -305,11 +306,7 @@ def bench_pair(args, name: str, blocks: int = 0) -> dict:
     if device.startswith("cuda"):
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if (name == "gpt2-small" and blocks == 1) or args.pair_layers:
-        out.update(
-            _precision(
-                paths_models=models, device=device, tokens=tokens[:seqs], name=name, layers=layers
-            )
-        )
+        out.update(_precision(models, device, tokens[:seqs]))
     return out
 
 
@@ -356,7 +353,7 @@ def _bare_product_rate(rows: int, n: int, tokens: int, device: str, products: st
     return 2.0 * rows * tokens * n / _median_time(bare, device)
 
 
-def _precision(paths_models: dict, device: str, tokens: np.ndarray, name: str, layers: int) -> dict:
+def _precision(models: dict, device: str, tokens: np.ndarray) -> dict:
     """Max |correlation error| on a block of neurons over one batch: the run's path (models
     in their dtype, ``bfloat16`` products on CUDA) against float32 models with float64
     products, and the products alone (same activations, bfloat16 vs float64)."""
@@ -364,16 +361,17 @@ def _precision(paths_models: dict, device: str, tokens: np.ndarray, name: str, l
 
     batch = torch.as_tensor(tokens, device=device)
     block = 4096
+
+    def first_neurons(model, fused: bool) -> torch.Tensor:  # [tokens, block]
+        post = capture_mlp(model, batch, ("post",), fused=fused)["post"]
+        return post.permute(1, 2, 0, 3).reshape(-1, post.shape[0] * post.shape[-1])[:, :block]
+
     acts = {}
-    for key, model in paths_models.items():
-        post = capture_mlp(model, batch, ("post",))["post"]
-        acts[key] = post.permute(1, 2, 0, 3).reshape(-1, post.shape[0] * post.shape[-1])[:, :block]
+    for key, model in models.items():
+        acts[key] = first_neurons(model, fused=True)
         model.float()
-        post = capture_mlp(model, batch, ("post",), fused=False)["post"]
-        acts[key + "32"] = post.permute(1, 2, 0, 3).reshape(-1, post.shape[0] * post.shape[-1])[
-            :, :block
-        ]
-    products = "bfloat16" if device.startswith("cuda") else "float32"
+        acts[key + "32"] = first_neurons(model, fused=False)
+    products = resolve_products("auto", device)
     ref = CrossMoments.of_batch(acts["a32"], acts["b32"], "float64").correlation()
     run = CrossMoments.of_batch(acts["a"], acts["b"], products).correlation()
     same_acts = CrossMoments.of_batch(acts["a32"], acts["b32"], products).correlation()
@@ -442,7 +440,7 @@ def main() -> None:
         memory_child(args)
         return
     report: dict = {"device": args.device, **machine()}
-    products = "bfloat16" if args.device.startswith("cuda") else "float32"
+    products = resolve_products("auto", args.device)
     report["a_update_vs_matmul"] = bench_updates(args, products)
     _write(report, args.save)
     if args.pair:
