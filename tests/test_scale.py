@@ -7,6 +7,9 @@ baselines within 1e-9), whatever the blocks and shards.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -176,3 +179,45 @@ def test_plan_command_prints_the_preset_plan(tmp_path):
     products_h = 10 * 2 * 1e8 * 36864**2 / 664e12 / 3600
     hours = float(out.split("time on one device: correlate ")[1].split(" h")[0])
     assert products_h < hours < products_h * 1.3
+
+
+# --- the heap of a unit worker --------------------------------------------------------------
+
+HEAP_PROBE = """
+import sys, torch
+from universal_neurons.analysis.units import map_large_allocations
+def resident():  # bytes
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+if sys.argv[1] == 'mapped':
+    assert map_large_allocations()
+torch.ones(30 * 2**20, dtype=torch.uint8)  # freed at once: glibc's threshold follows it to 30 MB
+base = resident()
+block = torch.ones(25 * 2**20, dtype=torch.uint8)
+held = resident() - base
+del block
+print(held, resident() - base)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("mode", ["default", "mapped"])
+def test_unit_workers_return_freed_tensors_to_the_os(mode):
+    """A freed 25 MB tensor (a reduction's ``[1024, 3072]`` float64 temporary) stays resident
+    in glibc's heap once a larger block has raised glibc's mmap threshold; after
+    ``units.map_large_allocations`` (what ``run_units`` calls) it is unmapped when freed."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src"))
+    result = subprocess.run(
+        [sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    held, after = (int(value) for value in result.stdout.split())
+    assert held > 24 * 2**20  # the tensor was resident while alive
+    if mode == "mapped":
+        assert after < 2**20
+    else:  # glibc's own policy keeps it: what made the 4 GB check's heap grow
+        assert after > 24 * 2**20

@@ -26,6 +26,7 @@ job's call in its ``folder`` (``correlate.log_dir``) together with the job's std
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -339,12 +340,36 @@ def _models_for(group: list[Unit], loaded: dict[str, object], context: UnitConte
     return {name: loaded[name] for name in needed}
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+LARGE_ALLOCATION = 2**20  # bytes: allocations from here up are memory maps of their own
+
+
+def map_large_allocations(threshold: int = LARGE_ALLOCATION) -> bool:
+    """Have glibc serve every allocation of ``threshold`` bytes or more by a memory map of its
+    own, unmapped when freed (``mallopt(M_MMAP_THRESHOLD)``, for this whole process); returns
+    False where there is no glibc (macOS, musl), which is left as it is.
+
+    glibc's own threshold rises to 32 MB once such a block is freed, and above that the heap
+    served a block reduction's per-layer float64 temporaries (``[1024, d_mlp]``, 25 MB for
+    GPT2-small); the heap did not shrink when they were freed and grew, fragmented, layer after
+    layer: 0.9 GiB over one GPT2-small-shaped unit while the live tensors stayed the same
+    (measured in ``tests/test_scale_gpt2_small.py``, docs/scale.md). The large buffers that a
+    pass reuses batch after batch (``correlation.SCRATCH``) are mapped once per pass.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
 def run_units(units: list[Unit], context: UnitContext, progress: bool = False) -> list[str]:
     """Run ``units`` in this process, pass after pass; write each unit's file.
 
     This is the function the executors call (in process, in a local worker, or in a Slurm
     task). Returns the written paths.
     """
+    map_large_allocations()  # a unit's memory is its live tensors (docs/scale.md)
     config = AnalysisConfig(**context.analysis)
     tokens, excluded, _ = load_analysis_set(context.tokens_dir, config)
     Path(context.units_dir).mkdir(parents=True, exist_ok=True)
@@ -356,8 +381,9 @@ def run_units(units: list[Unit], context: UnitContext, progress: bool = False) -
         results, batches = correlate_pass(group, models, (tokens, excluded), settings, progress)
         for unit in list(results):
             whole = unit.sequences == (0, len(tokens))
-            stats = results.pop(unit)  # dropped once written: one reduction's memory at a time
-            written.append(str(_save_unit(unit, stats, batches, context, whole)))
+            # popped, and no name kept: each unit's accumulator is freed once written, so
+            # one reduction's memory at a time and none of it during the next pass
+            written.append(str(_save_unit(unit, results.pop(unit), batches, context, whole)))
     return written
 
 
@@ -465,6 +491,7 @@ def _merge_shards(shards: list[Unit], units_dir: str | Path) -> tuple[CrossMomen
         if (info.get("a"), info.get("b"), info.get("rows")) != (unit.a, unit.b, list(unit.rows)):
             raise UnitError(f"{unit_path(units_dir, unit)}: holds another unit ({info})")
         merged = stats if merged is None else merged.merge(stats, inplace=True)
+        del stats  # merged: freed before the next shard is loaded (two [rows, N] at a time)
         batches += int(info["batches"])
         end = unit.sequences[1]
     assert merged is not None
@@ -520,6 +547,7 @@ def merge_block_maxima(
     shards of a sharded block are merged here (Chan, float64; ``[rows, N]`` in memory, one
     block at a time) and reduced. Returns ``({(a, b): maxima}, batches per pair)``.
     """
+    map_large_allocations()  # the sharded blocks' reductions run here
     by_block: dict[tuple[str, str, tuple[int, int]], list[Unit]] = defaultdict(list)
     for unit in units:
         by_block[(unit.a, unit.b, unit.rows)].append(unit)
