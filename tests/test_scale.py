@@ -116,6 +116,9 @@ def test_unit_memory_is_the_documented_arithmetic():
     assert mem["product"] == 4 * b * n + 8 * 2**20
     assert mem["activations"] == 18 * t * (b + n)
     assert mem["models"] == 2 * 4 * GPT2_SMALL.loaded_parameters()
+    # after the pass: three [1024, N] float64 correlation temporaries, or a rotated layer's
+    # five [1024, d_mlp] and three [d_mlp, d_mlp], whichever is larger
+    assert mem["reduction"] == max(3 * 8 * 1024 * n, 40 * 1024 * 3072 + 24 * 3072**2)
     product = 4 * b * n + 8 * 2**20
     assert mem["total"] == 8 * b * n + product + 18 * t * (b + n) + mem["models"] + plan.RUNTIME
     assert plan.unit_count(GPT2_SMALL, work) == 10 * 12

@@ -117,10 +117,12 @@ def unit_memory(shape: GroupShape, plan: WorkPlan) -> dict[str, int]:
     product = 4 * b * n + (0 if plan.cuda else 8 * 2**20)
     models_held = shape.models if plan.one_pass else 2
     activations = 18 * t * (models_held * n if plan.one_pass else b + n)
-    # 1,024 rows of correlations, then per layer and 1,024 rows the rotated terms (five
-    # [rows, d_mlp] temporaries) and the layer's matrices (three [d_mlp, d_mlp])
+    # 1,024 rows of correlations (three [rows, N] float64 temporaries at once: the sums
+    # divided by the count, by one spread, by the other), then per layer and 1,024 rows the
+    # rotated terms (five [rows, d_mlp]) and the layer's matrices (three [d_mlp, d_mlp])
+    correlations = 3 * 8 * min(b, REDUCE_CHUNK) * n
     rotations = 40 * REDUCE_CHUNK * shape.d_mlp + 24 * shape.d_mlp**2
-    reduction = 0 if plan.full_pairs else 8 * min(b, REDUCE_CHUNK) * n + rotations
+    reduction = 0 if plan.full_pairs else max(correlations, rotations)
     models = models_held * shape.loaded_parameters() * plan.model_bytes
     parts = {
         "accumulators": accumulators,
