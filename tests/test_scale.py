@@ -7,13 +7,13 @@ baselines within 1e-9), whatever the blocks and shards.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import tiny_params
+from test_interrupt import _cli_env
 
 from universal_neurons.analysis import plan
 from universal_neurons.errors import UserError
@@ -187,10 +187,10 @@ def test_plan_command_prints_the_preset_plan(tmp_path):
 # --- the heap of a unit worker --------------------------------------------------------------
 
 HEAP_PROBE = """
-import sys, torch
+import os, sys, torch
 from universal_neurons.analysis.units import map_large_allocations
 def resident():  # bytes
-    return int(open('/proc/self/statm').read().split()[1]) * 4096
+    return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 if sys.argv[1] == 'mapped':
     assert map_large_allocations()
 torch.ones(30 * 2**20, dtype=torch.uint8)  # freed at once: glibc's threshold follows it to 30 MB
@@ -211,12 +211,8 @@ def test_unit_workers_return_freed_tensors_to_the_os(mode):
     import subprocess
     import sys
 
-    from conftest import REPO_ROOT
-
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src"))
-    result = subprocess.run(
-        [sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, env=env
-    )
+    command = [sys.executable, "-c", HEAP_PROBE, mode]
+    result = subprocess.run(command, capture_output=True, text=True, env=_cli_env())
     assert result.returncode == 0, result.stderr
     held, after = (int(value) for value in result.stdout.split())
     assert held > 24 * 2**20  # the tensor was resident while alive
