@@ -23,13 +23,13 @@ pipeline: setup
 	universal-neurons log --if-missing   # a fresh clone's MLflow store gets this state's run once
 
 test: setup
-	ruff check src tests benchmarks scripts
-	ruff format --check src tests benchmarks scripts
+	ruff check src stages tests benchmarks scripts
+	ruff format --check src stages tests benchmarks scripts
 	python -m pytest
 
 lint: setup
-	ruff check --fix src tests benchmarks scripts
-	ruff format src tests benchmarks scripts
+	ruff check --fix src stages tests benchmarks scripts
+	ruff format src stages tests benchmarks scripts
 
 metrics: setup   # function lengths and docstrings of src/ (limits checked by tests/test_code_metrics.py)
 	python scripts/code_metrics.py

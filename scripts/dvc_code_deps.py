@@ -1,30 +1,27 @@
-"""Rewrite the code ``deps`` of every stage in dvc.yaml files to what tests/test_wiring.py wants.
+"""Rewrite the code ``deps`` of every stage in dvc.yaml files to what the wiring check wants.
 
     python scripts/dvc_code_deps.py dvc.yaml pipelines/*/dvc.preset.yaml
 
-Each stage's lines that name a ``.py`` file under ``src/`` are replaced by the files of the
-stage module's transitive imports (``code_closure`` of tests/test_wiring.py), sorted, after
-the data deps; everything else in the file (comments, order, data deps) stays as written.
+Each stage's lines that name a ``.py`` file are replaced by its stage file and the library
+files it imports, directly or not (``universal_neurons.pipeline.wiring.code_deps``), sorted,
+after the data deps; everything else in the file (comments, order, data deps) stays as written.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from universal_neurons.pipeline.wiring import code_deps
 
-from test_wiring import code_closure  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def closure_lines(stage: str, base: Path, indent: str) -> list[str]:
     """The ``- path`` lines of the code deps of ``stage``, relative to ``base``."""
-    module = ROOT / "src" / "universal_neurons" / "pipeline" / "stages" / f"{stage}.py"
-    files = sorted(os.path.relpath(p, base) for p in code_closure(module, ROOT / "src"))
-    return [f"{indent}- {Path(f).as_posix()}" for f in files]
+    files = code_deps(ROOT / "stages" / f"{stage}.py", ROOT / "src", base)
+    return [f"{indent}- {name}" for name in files]
 
 
 def rewrite(path: Path) -> str:

@@ -17,12 +17,20 @@ seeds=$(python -c "import yaml; print(*yaml.safe_load(open('params.yaml'))['trai
 
 tree() {  # tree NAME REV: the code of REV (or of the working tree) in $work/NAME
   mkdir -p "$work/$1"
-  if [ -n "$2" ]; then git archive "$2" src | tar -x -C "$work/$1"; else cp -r src "$work/$1/"; fi
+  if [ -n "$2" ]; then
+    local paths=src; git cat-file -e "$2:stages" 2>/dev/null && paths="src stages"
+    git archive "$2" $paths | tar -x -C "$work/$1"
+  else cp -r src stages "$work/$1/"; fi
+}
+train_command() {  # NAME: the train stage of that code (stages/train.py, or the older CLI's)
+  if [ -f "$work/$1/stages/train.py" ]; then echo "python -P $work/$1/stages/train.py"
+  else echo "universal-neurons train"; fi
 }
 train_until_checkpoint() {  # NAME SEED: train with that code until the checkpoint exists
   local dir="$work/$1/run$2"; mkdir -p "$dir/data"; ln -s "$root/data/tokens" "$dir/data/tokens"
   python -c "import yaml; p = yaml.safe_load(open('params.yaml')); p['train']['checkpoint_dtype'] = 'float32'; yaml.safe_dump(p, open('$dir/params.yaml', 'w'))"
-  (cd "$dir" && PYTHONPATH="$work/$1/src" exec universal-neurons train --seed "$2" >train.log 2>&1) &
+  local command; command=$(train_command "$1")
+  (cd "$dir" && PYTHONPATH="$work/$1/src" exec $command --seed "$2" >train.log 2>&1) &
   local pid=$! found=""
   while [ -z "$found" ]; do
     sleep 3; kill -0 $pid 2>/dev/null || { echo "train ($1, seed $2) stopped:"; tail -5 "$dir/train.log"; exit 1; }

@@ -7,6 +7,7 @@ only small: a tokenize + train of the whole group takes seconds on two cores.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def command_argv(*args: str) -> list[str]:
+    """The process a user starts for ``ARGS``: ``python -P stages/<name>.py ...`` when ARGS[0]
+    names a stage (as ``dvc.yaml`` runs it), else ``python -m universal_neurons ARGS`` (a tool)."""
+    from stages import stage_names
+
+    if args and args[0] in stage_names():
+        return [sys.executable, "-P", str(REPO_ROOT / "stages" / f"{args[0]}.py"), *args[1:]]
+    return [sys.executable, "-m", "universal_neurons", *args]
+
+
+def invoke_command(args: list[str]):
+    """``ARGS`` through click's CliRunner, in this process: a stage file's command line when
+    ARGS[0] names a stage, else the ``universal-neurons`` tool."""
+    import importlib
+    import inspect
+
+    from click.testing import CliRunner
+
+    from stages import stage_names
+    from universal_neurons.pipeline.cli import main
+    from universal_neurons.pipeline.runner import click_command
+
+    if args and args[0] in stage_names():
+        module = importlib.import_module(f"stages.{args[0]}")
+        command = click_command(module.COMMAND)
+        command.help = inspect.cleandoc(module.__doc__)
+        return CliRunner().invoke(command, list(args[1:]))
+    return CliRunner().invoke(main, list(args))
+
 
 TINY_PARAMS = {
     "corpus": {"sources": ["news", "python_docs"], "min_doc_chars": 200},
@@ -83,7 +115,7 @@ def write_token_set_summary(path: Path, tokens_dir: Path, params: Params, **fiel
 @pytest.fixture(scope="session")
 def tiny_tokens_dir(tmp_path_factory) -> Path:
     """A tokenize stage output built from real text with TINY_PARAMS."""
-    from universal_neurons.pipeline.stages import tokenize
+    from stages import tokenize
 
     root = tmp_path_factory.mktemp("tokens")
     directory = root / "tokens"
@@ -94,7 +126,7 @@ def tiny_tokens_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_group(tiny_tokens_dir, tmp_path_factory) -> dict[int, Path]:
     """Three tiny GPT-2s trained on the tiny token set, one per seed: ``{seed: model_dir}``."""
-    from universal_neurons.pipeline.stages import train
+    from stages import train
 
     params = tiny_params()
     root = tmp_path_factory.mktemp("models")
@@ -107,7 +139,7 @@ def tiny_group(tiny_tokens_dir, tmp_path_factory) -> dict[int, Path]:
 def tiny_analysis(tiny_tokens_dir, tiny_group, tmp_path_factory) -> Path:
     """A workspace ``data/`` with the analysis outputs of the tiny group (collect of every
     seed, correlate, baseline, universality), made with TINY_PARAMS."""
-    from universal_neurons.pipeline.stages import baseline, collect, correlate, universality
+    from stages import baseline, collect, correlate, universality
 
     params = tiny_params()
     root = tmp_path_factory.mktemp("analysis")

@@ -2,7 +2,7 @@
 
 Each case is met the way a user meets it: a workspace (the layout `dvc repro` works in:
 ``params.yaml``, ``data/``, ``models/``, ``metrics/``) in a temporary directory, a
-``universal-neurons <stage> --params params.yaml`` call through click's CliRunner (or a
+``python stages/<stage>.py --params params.yaml`` call through click's CliRunner (or a
 real subprocess where the environment matters), and the exact one-line message the user
 reads on stderr. Before and after the call every file of the workspace is snapshotted
 (bytes and mtime) with the set of directories: a failed stage must leave all of it as it was,
@@ -15,7 +15,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
-from conftest import REPO_ROOT, tiny_params_dict
-
-from universal_neurons.pipeline.cli import main
+from conftest import REPO_ROOT, command_argv, invoke_command, tiny_params_dict
 
 # --------------------------------------------------------------------------- workspace
 
@@ -227,7 +223,7 @@ def _rerun(stage: str, *seed: int, **sections):
 
         from universal_neurons.pipeline.layout import Layout
 
-        module = importlib.import_module(f"universal_neurons.pipeline.stages.{stage}")
+        module = importlib.import_module(f"stages.{stage}")
         module.run(tiny_params(**sections), Layout.at(root), *seed)
 
     return setup
@@ -922,7 +918,7 @@ def _run_cli(root: Path, case: Case, monkeypatch) -> tuple[int, str, str]:
             **case.env,
         )
         done = subprocess.run(
-            [sys.executable, "-m", "universal_neurons", *args],
+            command_argv(*args),
             cwd=root,
             env=env,
             capture_output=True,
@@ -932,7 +928,7 @@ def _run_cli(root: Path, case: Case, monkeypatch) -> tuple[int, str, str]:
     monkeypatch.chdir(root)
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
-    result = CliRunner().invoke(main, args)
+    result = invoke_command(args)
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr
@@ -971,11 +967,18 @@ def test_there_are_at_least_20_bad_inputs():
 # --------------------------------------------------------------------------- the docs' list
 
 
+def _program(name: str) -> list[str]:
+    """How a user starts ``name``: a stage's file, or the ``universal-neurons`` tool."""
+    from stages import stage_names
+
+    return [f"python stages/{name}.py"] if name in stage_names() else ["universal-neurons", name]
+
+
 def markdown_table(cases: list[Case] = CASES) -> str:
     """The list of bad inputs and their messages, as docs/robustness.md shows it."""
     rows = ["| # | bad input | command | what the user reads on stderr |", "|---|---|---|---|"]
     for number, case in enumerate(cases, start=1):
-        command = " ".join(["universal-neurons", *case.args])
+        command = " ".join(_program(case.args[0]) + case.args[1:])
         message = f"error: {case.message}".replace("\n", " ↵ ")
         rows.append(f"| {number} | {case.id} | `{command}` | `` {message} `` |")
     return "\n".join(rows) + "\n"

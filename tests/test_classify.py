@@ -61,8 +61,8 @@ def _neuron_tables(n_layers: int, d_mlp: int, seed: int) -> tuple[pd.DataFrame, 
 
 @pytest.fixture(scope="module")
 def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
+    from stages import classify, syntax
     from universal_neurons.pipeline.layout import Layout
-    from universal_neurons.pipeline.stages import classify, syntax
 
     root = tmp_path_factory.mktemp("families")
     params = tiny_params(families=FAMILY_PARAMS)

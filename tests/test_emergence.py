@@ -17,13 +17,7 @@ import torch
 from conftest import tiny_params
 from transformers import GPT2LMHeadModel
 
-from universal_neurons.analysis.activations import excluded_token_ids
-from universal_neurons.analysis.baseline import mixing_matrices
-from universal_neurons.analysis.statistics import first_universal_tokens
-from universal_neurons.models.training import heldout_loss
-from universal_neurons.outputs.tracking import read_emergence
-from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages import (
+from stages import (
     baseline,
     collect,
     correlate,
@@ -31,6 +25,12 @@ from universal_neurons.pipeline.stages import (
     train,
     universality,
 )
+from universal_neurons.analysis.activations import excluded_token_ids
+from universal_neurons.analysis.baseline import mixing_matrices
+from universal_neurons.analysis.statistics import first_universal_tokens
+from universal_neurons.models.training import heldout_loss
+from universal_neurons.outputs.tracking import read_emergence
+from universal_neurons.pipeline.layout import Layout
 from universal_neurons.text.tokens import load_tokenizer, load_tokens
 
 COMPARED = ["mean_corr", "mean_baseline", "excess_corr"]

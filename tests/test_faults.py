@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, tiny_params_dict
+from conftest import REPO_ROOT, command_argv, tiny_params_dict
 from test_bad_inputs import snapshot, write_params
 
 TRAIN = {"seeds": [1, 2], "tokens_per_model": 100_000, "checkpoint_tokens": [16_000]}
@@ -44,7 +44,7 @@ def _cli(root: Path, *args: str, limit_bytes: int | None = None, **env: str):
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     return subprocess.run(
-        [sys.executable, "-m", "universal_neurons", *args],
+        command_argv(*args),
         cwd=root,
         env=_env(**env),
         capture_output=True,
@@ -75,11 +75,11 @@ RUNAWAY = [
 
 _MEASURE = """
 import resource, sys, time
-from universal_neurons.pipeline.cli import main
-from universal_neurons.pipeline.stages import train  # imports done before the clock starts
+from universal_neurons.pipeline.runner import stage_main
+from stages import train  # imports done before the clock starts
 start = time.monotonic()
 try:
-    main(["train", "--seed", "1"])
+    stage_main(train.COMMAND, train.__doc__, ["--seed", "1"])
 except SystemExit as exc:
     code = exc.code
 print("ELAPSED", time.monotonic() - start, "CODE", code, file=sys.stderr)
@@ -136,7 +136,7 @@ def test_sigterm_during_train_removes_the_temporary_folders(seeds, tiny_tokens_d
     before = snapshot(root)
     args = ["train", *(["--seed", *seeds] if seeds else [])]
     process = subprocess.Popen(
-        [sys.executable, "-m", "universal_neurons", *args],
+        command_argv(*args),
         cwd=root,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -267,8 +267,8 @@ def test_neuron_page_with_max_sequences(tiny_tokens_dir, tiny_group, tmp_path):
     sequences' syntax labels instead of asking to rerun the syntax stage."""
     from conftest import tiny_params
 
+    from stages import syntax
     from universal_neurons.pipeline.layout import Layout
-    from universal_neurons.pipeline.stages import syntax
 
     root = _workspace(tmp_path, tiny_tokens_dir, tiny_params_dict(), tiny_group)
     syntax.run(tiny_params(), Layout.at(root))

@@ -67,8 +67,8 @@ def test_presets_by_local_directory_and_overrides(tmp_path):
 
 
 def test_hub_preset_offline_fails_fast_naming_the_model(monkeypatch, tmp_path):
+    from stages import fetch
     from universal_neurons.pipeline.layout import Layout
-    from universal_neurons.pipeline.stages import fetch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     params = params_from_dict({"group": {"preset": "pythia-160m"}, "train": {"seeds": [1, 2]}})
@@ -136,9 +136,9 @@ def test_local_pretrained_group_fetches_tokenizes_and_correlates(
 ):
     """A custom group of two local HF directories: fetch -> tokenize (the models' own
     tokenizer) -> correlate in units; maxima equal numpy.corrcoef on HF's own activations."""
+    from stages import correlate, fetch, tokenize
     from universal_neurons.analysis.activations import load_analysis_set
     from universal_neurons.pipeline.layout import Layout
-    from universal_neurons.pipeline.stages import correlate, fetch, tokenize
 
     sources = {}
     for seed in (1, 2):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, tiny_params, tiny_params_dict
+from conftest import REPO_ROOT, command_argv, tiny_params, tiny_params_dict
 from test_bad_inputs import snapshot
 
+from stages import train
 from universal_neurons.io import atomic_path
-from universal_neurons.pipeline.stages import train
 
 # Long enough (200 steps) that the kill, sent as soon as the first checkpoint appears in the
 # temporary directory (step 32), always lands while the model is still training.
@@ -70,7 +70,7 @@ def test_train_killed_mid_write_keeps_the_previous_model_and_the_rerun_matches(
 
     params = tiny_params_dict(train=TRAIN)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    command = [sys.executable, "-m", "universal_neurons", "train", "--seed", "1"]
+    command = command_argv("train", "--seed", "1")
     process = subprocess.Popen(
         command, cwd=root, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

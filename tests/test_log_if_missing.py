@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from universal_neurons.config import load_params
 from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages import log
+from universal_neurons.pipeline.tools import log
 
 
 def test_log_if_missing_logs_once_into_an_empty_store(tmp_path, monkeypatch):

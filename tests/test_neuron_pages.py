@@ -96,7 +96,7 @@ def section(page: ET.Element, name: str) -> ET.Element:
 @pytest.fixture(scope="module")
 def state(tiny_group, tiny_tokens_dir, tmp_path_factory):
     """A workspace with every analysis output of the tiny group and the report with its pages."""
-    from universal_neurons.pipeline.stages import (
+    from stages import (
         baseline,
         classify,
         collect,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from synthetic_results import EXPECTED, write_results
 
+from stages.report import report_sources
 from universal_neurons.outputs.report import build_report, training_summary
 from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages.report import report_sources
 
 
 def _sources(workdir: Path, seeds: list[int]):

@@ -7,17 +7,16 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_params, tiny_params_dict
+from conftest import command_argv, tiny_params, tiny_params_dict
 from test_interrupt import _cli_env, _wait_for
 
+from stages import correlate
 from universal_neurons.analysis.units import UnitContext, pending_units, plan_units, unit_path
 from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages import correlate
 
 # 3 pairs x 8 neuron blocks x 4 token shards = 96 units of a few batches each: the kill, sent
 # once 6 unit files are complete, lands while most units are still to run.
@@ -38,7 +37,7 @@ def test_killed_unit_run_resumes_with_the_missing_units_only(tiny_group, tiny_to
     root = tmp_path / "ws"
     _workspace(root, tiny_group, tiny_tokens_dir)
     work = root / "data" / ".correlate-units.tmp"
-    command = [sys.executable, "-m", "universal_neurons", "correlate"]
+    command = command_argv("correlate")
     process = subprocess.Popen(
         command, cwd=root, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

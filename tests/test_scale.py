@@ -15,10 +15,10 @@ import pytest
 from conftest import tiny_params
 from test_interrupt import _cli_env
 
+from stages import baseline, collect, correlate
 from universal_neurons.analysis import plan
 from universal_neurons.errors import UserError
 from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages import baseline, collect, correlate
 
 
 @pytest.fixture(scope="module")

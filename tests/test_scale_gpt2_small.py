@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import tiny_params_dict
+from conftest import REPO_ROOT, tiny_params_dict
 from test_interrupt import _cli_env
 
 from universal_neurons.analysis.activations import load_analysis_set
@@ -39,10 +39,10 @@ PARAMS = {
 
 # The stage runs as the command line does, in a process that reports its own peak RSS.
 MEASURED = (
-    "import resource, sys\n"
-    "from universal_neurons.pipeline.cli import main\n"
-    "sys.argv = ['universal-neurons', *sys.argv[1:]]\n"
-    "try:\n    main()\n"
+    "import resource, runpy, sys\n"
+    "stage = sys.argv[1]\n"
+    "sys.argv = [stage, *sys.argv[2:]]\n"
+    "try:\n    runpy.run_path(stage, run_name='__main__')\n"
     "finally:\n"
     "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
     "    print(f'peak-rss-kb {rss}', file=sys.stderr)\n"
@@ -50,8 +50,10 @@ MEASURED = (
 
 
 def _stage(root, *args) -> int:
-    """Run ``universal-neurons *args`` in ``root``; return its peak resident memory (bytes)."""
-    command = [sys.executable, "-c", MEASURED, *args]
+    """Run the stage file ``args[0]`` with ``args[1:]`` in ``root``, as ``dvc.yaml`` does; return
+    its peak resident memory (bytes)."""
+    stage_file = str(REPO_ROOT / "stages" / f"{args[0]}.py")
+    command = [sys.executable, "-P", "-c", MEASURED, stage_file, *args[1:]]
     result = subprocess.run(command, cwd=root, env=_cli_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return int(result.stderr.rsplit("peak-rss-kb ", 1)[1].split()[0]) * 1024

@@ -178,8 +178,8 @@ def stage_inputs(tiny_group, tiny_tokens_dir, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def stage_outputs(stage_inputs, tmp_path_factory) -> dict:
     """The stats stage run on the tiny group."""
+    from stages import stats as stage
     from universal_neurons.pipeline.layout import Layout
-    from universal_neurons.pipeline.stages import stats as stage
 
     out = tmp_path_factory.mktemp("stats_outputs")
     data = stage_inputs["collect"].parent  # holds collect/, universality/ and emergence/

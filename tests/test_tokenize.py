@@ -9,9 +9,9 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, tiny_params
 
+from stages import tokenize
 from universal_neurons.config import CorpusConfig, TokenizerConfig
 from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages import tokenize
 from universal_neurons.text.corpus import CorpusError, load_corpus
 from universal_neurons.text.tokens import build_tokenizer, gpt2_tokenizer, load_domains, load_tokens
 

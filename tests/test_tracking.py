@@ -19,7 +19,7 @@ from universal_neurons.outputs.tracking import (
     tracking_uri,
 )
 from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages.log import run_inputs
+from universal_neurons.pipeline.tools.log import run_inputs
 
 
 def test_flatten_metrics_by_hand():

@@ -23,7 +23,7 @@ from universal_neurons.outputs.tracking_ui import (
     view_state,
 )
 from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages.log import run_inputs
+from universal_neurons.pipeline.tools.log import run_inputs
 
 
 def _git(cwd: Path, *args: str) -> str:

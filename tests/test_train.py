@@ -8,9 +8,9 @@ import pytest
 from conftest import tiny_params
 from safetensors.numpy import load_file
 
+from stages import train
 from universal_neurons.models.training import lr_at, unigram_entropy
 from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages import train
 
 
 def test_training_beats_the_unigram_entropy(tiny_group):

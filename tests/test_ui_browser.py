@@ -34,7 +34,7 @@ from universal_neurons.outputs.tracking_ui import (
     server_experiment_url,
 )
 from universal_neurons.pipeline.layout import Layout
-from universal_neurons.pipeline.stages.log import run_inputs
+from universal_neurons.pipeline.tools.log import run_inputs
 
 pytestmark = pytest.mark.slow
 

@@ -92,8 +92,8 @@ def test_missing_or_foreign_unit_files_are_named(unit_setup, tmp_path):
 
 
 def _run_stage(params, tiny_group, tiny_tokens_dir, root):
+    from stages import correlate
     from universal_neurons.pipeline.layout import Layout
-    from universal_neurons.pipeline.stages import correlate
 
     models_dir = tiny_group[1].parent
     layout = Layout.at(root, tokens=tiny_tokens_dir, models=models_dir)

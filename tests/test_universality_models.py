@@ -280,8 +280,8 @@ def test_non_finite_activations_stop_collect_naming_model_layer_and_batch(
 def test_stages_end_to_end(tiny_group, tiny_tokens_dir, tmp_path):
     from conftest import tiny_params
 
+    from stages import baseline, collect, correlate, universality
     from universal_neurons.pipeline.layout import Layout
-    from universal_neurons.pipeline.stages import baseline, collect, correlate, universality
 
     params = tiny_params(analysis={"max_sequences": 100}, baseline={"samples": 2})
     models_dir = tiny_group[1].parent

@@ -1,9 +1,10 @@
 """The declaration of a ``universal-neurons`` command, and of a pipeline stage.
 
-A stage module (``pipeline/stages/<name>.py``) ends with one ``COMMAND = Stage(...)``: its
-parameter sections, the paths it reads and writes (through the ``Layout``), its ``run``
-and what it prints. The command line is built from these declarations
-(``pipeline/cli.py``), and tests/test_wiring.py checks ``dvc.yaml`` against them.
+A stage file (``stages/<name>.py`` at the repository root) declares one
+``COMMAND = Stage(...)``: its parameter sections, the paths it reads and writes (through the
+``Layout``), its ``run`` and what it prints, and ends with ``stage_main(COMMAND)``
+(``pipeline/runner.py``), its command line. ``pipeline/wiring.py`` checks ``dvc.yaml``
+against these declarations (tests/test_wiring.py).
 """
 
 from __future__ import annotations
@@ -91,9 +92,16 @@ class Stage(Command):
 
     @property
     def cmd(self) -> str:
-        """The command line ``dvc.yaml`` runs."""
+        """The command line ``dvc.yaml`` runs (from the repository root)."""
+        return self.command_line("stages")
+
+    def command_line(self, stages_dir: str) -> str:
+        """The command line that runs this stage's file in ``stages_dir`` (``../../stages`` for a
+        pipeline two folders down, as DVC runs it from that pipeline's folder). ``-P`` keeps the
+        stages folder off the import path, where ``tokenize.py`` would hide the standard
+        library's ``tokenize``."""
         seed = f" --seed {SEED_ITEM}" if self.per_seed else ""
-        return f"universal-neurons {self.name}{seed}"
+        return f"python -P {stages_dir}/{self.name}.py{seed}"
 
     def declared_inputs(self, layout: Layout) -> list[Path]:
         """``inputs`` as ``dvc.yaml`` writes them (the seed of a per-seed stage: ``${item}``),

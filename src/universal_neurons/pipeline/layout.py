@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+SUMMARY_FILE = "summary.json"
+"""The file in an analysis stage's output folder that says what it was made from."""
 SEED_ITEM = "${item}"
 """The seed of a per-seed stage as ``dvc.yaml`` writes it (``foreach: ${train.seeds}``)."""
 
@@ -72,6 +74,12 @@ class Layout:
     def stage_dir(self, stage: str) -> Path:
         """The output folder of ``stage`` under ``data/`` (``data/correlate``)."""
         return self.data / stage
+
+    def summary(self, stage: str, seed: int | str | None = None) -> Path:
+        """What an analysis stage's output was made from (``data/correlate/summary.json``;
+        per model: ``data/collect/seed1/summary.json``): ``pipeline.inputs`` reads and writes it."""
+        folder = self.stage_dir(stage) if seed is None else self.model_dir(stage, seed)
+        return folder / SUMMARY_FILE
 
     def model_dir(self, stage: str, seed: int | str) -> Path:
         """A per-model output folder of ``stage`` (``data/collect/seed1``)."""

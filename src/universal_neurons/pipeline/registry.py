@@ -1,10 +1,11 @@
 """The registry: every command of ``universal-neurons``, found by module name.
 
-Each module of ``pipeline/stages`` (the stages of ``dvc.yaml``) and of ``pipeline/tools``
-(commands that write nothing DVC tracks) declares one command as its ``COMMAND``; the
-command's name is the module's name and its ``--help`` the module's docstring. Writing such a module is all it takes to add a
-command: the registry lists it without importing it, and imports it only when it runs,
-so ``universal-neurons <command>`` loads the libraries of that command alone.
+Each module of ``pipeline/tools`` (commands that write nothing DVC tracks, except ``log``,
+which is also the last stage) declares one command as its ``COMMAND``; the command's name is
+the module's name and its ``--help`` the module's docstring. Writing such a module is all it
+takes to add a command: the registry lists it without importing it, and imports it only when
+it runs, so ``universal-neurons <command>`` loads the libraries of that command alone. The
+pipeline's stages are not here: they are the files of ``stages/`` at the repository root.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import inspect
 import pkgutil
 from functools import cache
 
-from universal_neurons.pipeline import stages, tools
-from universal_neurons.pipeline.command import Command, Stage
+from universal_neurons.pipeline import tools
+from universal_neurons.pipeline.command import Command
 
-PACKAGES = (stages, tools)
+PACKAGES = (tools,)
 
 
 @cache
@@ -46,10 +47,3 @@ def command(name: str) -> Command:
     if declared.name != name:
         raise RuntimeError(f"{module.__name__} declares {declared.name!r}, expected {name!r}")
     return dataclasses.replace(declared, help=declared.help or inspect.cleandoc(module.__doc__))
-
-
-def all_stages() -> list[Stage]:
-    """Every pipeline stage (imports every stage module)."""
-    stage_package = stages.__name__ + "."
-    names = [name for name, module in command_modules().items() if module.startswith(stage_package)]
-    return [command(name) for name in sorted(names)]  # type: ignore[misc]

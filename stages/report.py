@@ -24,6 +24,7 @@ from universal_neurons.outputs.report import (
 )
 from universal_neurons.pipeline.command import Out, Stage, as_json
 from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.pipeline.runner import stage_main
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -112,3 +113,6 @@ COMMAND = Stage(
         {key: result[key] for key in ("sections", "figures", "neuron_pages")}
     ),
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

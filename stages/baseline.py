@@ -9,7 +9,7 @@ its spread across the draws).
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,11 +20,14 @@ from universal_neurons.errors import UserError
 from universal_neurons.io import atomic_path, read_parquet, write_json
 from universal_neurons.pipeline.command import Out, Stage, as_json
 from universal_neurons.pipeline.inputs import (
+    CorrelateSummary,
     check_same_inputs,
     collect_summaries,
     correlate_summary,
+    write_summary,
 )
-from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
+from universal_neurons.pipeline.runner import stage_main
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
@@ -40,22 +43,22 @@ def _within_covariances(params: Params, layout: Layout) -> dict[str, np.ndarray]
     }
 
 
-def _from_pairs(params: Params, layout: Layout, summary: dict):
+def _from_pairs(params: Params, layout: Layout, summary: CorrelateSummary):
     """The baseline table, rotating correlate's full pair statistics (one pair at a time)."""
     within = _within_covariances(params, layout)
     seeds = {model_name(seed): seed for seed in params.train.seeds}
     pairs_dir = layout.stage_dir("correlate") / "pairs"
     pairs = (
         (tuple(key.split("__")), CrossMoments.load(pairs_dir / f"{key}.safetensors")[0])
-        for key in summary["pairs"]
+        for key in summary.pairs
     )
     return group_baselines(pairs, seeds, within, params.baseline, params.correlate.dead_variance)
 
 
-def _from_draws(params: Params, layout: Layout, summary: dict):
+def _from_draws(params: Params, layout: Layout, summary: CorrelateSummary):
     """Above correlate.full_pairs_max_neurons: the draws correlate's units took, checked to be
     those of ``params.baseline``."""
-    taken, wanted = summary.get("baseline"), params.baseline.model_dump()
+    taken, wanted = summary.baseline, params.baseline.model_dump()
     if taken != wanted:
         raise UserError(
             f"baseline: correlate took the draws {taken} in its pass (above "
@@ -69,9 +72,9 @@ def run(params: Params, layout: Layout) -> dict:
     """Compute the baseline of every ordered pair; return the metrics."""
     cfg = params.baseline
     summary = correlate_summary(params, layout)
-    correlate_path = layout.stage_dir("correlate") / "summary.json"
-    check_same_inputs({correlate_path: summary, **collect_summaries(params, layout)})
-    full = summary.get("outputs", "full_pairs") == "full_pairs"
+    correlate_path = layout.summary("correlate")
+    check_same_inputs({correlate_path: summary.provenance, **collect_summaries(params, layout)})
+    full = summary.outputs == "full_pairs"
     table = (_from_pairs if full else _from_draws)(params, layout, summary)
     metrics = {
         "kind": cfg.kind,
@@ -82,10 +85,8 @@ def run(params: Params, layout: Layout) -> dict:
     with atomic_path(layout.stage_dir("baseline")) as temp:
         temp.mkdir()
         table.to_parquet(temp / "baseline.parquet", index=False)
-        inputs = {"token_set": summary["token_set"], "group": summary["group"]}
-        (temp / "summary.json").write_text(
-            json.dumps(metrics | inputs, indent=2, sort_keys=True) + "\n"
-        )
+        inputs = replace(summary.provenance, extra=metrics)
+        write_summary(temp / SUMMARY_FILE, inputs.as_dict())
     write_json(layout.result("baseline.json"), metrics)
     return metrics
 
@@ -101,3 +102,6 @@ COMMAND = Stage(
     run=run,
     render=lambda metrics: as_json(metrics["models"]),
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

@@ -12,6 +12,7 @@ from universal_neurons.io import atomic_path, check_not_output
 from universal_neurons.models.group import fetch_model, member
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.runner import stage_main
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
@@ -33,3 +34,6 @@ COMMAND = Stage(
     per_seed=True,
     seed_help="Member number of the group (1-based).",
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

@@ -26,6 +26,7 @@ from universal_neurons.models.gpt2 import gpt2_config
 from universal_neurons.models.training import train_model, training_memory
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.resources import check_memory
 from universal_neurons.text.tokens import (
     TokensError,
@@ -195,3 +196,6 @@ COMMAND = Stage(
         )
     ],
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

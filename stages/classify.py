@@ -31,8 +31,14 @@ from universal_neurons.io import atomic_path, read_parquet, write_json
 from universal_neurons.models.loading import load_model, model_shape
 from universal_neurons.outputs.plots import plot_family_counts
 from universal_neurons.pipeline.command import Out, Stage, as_json
-from universal_neurons.pipeline.inputs import check_same_inputs, group_names, summary_of
+from universal_neurons.pipeline.inputs import (
+    Provenance,
+    check_same_inputs,
+    group_names,
+    summary_of,
+)
 from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.pipeline.runner import stage_main
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
@@ -88,14 +94,12 @@ def _write(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict, metric
 
 def _check_stats_inputs(params: Params, layout: Layout, tokens, excluded) -> None:
     """The stats stage's tables were made from this analysis token set and group."""
-    stats = layout.stage_dir("stats") / "summary.json"
+    stats = layout.summary("stats")
     current = token_set_record(
         tokens, excluded, count_kept(tokens, excluded), params.analysis.split
     )
     source = layout.tokens / f"{params.analysis.split}_tokens.npy"
-    check_same_inputs(
-        {stats: summary_of(stats), source: {"token_set": current}}, group_names(params)
-    )
+    check_same_inputs({stats: summary_of(stats), source: Provenance(current)}, group_names(params))
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -144,3 +148,6 @@ COMMAND = Stage(
     run=run,
     render=_summary,
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

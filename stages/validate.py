@@ -13,6 +13,7 @@ from universal_neurons.config import Params
 from universal_neurons.io import atomic_path
 from universal_neurons.pipeline.command import ALL_PARAMS, Out, Stage
 from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.runner import stage_main
 
 VALID = "the parameters are valid\n"
 """What ``data/params.valid`` holds: the same for every valid parameter file."""
@@ -38,3 +39,6 @@ COMMAND = Stage(
     run=run,
     validated=False,
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

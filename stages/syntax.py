@@ -16,6 +16,7 @@ from universal_neurons.analysis.syntax import load_spacy, parse_syntax, spacy_na
 from universal_neurons.io import atomic_path
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.text.tokens import load_tokenizer, load_tokens
 
 if TYPE_CHECKING:
@@ -51,3 +52,6 @@ COMMAND = Stage(
     outputs=lambda layout: [Out(layout.stage_dir("syntax"))],
     run=run,
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

@@ -9,7 +9,6 @@ Writes ``data/universality/seed{s}.parquet`` (columns ``universality.TABLE_COLUM
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from universal_neurons.analysis.universality import (
@@ -21,8 +20,14 @@ from universal_neurons.analysis.universality import (
 )
 from universal_neurons.io import atomic_path, read_parquet, write_json
 from universal_neurons.pipeline.command import Out, Stage
-from universal_neurons.pipeline.inputs import check_same_inputs, correlate_summary, summary_of
-from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.pipeline.inputs import (
+    check_same_inputs,
+    correlate_summary,
+    summary_of,
+    write_summary,
+)
+from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
+from universal_neurons.pipeline.runner import stage_main
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
@@ -32,21 +37,22 @@ def run(params: Params, layout: Layout) -> dict:
     """Build every model's neuron table and the universality metrics; return the metrics."""
     threshold = params.universality.threshold
     summary = correlate_summary(params, layout)
-    baseline_path = layout.stage_dir("baseline") / "summary.json"
-    correlate_path = layout.stage_dir("correlate") / "summary.json"
-    check_same_inputs({correlate_path: summary, baseline_path: summary_of(baseline_path)})
+    baseline_path = layout.summary("baseline")
+    correlate_path = layout.summary("correlate")
+    check_same_inputs(
+        {correlate_path: summary.provenance, baseline_path: summary_of(baseline_path)}
+    )
     maxima = read_parquet(layout.stage_dir("correlate") / "max_corr.parquet", "correlate")
     baseline = read_parquet(layout.stage_dir("baseline") / "baseline.parquet", "baseline")
     names = [model_name(seed) for seed in params.train.seeds]
     tables = {name: universality_table(maxima, baseline, name, threshold) for name in names}
-    summaries = {name: model_summary(table, summary["n_layers"]) for name, table in tables.items()}
-    metrics = universality_metrics(summaries, threshold, summary["kept_positions"])
+    summaries = {name: model_summary(table, summary.n_layers) for name, table in tables.items()}
+    metrics = universality_metrics(summaries, threshold, summary.kept_positions)
     with atomic_path(layout.stage_dir("universality")) as temp:
         temp.mkdir()
         for name, table in tables.items():
             table.to_parquet(temp / f"{name}.parquet", index=False)
-        inputs = {"token_set": summary["token_set"], "group": summary["group"]}
-        (temp / "summary.json").write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
+        write_summary(temp / SUMMARY_FILE, summary.provenance.as_dict())
     write_json(layout.result("universality.json"), metrics)
     write_json(layout.metric("universality.json"), headline_metrics(summaries, tables))
     with atomic_path(layout.metric("universality_per_layer.csv")) as temp:
@@ -66,3 +72,6 @@ COMMAND = Stage(
     ],
     run=run,
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

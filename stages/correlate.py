@@ -59,7 +59,9 @@ from universal_neurons.models.loading import (
     model_spec,
 )
 from universal_neurons.pipeline.command import Out, Stage
-from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.pipeline.inputs import CorrelateSummary, write_summary
+from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
+from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.text.tokens import tokenizer_vocab
 
 if TYPE_CHECKING:
@@ -96,25 +98,29 @@ def _work_folder(output_dir: Path) -> Path:
     return output_dir.parent / f".{output_dir.name}-units.tmp"
 
 
-def _summary(params: Params, stats: GroupStatistics, products: str, excluded, dead) -> dict:
-    """``summary.json``: the group, its pairs, the token set and how it was computed (the
-    token set's record is added by ``run``)."""
-    return {
-        "models": stats.names,
-        "group": stats.names,
-        "pairs": [pair_key(a, b) for a, b in stats.pairs],
-        "kept_positions": int(stats.kept_positions),
-        "batches": stats.batches,
-        "n_layers": stats.n_layers,
-        "d_mlp": stats.d_mlp,
-        "products": products,
-        "device": params.analysis.device,
-        "dead": dead,
-        "excluded_ids": [int(i) for i in excluded],
-    }
+def _summary(
+    params: Params, stats: GroupStatistics, products: str, excluded, dead, **fields
+) -> CorrelateSummary:
+    """``summary.json``: the group, its pairs, how it was computed, and ``fields`` (the token
+    set's record, what it wrote)."""
+    return CorrelateSummary(
+        models=stats.names,
+        pairs=[pair_key(a, b) for a, b in stats.pairs],
+        kept_positions=int(stats.kept_positions),
+        batches=stats.batches,
+        n_layers=stats.n_layers,
+        d_mlp=stats.d_mlp,
+        products=products,
+        device=params.analysis.device,
+        dead=dead,
+        excluded_ids=[int(i) for i in excluded],
+        **fields,
+    )
 
 
-def _write(output_dir: Path, pairs: dict | None, summary: dict, tables: dict, units_dir) -> None:
+def _write(
+    output_dir: Path, pairs: dict | None, summary: CorrelateSummary, tables: dict, units_dir
+) -> None:
     """Write the tables (``{file name: DataFrame}``), the summary, the full pair statistics
     ``pairs`` (None above the threshold) and the unit files (if given), atomically."""
     with atomic_path(output_dir) as temp:
@@ -127,7 +133,7 @@ def _write(output_dir: Path, pairs: dict | None, summary: dict, tables: dict, un
                 pair.save(temp / "pairs" / f"{pair_key(a, b)}.safetensors", {"x": a, "y": b})
         for name, table in tables.items():
             table.to_parquet(temp / name, index=False)
-        (temp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        write_summary(temp / SUMMARY_FILE, summary.as_dict())
 
 
 def _group_shape(params: Params, layout: Layout, spec: ModelSpec, context: int) -> GroupShape:
@@ -251,17 +257,21 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     outputs = _full_outputs if full else _maxima_outputs
     stats, pairs, tables, dead = outputs(params, units, context, (names, spec, kept), n)
     assert stats.kept_positions == kept
-    summary = _summary(params, stats, products, excluded, dead)
-    summary["outputs"] = "full_pairs" if full else "maxima"
-    summary["token_set"] = token_set_record(tokens, excluded, kept, cfg.split)
-    if not full:
-        summary["baseline"] = params.baseline.model_dump()
-    if corr.split():
-        summary["units"] = units_summary(units) | {"executor": corr.executor}
+    summary = _summary(
+        params,
+        stats,
+        products,
+        excluded,
+        dead,
+        outputs="full_pairs" if full else "maxima",
+        token_set=token_set_record(tokens, excluded, kept, cfg.split),
+        baseline=None if full else params.baseline.model_dump(),
+        units=units_summary(units) | {"executor": corr.executor} if corr.split() else None,
+    )
     keep_units = work if corr.split() and full else None
     _write(output_dir, pairs if full else None, summary, tables, keep_units)
     shutil.rmtree(work, ignore_errors=True)
-    return summary
+    return summary.as_dict()
 
 
 COMMAND = Stage(
@@ -275,3 +285,6 @@ COMMAND = Stage(
         {k: summary[k] for k in ("pairs", "kept_positions", "dead")}, indent=2
     ),
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

@@ -16,6 +16,7 @@ from universal_neurons.io import atomic_path, check_not_output
 from universal_neurons.models.loading import model_tokenizer
 from universal_neurons.pipeline.command import Out, Stage, as_json
 from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.text.corpus import Document, corpus_summary, load_corpus
 from universal_neurons.text.tokens import build_token_set, build_tokenizer, save_token_set
 
@@ -67,3 +68,6 @@ COMMAND = Stage(
     run=run,
     render=lambda summary: as_json(summary["corpus"]),
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

@@ -35,6 +35,7 @@ from universal_neurons.models.loading import (
 )
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.text.tokens import load_tokens, tokenizer_vocab
 
 if TYPE_CHECKING:
@@ -206,3 +207,6 @@ COMMAND = Stage(
     run=run,
     render=_lines,
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

@@ -11,7 +11,6 @@ layer and group) and ``plots/*.png``; ``results/stats.json``, ``metrics/findings
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -34,12 +33,15 @@ from universal_neurons.models.loading import load_model, processed_weights
 from universal_neurons.outputs.plots import plot_per_layer, plot_percentile_boxen
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.inputs import (
+    Provenance,
     check_same_inputs,
     collect_summaries,
     group_names,
     summary_of,
+    write_summary,
 )
-from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
+from universal_neurons.pipeline.runner import stage_main
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
@@ -68,13 +70,13 @@ def model_table(params: Params, layout: Layout, seed: int) -> pd.DataFrame:
     return neuron_table(universality, weights, activation_statistics(moments, "pre"), emergence)
 
 
-def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout, inputs: dict) -> None:
+def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout, inputs: Provenance) -> None:
     """The neuron tables, the per-layer medians, the two figures and ``summary.json`` (the
     token set and group, ``inputs``) in one atomic step, and the pooled percentiles of the
     universal neurons."""
     with atomic_path(layout.stage_dir("stats")) as temp:
         (temp / "plots").mkdir(parents=True)
-        (temp / "summary.json").write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
+        write_summary(temp / SUMMARY_FILE, inputs.as_dict())
         for model, table in tables.items():
             table.to_parquet(temp / f"{model}.parquet", index=False)
         medians = {model: per_layer_medians(table) for model, table in tables.items()}
@@ -91,17 +93,17 @@ def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout, inputs: dict)
         universal_percentile_summary(tables).to_csv(temp, index=False)
 
 
-def checked_inputs(params: Params, layout: Layout) -> dict:
+def checked_inputs(params: Params, layout: Layout) -> Provenance:
     """The universality stage's summary, checked to describe the token set and group that
     collect's outputs describe; it is what the neuron tables are made from."""
-    path = layout.stage_dir("universality") / "summary.json"
+    path = layout.summary("universality")
     if not path.is_file():  # the tables come first: a missing stage is named by them
         read_parquet(
             layout.table("universality", model_name(params.train.seeds[0])), "universality"
         )
     summary = summary_of(path)
     check_same_inputs({path: summary, **collect_summaries(params, layout)}, group_names(params))
-    return {"token_set": summary["token_set"], "group": group_names(params)}
+    return Provenance(summary.token_set, group=group_names(params))
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -145,3 +147,6 @@ COMMAND = Stage(
     run=run,
     render=_wrote,
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)

@@ -1,6 +1,7 @@
-"""Stage log: the pipeline state -> one MLflow run (MLFLOW_TRACKING_URI or ./mlruns.db).
+"""Log the pipeline state as one MLflow run (MLFLOW_TRACKING_URI or ./mlruns.db).
 
-The pipeline state -> one MLflow run; ``tracking/run.json`` says where it is.
+The pipeline state -> one MLflow run; ``tracking/run.json`` says where it is. The last stage of
+the pipeline (``stages/log.py``) runs this same command.
 
 The store is ``MLFLOW_TRACKING_URI`` or ``mlruns.db`` at the repository root
 (``outputs.tracking``). ``--if-missing`` (``ensure``) logs only when this store lacks the
@@ -26,7 +27,7 @@ from universal_neurons.outputs.tracking import (
     set_run_tag,
     tracking_uri,
 )
-from universal_neurons.pipeline.command import ALL_PARAMS, Out, Stage
+from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout, model_name
 
 if TYPE_CHECKING:
@@ -109,19 +110,8 @@ def run(params: Params, layout: Layout, if_missing: bool = False) -> dict:
     return ensure(params, layout) if if_missing else log_state(params, layout)
 
 
-COMMAND = Stage(
+COMMAND = Command(
     name="log",
-    params=(ALL_PARAMS,),
-    inputs=lambda layout: [
-        layout.models,
-        layout.metric("emergence.csv"),
-        layout.report,
-        layout.metric("training.json"),
-        layout.result("training.json"),
-        *layout.headline_metrics(),
-        *layout.analysis_results(),
-    ],
-    outputs=lambda layout: [Out(layout.run_record, cache=False, persist=True)],
     run=run,
     options=[
         click.option(

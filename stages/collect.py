@@ -9,7 +9,6 @@ positions) and ``summary.json``.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +28,9 @@ from universal_neurons.models.loading import (
     model_spec,
 )
 from universal_neurons.pipeline.command import Out, Stage
-from universal_neurons.pipeline.layout import Layout, model_name
+from universal_neurons.pipeline.inputs import write_summary
+from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
+from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.resources import check_memory
 from universal_neurons.text.tokens import tokenizer_vocab
 
@@ -86,7 +87,7 @@ def run(params: Params, layout: Layout, seed: int, progress: bool = True) -> dic
         moments_table(result).to_parquet(temp / "moments.parquet", index=False)
         with (temp / "within_layer_cov.npy").open("wb") as handle:
             np.save(handle, result.within_layer_covariance(), allow_pickle=False)
-        (temp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        write_summary(temp / SUMMARY_FILE, summary)
     return summary
 
 
@@ -99,3 +100,6 @@ COMMAND = Stage(
     per_seed=True,
     seed_help="Which seed of train.seeds to collect.",
 )
+
+if __name__ == "__main__":
+    stage_main(COMMAND, __doc__)
