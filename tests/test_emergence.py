@@ -29,7 +29,7 @@ from universal_neurons.analysis.activations import excluded_token_ids
 from universal_neurons.analysis.baseline import mixing_matrices
 from universal_neurons.analysis.statistics import first_universal_tokens
 from universal_neurons.models.training import heldout_loss
-from universal_neurons.outputs.tracking import read_emergence
+from universal_neurons.outputs.run_contents import read_emergence
 from universal_neurons.pipeline.layout import Layout
 from universal_neurons.text.tokens import load_tokenizer, load_tokens
 

@@ -22,10 +22,12 @@ import pytest
 import torch
 from conftest import tiny_params
 
+from universal_neurons.analysis import neuron_profile
 from universal_neurons.analysis.activations import count_kept, kept_mask, load_analysis_set
+from universal_neurons.analysis.histogram import DISPLAY_BINS, StreamingHistogram
 from universal_neurons.analysis.variance import TopActivations
 from universal_neurons.models.loading import capture_mlp, load_model, processed_weights
-from universal_neurons.outputs import neuron_page as neuron_pages
+from universal_neurons.outputs import token_display
 from universal_neurons.pipeline.layout import Layout
 from universal_neurons.text.tokens import load_tokenizer
 
@@ -203,7 +205,7 @@ def test_contexts_equal_a_direct_forward_pass(state, tiny_group, tiny_tokens_dir
     params = state["params"]
     tokens, excluded, kept_count = load_analysis_set(tiny_tokens_dir, params.analysis)
     kept = kept_mask(tokens, excluded).numpy()
-    pieces = neuron_pages.display_pieces(load_tokenizer(tiny_tokens_dir))
+    pieces = token_display.display_pieces(load_tokenizer(tiny_tokens_dir))
     # 7 sequences at a time: another batch shape than the pages' pass
     direct = {
         name: direct_post_activations(tiny_group[int(name.removeprefix("seed"))], tokens, 7)
@@ -214,7 +216,7 @@ def test_contexts_equal_a_direct_forward_pass(state, tiny_group, tiny_tokens_dir
         acts = direct[name][layer, :, :, index]  # [sequences, context]
         page = parse_html(path)
         contexts = section(page, "contexts").findall(".//div[@class='context']")
-        assert len(contexts) == neuron_pages.TOP_CONTEXTS
+        assert len(contexts) == neuron_profile.TOP_CONTEXTS
         per_sequence = np.where(kept, acts, -np.inf).max(axis=1)
         expected_top = np.sort(per_sequence)[::-1][: len(contexts)]
         values = [float(c.get("data-value")) for c in contexts]
@@ -229,17 +231,17 @@ def test_contexts_equal_a_direct_forward_pass(state, tiny_group, tiny_tokens_dir
             assert value == pytest.approx(per_sequence[seq], abs=1e-5)
             spans = context.findall(".//span[@class]")
             spans = [s for s in spans if "tok" in classes(s)]
-            start, stop = neuron_pages.context_window(tokens.shape[1], pos, 20, 4)
+            start, stop = neuron_profile.context_window(tokens.shape[1], pos, 20, 4)
             assert len(spans) == stop - start
             shown = [float(s.get("data-act")) for s in spans]
             np.testing.assert_allclose(shown, acts[seq, start:stop], atol=1e-5)
             for offset, span in enumerate(spans):
                 token = int(tokens[seq, start + offset])
-                assert text(span) == neuron_pages.render_piece(pieces[token])
+                assert text(span) == token_display.render_piece(pieces[token])
                 title = re.fullmatch(
                     r"(.*): (-?\d+\.\d{4})( \(excluded position\))?", span.get("title")
                 )
-                assert title.group(1) == neuron_pages.visible_token(pieces[token])
+                assert title.group(1) == token_display.visible_token(pieces[token])
                 assert float(title.group(2)) == pytest.approx(acts[seq, start + offset], abs=6e-5)
                 assert (title.group(3) is None) == bool(kept[seq, start + offset])
                 assert ("max" in classes(span)) == (start + offset == pos)
@@ -256,15 +258,15 @@ def test_histogram_equals_numpy_on_the_direct_activations(state, tiny_group, tin
     tokens = np.asarray(tokens)
     kept = kept_mask(tokens, excluded).numpy()
     name = state["names"][0]
-    neurons = neuron_pages.universal_neurons(state["stats"][name])
+    neurons = neuron_profile.universal_neurons(state["stats"][name])
     model = load_model(str(tiny_group[1]))
     batch = params.analysis.batch_size  # same batches as the pass: bit-identical activations
-    found = neuron_pages.activation_pass(model, tokens, neurons, excluded, batch)
+    found = neuron_profile.activation_pass(model, tokens, neurons, excluded, batch)
     direct = direct_post_activations(tiny_group[1], tokens, batch)
     for n, (layer, index) in enumerate(neurons):
         acts = direct[layer, :, :, index][kept]
         edges, counts = found.histogram.display(n)
-        assert len(counts) <= neuron_pages.DISPLAY_BINS
+        assert len(counts) <= DISPLAY_BINS
         assert edges[0] <= acts.min() and acts.max() < edges[-1]
         np.testing.assert_array_equal(counts, np.histogram(acts, edges)[0])
         assert counts.sum() == kept_count == count_kept(tokens, excluded)
@@ -332,7 +334,7 @@ def test_family_and_statistics_sections(state):
 
 
 def test_vocab_tokens_equal_numpy_on_processed_weights(state, tiny_group, tiny_tokens_dir):
-    pieces = neuron_pages.display_pieces(load_tokenizer(tiny_tokens_dir))
+    pieces = token_display.display_pieces(load_tokenizer(tiny_tokens_dir))
     weights = {
         name: processed_weights(load_model(str(tiny_group[int(name.removeprefix("seed"))])))
         for name in state["names"]
@@ -348,12 +350,12 @@ def test_vocab_tokens_equal_numpy_on_processed_weights(state, tiny_group, tiny_t
         part = section(parse_html(path), "vocab")
         for css, ids in expected.items():
             rows = table_rows(part.find(f".//table[@class='vocab {css}']"))
-            assert len(rows) == neuron_pages.VOCAB_TOKENS
+            assert len(rows) == neuron_profile.VOCAB_TOKENS
             shown = [int(text(r[1])) for r in rows]
             assert shown == ids[: len(rows)]
             for row, token in zip(rows, shown, strict=True):
                 assert float(text(row[2])) == pytest.approx(logits[token], abs=5e-5)
-                assert text(row[0]) == neuron_pages.visible_token(pieces[token])
+                assert text(row[0]) == token_display.visible_token(pieces[token])
                 assert " " not in text(row[0])  # spaces are shown as ␣
 
 
@@ -370,7 +372,7 @@ def test_streaming_histogram_is_exact_while_it_widens():
         np.zeros((0, 3)),
         rng.normal(5, 2, (300, 3)),
     ]
-    histogram = neuron_pages.StreamingHistogram.empty(3, bins=64)
+    histogram = StreamingHistogram.empty(3, bins=64)
     for batch in batches:
         histogram.update(batch)
     values = np.concatenate(batches)
@@ -381,7 +383,7 @@ def test_streaming_histogram_is_exact_while_it_widens():
             assert edges[0] <= values[:, n].min() and values[:, n].max() < edges[-1]
             np.testing.assert_array_equal(counts, np.histogram(values[:, n], edges)[0])
         assert math.log2(histogram.width[n]).is_integer()
-    constant = neuron_pages.StreamingHistogram.empty(1, bins=8)
+    constant = StreamingHistogram.empty(1, bins=8)
     constant.update(np.full((5, 1), 0.25))
     edges, counts = constant.display(0)
     assert counts.tolist() == [5] and edges[0] <= 0.25 < edges[1]
@@ -406,10 +408,10 @@ def test_top_activations_one_per_sequence_with_rows():
 
 def test_display_pieces_show_bytes_of_split_characters(tiny_tokens_dir):
     tokenizer = load_tokenizer(tiny_tokens_dir)
-    pieces = neuron_pages.display_pieces(tokenizer)
+    pieces = token_display.display_pieces(tokenizer)
     assert pieces[tokenizer.token_to_id("<|endoftext|>")] == ""
-    assert neuron_pages.render_piece("") == "<|endoftext|>"
-    assert neuron_pages.visible_token(" the\n") == "\u2423the\u23ce"
+    assert token_display.render_piece("") == "<|endoftext|>"
+    assert token_display.visible_token(" the\n") == "\u2423the\u23ce"
     assert not any("\ufffd" in p for p in pieces)
     invisible = [p for p in pieces if any(c not in "\n\t" and not c.isprintable() for c in p)]
     assert invisible == []  # control characters are escaped: \x14
@@ -467,7 +469,7 @@ def test_a_page_in_headless_chromium(state, tmp_path):
             })()"""
         )
         shot = browser.screenshot(tmp_path / "neuron_page.png")
-    assert len(dom["contexts"]) == neuron_pages.TOP_CONTEXTS
+    assert len(dom["contexts"]) == neuron_profile.TOP_CONTEXTS
     for context in dom["contexts"]:
         assert context["tokens"] > 1 and context["withValue"] == context["tokens"]
         assert context["max"] == 1
@@ -477,7 +479,7 @@ def test_a_page_in_headless_chromium(state, tmp_path):
     assert dom["partners"] == [p for p in state["names"] if p != name]
     assert dom["partnerLinks"] and all(h.startswith("file://") for h in dom["partnerLinks"])
     assert dom["family"] == family["family"]
-    assert len(dom["top"]) == len(dom["bottom"]) == neuron_pages.VOCAB_TOKENS
+    assert len(dom["top"]) == len(dom["bottom"]) == neuron_profile.VOCAB_TOKENS
     assert all(token.strip() for token in dom["top"] + dom["bottom"])
     assert dom["stats"] > 10 and dom["text"] > 1000
     assert shot.read_bytes()[:8] == PNG_MAGIC and shot.stat().st_size > 50_000

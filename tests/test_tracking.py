@@ -10,10 +10,9 @@ import yaml
 from conftest import git
 from synthetic_results import write_results
 
+from universal_neurons.outputs.run_contents import flatten_metrics, flatten_params
 from universal_neurons.outputs.tracking import (
     default_tracking_uri,
-    flatten_metrics,
-    flatten_params,
     log_run,
     project_root,
     tracking_uri,

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from universal_neurons.analysis.neuron_profile import universal_rows
 from universal_neurons.errors import UserError
 from universal_neurons.outputs import neuron_page, plots
 
@@ -493,7 +494,7 @@ def _universal_neurons_section(sources: ReportSources, out: Path, result: Report
     stage wrote the pages (``neurons/<model>/<layer>.<index>.html``, ``outputs.neuron_page``)."""
     models = sources.models
     tables = _read_tables(sources.stats_tables, sources.universality_tables, models=models)
-    rows = neuron_page.universal_rows(tables, _read_tables(sources.family_tables, models=models))
+    rows = universal_rows(tables, _read_tables(sources.family_tables, models=models))
     if rows.empty:
         return ""
     limit = neuron_page.INDEX_ROWS_PER_MODEL

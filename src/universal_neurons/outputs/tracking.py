@@ -1,20 +1,11 @@
-"""One MLflow run per pipeline state: params, metrics, curves, tags and artifacts, logged from one place.
+"""One MLflow run per pipeline state, logged from one place; the store it goes to and its UI.
 
 The ``log`` stage (last in ``dvc.yaml``) calls :func:`log_run` with the paths of what the stages
 left in the workspace (``RunInputs``: ``metrics/*.json``, ``models/seed{s}/curve.csv``,
 ``dvc.lock``, the report and the neuron tables) and the parsed ``params.yaml``, and writes one
-MLflow run:
+MLflow run: params, metrics, training curves and tags as ``outputs.run_contents`` reads them,
+and
 
-- params: every leaf of ``params.yaml`` under its dotted key (``train.learning_rate``); strings
-  verbatim, everything else as JSON (``0.003``, ``[1, 2, 3]``, ``true``).
-- metrics: every number of ``metrics/<name>.json`` under ``<name>.<dotted.key>`` with the same
-  value; a list of numbers becomes a step series with step = list index (per-layer values:
-  step = layer); ``null`` is skipped; booleans are 1/0.
-- training curves: ``curve.seed{s}.train_loss`` / ``curve.seed{s}.heldout_loss``, step = the
-  training step of ``curve.csv`` (held-out loss only at evaluation steps).
-- tags: ``git.commit`` (also MLflow's ``mlflow.source.git.commit``), ``git.dirty``,
-  ``dvc.exp_name`` / ``dvc.exp_baseline_rev`` inside ``dvc exp run``, and ``dvc.out.<path>`` =
-  the hash ``dvc.lock`` records for every stage output.
 - artifacts: ``report/``, ``metrics/``, ``params.yaml`` + ``dvc.lock`` (under ``dvc/``),
   training curves (``training/seed{s}/``) and the neuron tables (``tables/<stage>/``).
 - the run's name: the DVC experiment, else ``repro-<commit>`` (``-dirty`` when files other
@@ -29,10 +20,7 @@ under ``.dvc/tmp/exps/``: DVC passes the parent root to every stage as ``DVC_ROO
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -42,22 +30,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from universal_neurons.errors import UserError
 from universal_neurons.outputs import tracking_ui
+from universal_neurons.outputs.run_contents import (
+    DETAIL_PREFIX,
+    TrackingError,
+    flatten_params,
+    lock_hashes,
+    read_emergence,
+    read_metrics,
+    run_tags,
+    training_curves,
+)
 
 DEFAULT_EXPERIMENT = "universal-neurons"
 STORE_FILE = "mlruns.db"
 ARTIFACTS_DIR = "mlartifacts"
-CURVE_PREFIX = "curve"
 
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
 _EXPERIMENT_TEMP_DIR = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}"
-
-
-class TrackingError(UserError):
-    """A run that could not be logged (store unreachable, unreadable input)."""
 
 
 # ----------------------------------------------------------------------------- the store
@@ -179,189 +169,6 @@ def artifact_location(uri: str) -> str | None:
         )  # relative paths: from the cwd, as SQLite does
         return (database.resolve().parent / ARTIFACTS_DIR).as_uri()
     return None
-
-
-# ----------------------------------------------------------------------------- flattening
-
-
-def metric_key(key: str) -> str:
-    """``key`` with the characters MLflow refuses in names replaced by ``_``."""
-    return _BAD_KEY_CHARS.sub("_", key)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def flatten_metrics(
-    data: Any, prefix: str = ""
-) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]]:
-    """Numbers of a JSON document under dotted keys.
-
-    Returns ``(scalars, series)``: ``scalars[key] = value``; ``series[key] = [(step, value)]``
-    for every list of numbers (step = list index; ``null`` entries skipped). Booleans become
-    1.0/0.0; ``null`` and strings are skipped; a list holding mappings or lists is flattened
-    with the index as a key part.
-    """
-    scalars: dict[str, float] = {}
-    series: dict[str, list[tuple[int, float]]] = {}
-
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, dict):
-            for name, item in value.items():
-                walk(item, f"{key}.{name}" if key else str(name))
-        elif isinstance(value, list):
-            if all(item is None or _is_number(item) or isinstance(item, bool) for item in value):
-                points = [(i, float(item)) for i, item in enumerate(value) if item is not None]
-                if points:
-                    series[metric_key(key)] = points
-            else:
-                for i, item in enumerate(value):
-                    walk(item, f"{key}.{i}")
-        elif isinstance(value, bool) or _is_number(value):
-            scalars[metric_key(key)] = float(value)
-
-    walk(data, prefix)
-    return scalars, series
-
-
-def param_value(value: Any) -> str:
-    """A parameter as MLflow stores it: strings verbatim, everything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def flatten_params(raw: Any, prefix: str = "") -> dict[str, str]:
-    """Every leaf of a parameter mapping under its dotted key (lists are leaves)."""
-    flat: dict[str, str] = {}
-    if isinstance(raw, dict):
-        for name, value in raw.items():
-            key = f"{prefix}.{name}" if prefix else str(name)
-            if isinstance(value, dict) and value:
-                flat.update(flatten_params(value, key))
-            else:
-                flat[metric_key(key)] = param_value(value)
-    elif prefix:
-        flat[metric_key(prefix)] = param_value(raw)
-    return flat
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-DETAIL_PREFIX = "detail"
-"""MLflow key prefix of the whole results documents (``detail.stats.models.seed1.skew...``), so
-that the headline metrics (``universality.mean_percent_universal``) stand apart."""
-
-
-def read_metrics(
-    metrics_dir: Path, prefix: str = ""
-) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]]:
-    """Flatten every ``<metrics_dir>/<name>.json`` under the key prefix ``[prefix.]<name>``
-    (a missing folder gives nothing)."""
-    scalars: dict[str, float] = {}
-    series: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(Path(metrics_dir).glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise TrackingError(f"{path}: not valid JSON ({exc})") from None
-        file_scalars, file_series = flatten_metrics(
-            data, f"{prefix}.{path.stem}" if prefix else path.stem
-        )
-        scalars.update(file_scalars)
-        series.update(file_series)
-    return scalars, series
-
-
-def read_emergence(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """``metrics/emergence.csv`` -> one series per column with ``step`` = training tokens:
-    ``emergence.<column>`` (e.g. ``emergence.mean_percent_universal``); {} if absent."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    series: dict[str, list[tuple[int, float]]] = {}
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            step = int(float(row["tokens"]))
-            for column, cell in row.items():
-                if column != "tokens" and (cell or "").strip():
-                    series.setdefault(metric_key(f"emergence.{column}"), []).append(
-                        (step, float(cell))
-                    )
-    return series
-
-
-def read_curve(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """``curve.csv`` -> ``{"train_loss": [(step, value)], "heldout_loss": [...]}`` (empty cells skipped)."""
-    columns: dict[str, list[tuple[int, float]]] = {"train_loss": [], "heldout_loss": []}
-    with Path(path).open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            step = int(row["step"])
-            for column, points in columns.items():
-                cell = (row.get(column) or "").strip()
-                if cell:
-                    points.append((step, float(cell)))
-    return columns
-
-
-def training_curves(curves: Mapping[str, Path]) -> dict[str, list[tuple[int, float]]]:
-    """Loss curves of every model (``{name: curve.csv}``) whose file exists:
-    ``curve.{name}.<column>``."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    for name, path in curves.items():
-        if Path(path).is_file():
-            for column, points in read_curve(path).items():
-                if points:
-                    series[f"{CURVE_PREFIX}.{name}.{column}"] = points
-    return series
-
-
-def lock_hashes(lock_path: Path) -> dict[str, str]:
-    """``{output path: hash}`` of every stage output recorded in ``dvc.lock``."""
-    lock_path = Path(lock_path)
-    if not lock_path.is_file():
-        return {}
-    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
-    hashes: dict[str, str] = {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            digest = out.get("md5") or out.get("etag") or out.get("checksum")
-            if out.get("path") and digest:
-                hashes[out["path"]] = str(digest)
-    return hashes
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=60
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip()
-
-
-def run_tags(repository: Path, lock: dict[str, str], exclude: Iterable[str] = ()) -> dict[str, str]:
-    """Tags of the run: git commit, DVC experiment, output hashes (minus ``exclude``)."""
-    tags: dict[str, str] = {}
-    commit = _git(repository, "rev-parse", "HEAD")
-    if commit:
-        tags["git.commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
-        status = _git(repository, "status", "--porcelain", "--untracked-files=no")
-        tags["git.dirty"] = "true" if status else "false"
-    exp_name = os.environ.get("DVC_EXP_NAME")
-    tags["dvc.run"] = "exp" if exp_name else "repro"
-    if exp_name:
-        tags["dvc.exp_name"] = exp_name
-    baseline = os.environ.get("DVC_EXP_BASELINE_REV")
-    if baseline:
-        tags["dvc.exp_baseline_rev"] = baseline
-    skipped = {str(Path(path)) for path in exclude}
-    for path, digest in sorted(lock.items()):
-        if str(Path(path)) not in skipped:
-            tags[metric_key(f"dvc.out.{path}")] = digest
-    return tags
 
 
 # ----------------------------------------------------------------------------- logging

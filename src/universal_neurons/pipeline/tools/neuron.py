@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from universal_neurons.models.loading import config_shape
-from universal_neurons.outputs.neuron_page import (
+from universal_neurons.analysis.neuron_profile import (
     NeuronPageError,
     NeuronSources,
     PageSettings,
     check_neuron,
-    neuron_page,
 )
+from universal_neurons.models.loading import config_shape
+from universal_neurons.outputs.neuron_view import neuron_page
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout, model_name
 

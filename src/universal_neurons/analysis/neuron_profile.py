@@ -1,0 +1,420 @@
+"""What the pipeline knows about a neuron, computed for its views (``outputs.neuron_view``, the
+terminal; ``outputs.neuron_page``, the report's HTML page per universal neuron).
+
+**One neuron** (``neuron_profile``): its family (the family table's row, or ``classify_model``
+now over the analysis token set) and its top activations over that token set.
+
+**The universal neurons of a group** (``group_pages``, one model loaded at a time):
+
+| part | from |
+|---|---|
+| top-activating contexts, the activation on every token | one streaming pass per model over the analysis token set (``activation_pass``) |
+| activation histogram over the kept positions | the same pass (``analysis.histogram.StreamingHistogram``: exact counts, no activation stored) |
+| best-matching neuron in each partner model, its correlation and the baseline | ``data/correlate/max_corr.parquet``, ``data/baseline/baseline.parquet`` (mean over samples; ``partner_matches``) |
+| family, best feature and VR, top features | ``data/families/seed{s}.parquet`` |
+| top and bottom vocabulary tokens of the output weights | ``W_out[layer][index] @ W_U`` on the processed weights (``vocab_extremes``) |
+| statistics with within-layer percentiles | ``data/stats/seed{s}.parquet`` |
+
+Both views share the context window (``context_window``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from universal_neurons.analysis.families import FamiliesError, classify_model, parse_neuron
+from universal_neurons.analysis.features import FeatureSet, load_analysis_features
+from universal_neurons.analysis.histogram import StreamingHistogram
+from universal_neurons.analysis.variance import (
+    TopActivations,
+    collect_feature_sums,
+    iter_neuron_activations,
+)
+from universal_neurons.config import AnalysisConfig, FamiliesConfig
+from universal_neurons.errors import UserError
+from universal_neurons.models.loading import load_model, processed_weights
+
+TOP_CONTEXTS = 10
+BEFORE, AFTER = 20, 4
+VOCAB_TOKENS = 12
+
+
+def context_window(length: int, position: int, before: int, after: int) -> tuple[int, int]:
+    """``(start, stop)`` of the tokens shown around ``position`` in a sequence of ``length``:
+    up to ``before`` tokens before it and ``after`` after it, inside the sequence."""
+    return max(0, position - before), min(length, position + 1 + after)
+
+
+# ============================================================================= one neuron
+
+
+class NeuronPageError(UserError):
+    """A neuron that does not exist in its model."""
+
+
+@dataclass(frozen=True)
+class NeuronSources:
+    """What the page of one neuron reads. ``label``: the model's name in the tables
+    (``seed1``); the tables and ``syntax_dir`` may be missing (their sections say so)."""
+
+    label: str
+    model_dir: Path
+    tokens_dir: Path
+    stats_table: Path
+    universality_table: Path
+    family_table: Path
+    syntax_dir: Path
+
+
+def check_neuron(text: str, n_layers: int, d_mlp: int, label: str) -> tuple[int, int]:
+    """Parse ``LAYER.INDEX`` and check it lies inside the model."""
+    try:
+        layer, index = parse_neuron(text)
+    except FamiliesError as exc:
+        raise NeuronPageError(str(exc).replace("neuron:", "NEURON:")) from None
+    if not (0 <= layer < n_layers and 0 <= index < d_mlp):
+        raise NeuronPageError(
+            f"NEURON: {text} is outside {label} ({n_layers} layers x {d_mlp} neurons: "
+            f"LAYER 0-{n_layers - 1}, INDEX 0-{d_mlp - 1})"
+        )
+    return layer, index
+
+
+def table_row(path: Path, layer: int, index: int) -> pd.Series | None:
+    """The row of neuron ``(layer, index)`` in a per-model parquet table, or None."""
+    if not path.is_file():
+        return None
+    table = pd.read_parquet(path)
+    rows = table[(table["layer"] == layer) & (table["index"] == index)]
+    return None if rows.empty else rows.iloc[0]
+
+
+@dataclass(frozen=True)
+class PageSettings:
+    """How much of the token set the page shows: ``top`` contexts of ``before`` / ``after``
+    tokens around the activating one, found in the analysis token set of ``analysis``."""
+
+    analysis: AnalysisConfig
+    families: FamiliesConfig
+    top: int = 8
+    before: int = 12
+    after: int = 4
+
+
+def _top_activations(
+    model, analysis_set: tuple[np.ndarray, np.ndarray], neuron, settings: PageSettings, desc: str
+) -> TopActivations:
+    """The neuron's ``settings.top`` activations over ``(tokens, excluded ids)``, one pass."""
+    tokens, excluded = analysis_set
+    batch_size, device = settings.analysis.batch_size, settings.analysis.device
+    no_features = FeatureSet(variables=[], codes={})
+    return collect_feature_sums(
+        model, tokens, no_features, [neuron], excluded, batch_size, device, settings.top, desc
+    )[1]
+
+
+@dataclass(frozen=True)
+class NeuronProfile:
+    """What one pass finds about a neuron: its family (``family``: the family table's row, or,
+    ``computed_now``, the row ``classify_model`` gives; ``no_syntax``: computed without syntax
+    labels), its ``top`` activations and the token set they index (``tokens``, ``pieces``)."""
+
+    family: pd.Series
+    computed_now: bool
+    no_syntax: bool
+    top: TopActivations
+    tokens: np.ndarray
+    pieces: list[str]
+
+
+def neuron_profile(
+    sources: NeuronSources, neuron: tuple[int, int], settings: PageSettings
+) -> NeuronProfile:
+    """The family of ``neuron`` ``(layer, index)`` (from the family table, or computed now)
+    and its top activations over the analysis token set."""
+    family = table_row(sources.family_table, *neuron)
+    analysis = settings.analysis
+    tokens, features, excluded, pieces = load_analysis_features(
+        sources.tokens_dir, analysis, settings.families, sources.syntax_dir, syntax_prefix=True
+    )
+    model = load_model(str(sources.model_dir), device=analysis.device)
+    desc = f"{sources.label} L{neuron[0]}.N{neuron[1]}"
+    if family is not None:  # the family is known: the pass only looks for top contexts
+        best = _top_activations(model, (tokens, excluded), neuron, settings, desc)
+        return NeuronProfile(family, False, False, best, tokens, pieces)
+    stats = pd.read_parquet(sources.stats_table) if sources.stats_table.is_file() else None
+    table, best = classify_model(
+        model,
+        tokens,
+        features,
+        [neuron],
+        excluded,
+        analysis,
+        settings.families,
+        stats,
+        desc=desc,
+        top_k=settings.top,
+    )
+    no_syntax = not sources.syntax_dir.exists()
+    return NeuronProfile(table.iloc[0], True, no_syntax, best, tokens, pieces)
+
+
+# ============================================================================= universal neurons
+
+
+@dataclass
+class NeuronActivations:
+    """What one pass over the analysis token set gives for ``neurons`` (``(layer, index)``):
+    their top contexts (one per sequence, with the whole sequence's activations) and
+    their histograms over the kept positions."""
+
+    neurons: list[tuple[int, int]]
+    top: TopActivations
+    histogram: StreamingHistogram
+
+
+def activation_pass(
+    model,
+    tokens: np.ndarray,
+    neurons: Sequence[tuple[int, int]],
+    excluded_ids: np.ndarray,
+    batch_size: int,
+    device: str = "cpu",
+    top_k: int = TOP_CONTEXTS,
+    desc: str = "neuron pages",
+) -> NeuronActivations:
+    """One streaming pass of ``tokens [sequences, context]`` capturing only ``neurons``."""
+    neurons = list(neurons)
+    top = TopActivations.empty(len(neurons), top_k, context=tokens.shape[1], per_sequence=True)
+    histogram = StreamingHistogram.empty(len(neurons))
+    for start, kept, acts in iter_neuron_activations(
+        model, tokens, neurons, excluded_ids, batch_size, device, desc
+    ):
+        top.update(acts, kept, start)
+        histogram.update(acts[kept].numpy())
+    return NeuronActivations(neurons, top, histogram)
+
+
+@dataclass(frozen=True)
+class Context:
+    """One top-activating context: ``tokens[sequence, start:start + len(token_ids)]``, the
+    neuron's activation on each token, whether each position is kept; the max at ``position``."""
+
+    value: float
+    sequence: int
+    position: int
+    start: int
+    token_ids: list[int]
+    activations: list[float]
+    kept: list[bool]
+
+
+def neuron_contexts(
+    found: NeuronActivations,
+    n: int,
+    tokens: np.ndarray,
+    excluded_ids: np.ndarray,
+    before: int = BEFORE,
+    after: int = AFTER,
+) -> list[Context]:
+    """The top contexts of neuron number ``n`` of ``found``, highest first."""
+    contexts = []
+    rows = found.top.rows
+    assert rows is not None
+    for rank in range(found.top.values.shape[1]):
+        value = float(found.top.values[n, rank])
+        if not math.isfinite(value):
+            break
+        seq, pos = int(found.top.sequence[n, rank]), int(found.top.position[n, rank])
+        start, stop = context_window(tokens.shape[1], pos, before, after)
+        ids = [int(t) for t in tokens[seq, start:stop]]
+        contexts.append(
+            Context(
+                value,
+                seq,
+                pos,
+                start,
+                ids,
+                [float(a) for a in rows[n, rank, start:stop]],
+                [bool(t not in excluded_ids) for t in ids],
+            )
+        )
+    return contexts
+
+
+def universal_neurons(table: pd.DataFrame) -> list[tuple[int, int]]:
+    """``(layer, index)`` of the universal neurons of a stats/universality table, in order."""
+    rows = table[table["is_universal"].astype(bool)].sort_values(["layer", "index"])
+    return [(int(r.layer), int(r.index)) for r in rows.itertuples(index=False)]
+
+
+def partner_matches(max_corr: pd.DataFrame, baseline: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Per neuron of ``model`` and partner: ``partner, layer, index, max_corr, argmax_layer,
+    argmax_index, baseline`` (the baseline averaged over its samples)."""
+    mine = max_corr[max_corr["model"] == model]
+    columns = ["partner", "layer", "index", "max_corr", "argmax_layer", "argmax_index"]
+    base = (
+        baseline[baseline["model"] == model]
+        .groupby(["partner", "layer", "index"], as_index=False, sort=False)["baseline"]
+        .mean()
+    )
+    return mine[columns].merge(base, on=["partner", "layer", "index"], how="left")
+
+
+def vocab_extremes(
+    w_out: np.ndarray, w_u: np.ndarray, k: int = VOCAB_TOKENS, chunk: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` vocabulary tokens each output weight vector promotes and suppresses most.
+
+    ``w_out``: ``[n, d_model]`` rows ``W_out[layer][index]``; ``w_u``: ``[d_model, vocab]``.
+    Returns ``(top ids [n, k], top values, bottom ids [n, k], bottom values)``, values
+    ``w_out @ w_u`` in float64, top descending, bottom ascending (ties: lower id first).
+    """
+    w_u = np.asarray(w_u, dtype=np.float64)
+    k = min(k, w_u.shape[1])
+    parts: tuple[list[np.ndarray], ...] = ([], [], [], [])
+    for start in range(0, len(w_out), chunk):
+        logits = np.asarray(w_out[start : start + chunk], dtype=np.float64) @ w_u
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        bottom = np.argsort(logits, axis=1, kind="stable")[:, :k]
+        for part, ids in ((0, top), (2, bottom)):
+            parts[part].append(ids)
+            parts[part + 1].append(np.take_along_axis(logits, ids, axis=1))
+    if not parts[0]:
+        empty = np.zeros((0, k))
+        return empty.astype(np.int64), empty, empty.astype(np.int64), empty
+    top_ids, top_values, bottom_ids, bottom_values = (np.concatenate(p) for p in parts)
+    return top_ids, top_values, bottom_ids, bottom_values
+
+
+ROW_COLUMNS = [
+    "model",
+    "layer",
+    "index",
+    "excess_corr",
+    "family",
+    "best_feature",
+    "best_vr",
+    "first_universal_tokens",
+]
+
+
+def universal_rows(
+    tables: Mapping[str, pd.DataFrame], families: Mapping[str, pd.DataFrame]
+) -> pd.DataFrame:
+    """The universal neurons of every model (columns ``ROW_COLUMNS``), most universal first
+    within each model.
+
+    ``tables``: per model its stats table (or its universality table, which has no
+    ``first_universal_tokens``); ``families``: per model its family table, if any.
+    """
+    frames = []
+    for model, table in tables.items():
+        rows = table.loc[table["is_universal"].astype(bool), ["layer", "index", "excess_corr"]]
+        rows = rows.assign(first_universal_tokens=table.get("first_universal_tokens"))
+        family = families.get(model)
+        if family is not None:
+            columns = ["layer", "index", "family", "best_feature", "best_vr"]
+            rows = rows.merge(family.reindex(columns=columns), on=["layer", "index"], how="left")
+        rows = rows.assign(model=model).reindex(columns=ROW_COLUMNS)
+        frames.append(rows.sort_values("excess_corr", ascending=False, kind="stable"))
+    if not frames:
+        return pd.DataFrame(columns=ROW_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class NeuronPage:
+    """Everything one page shows (``stats``: the neuron table row; ``family``: the family
+    table row or None; ``partners``: rows of ``partner_matches``; ``vocab``: top ids, values,
+    bottom ids, values; ``histogram``: ``(edges, counts)``)."""
+
+    model: str
+    layer: int
+    index: int
+    stats: pd.Series
+    family: pd.Series | None
+    partners: pd.DataFrame
+    contexts: list[Context]
+    histogram: tuple[np.ndarray, np.ndarray]
+    vocab: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def model_pages(
+    model,
+    name: str,
+    tokens: np.ndarray,
+    excluded_ids: np.ndarray,
+    stats: pd.DataFrame,
+    family: pd.DataFrame | None,
+    partners: pd.DataFrame,
+    batch_size: int,
+    device: str = "cpu",
+) -> list[NeuronPage]:
+    """The pages of ``model``'s universal neurons (``stats``: its neuron table; ``family``:
+    its family table or None; ``partners``: ``partner_matches`` of the model)."""
+    neurons = universal_neurons(stats)
+    if not neurons:
+        return []
+    found = activation_pass(model, tokens, neurons, excluded_ids, batch_size, device)
+    weights = processed_weights(model)
+    w_out = np.stack([weights["W_out"][layer, index].numpy() for layer, index in neurons])
+    vocab = vocab_extremes(w_out, weights["W_U"].numpy())
+    by_neuron = stats.set_index(["layer", "index"])
+    families = pd.DataFrame() if family is None else family.set_index(["layer", "index"])
+    matches = partners.set_index(["layer", "index"]).sort_index()
+    pages = []
+    for n, (layer, index) in enumerate(neurons):
+        classified = (layer, index) in families.index
+        pages.append(
+            NeuronPage(
+                name,
+                layer,
+                index,
+                by_neuron.loc[(layer, index)],
+                families.loc[(layer, index)] if classified else None,
+                matches.loc[[(layer, index)]].reset_index(),
+                neuron_contexts(found, n, tokens, excluded_ids),
+                found.histogram.display(n),
+                tuple(part[n] for part in vocab),  # type: ignore[arg-type]
+            )
+        )
+    return pages
+
+
+def group_pages(
+    model_dirs: Mapping[str, Path],
+    token_set: tuple[np.ndarray, np.ndarray],
+    analysis: AnalysisConfig,
+    stats_tables: Mapping[str, pd.DataFrame],
+    family_tables: Mapping[str, pd.DataFrame],
+    max_corr: pd.DataFrame,
+    baseline: pd.DataFrame,
+) -> Iterator[NeuronPage]:
+    """The pages of the universal neurons of every model, model after model (one loaded at a
+    time; ``token_set``: ``(tokens, excluded ids)``; ``model_dirs``: per model name its
+    Hugging Face directory; the tables as in ``model_pages``)."""
+    tokens, excluded = token_set
+    for name, stats in stats_tables.items():
+        if not universal_neurons(stats):
+            continue
+        model = load_model(str(model_dirs[name]), device=analysis.device)
+        partners = partner_matches(max_corr, baseline, name)
+        yield from model_pages(
+            model,
+            name,
+            tokens,
+            excluded,
+            stats,
+            family_tables.get(name),
+            partners,
+            analysis.batch_size,
+            analysis.device,
+        )
+        del model
