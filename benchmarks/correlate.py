@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from universal_neurons.analysis.correlation import CrossMoments  # noqa: E402
-from universal_neurons.analysis.pairs import resolve_products  # noqa: E402
 from universal_neurons.config import ModelConfig  # noqa: E402
+from universal_neurons.matching.correlation import CrossMoments  # noqa: E402
+from universal_neurons.matching.pairs import resolve_products  # noqa: E402
 from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model  # noqa: E402
 
 
@@ -118,7 +118,7 @@ def _tiny_models(
 
 def memory_child(args) -> None:
     """Run one correlate pass over ``args.memory_tokens`` tokens; print peak memory as JSON."""
-    from universal_neurons.analysis.pairs import correlate_group
+    from universal_neurons.matching.pairs import correlate_group
     from universal_neurons.models.loading import load_model
 
     root = Path(args.model_root)
@@ -244,7 +244,7 @@ def bench_pair(args, name: str, blocks: int = 0) -> dict:
     (``units.correlate_pass``: both forwards, the masks, the update, the finite checks),
     the rows of the last of ``blocks`` blocks of neurons (all layers of both models; 0: the
     fewest that fit ``--pair-gib``); the pair's rate is the unit's divided by ``blocks``."""
-    from universal_neurons.analysis.units import PassSettings, Unit, correlate_pass
+    from universal_neurons.matching.units import PassSettings, Unit, correlate_pass
     from universal_neurons.models.loading import load_model, model_dtype
     from universal_neurons.models.trunk import uses_trunk
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from universal_neurons.analysis.baseline import baseline_spread, group_baselines
-from universal_neurons.analysis.correlation import CrossMoments
 from universal_neurons.errors import UserError
 from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.matching.baseline import baseline_spread, group_baselines
+from universal_neurons.matching.correlation import CrossMoments
 from universal_neurons.pipeline.command import Out, Stage, as_json
 from universal_neurons.pipeline.inputs import (
     CorrelateSummary,

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from universal_neurons.analysis.activations import count_kept, token_set_record
-from universal_neurons.analysis.families import (
+from universal_neurons.description.families import (
     FAMILIES,
     VOCAB_FAMILIES,
     classify_model,
@@ -25,9 +24,10 @@ from universal_neurons.analysis.families import (
     per_layer_rows,
     universal_mask,
 )
-from universal_neurons.analysis.features import FeatureSet, load_analysis_features
+from universal_neurons.description.features import FeatureSet, load_analysis_features
 from universal_neurons.errors import MissingInputError
 from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.matching.activations import count_kept, token_set_record
 from universal_neurons.models.loading import load_model, model_shape
 from universal_neurons.outputs.plots import plot_family_counts
 from universal_neurons.pipeline.command import Out, Stage, as_json

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from universal_neurons.analysis.activations import (
+from universal_neurons.errors import UserError
+from universal_neurons.io import atomic_path
+from universal_neurons.matching.activations import (
     activation_memory,
     load_analysis_set,
     token_set_record,
 )
-from universal_neurons.analysis.collect import CollectResult, collect_model, moments_table
-from universal_neurons.errors import UserError
-from universal_neurons.io import atomic_path
+from universal_neurons.matching.collect import CollectResult, collect_model, moments_table
 from universal_neurons.models.loading import (
     check_device,
     check_fits_tokens,

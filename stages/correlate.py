@@ -27,16 +27,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from universal_neurons.analysis.activations import load_analysis_set, token_set_record
-from universal_neurons.analysis.maxima import BaselineDraws, check_whole_layers, pair_tables
-from universal_neurons.analysis.pairs import (
+from universal_neurons.errors import MissingInputError, UserError
+from universal_neurons.io import atomic_path
+from universal_neurons.matching.activations import load_analysis_set, token_set_record
+from universal_neurons.matching.maxima import BaselineDraws, check_whole_layers, pair_tables
+from universal_neurons.matching.pairs import (
     GroupStatistics,
     pair_key,
     pair_maxima,
     resolve_products,
 )
-from universal_neurons.analysis.plan import GroupShape, check_memory, shape_from_config
-from universal_neurons.analysis.units import (
+from universal_neurons.matching.plan import GroupShape, check_memory, shape_from_config
+from universal_neurons.matching.units import (
     Unit,
     UnitContext,
     execute,
@@ -47,8 +49,6 @@ from universal_neurons.analysis.units import (
     unit_manifest,
     units_summary,
 )
-from universal_neurons.errors import MissingInputError, UserError
-from universal_neurons.io import atomic_path
 from universal_neurons.models.loading import (
     ModelSpec,
     check_device,

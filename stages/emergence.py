@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from universal_neurons.analysis.activations import load_analysis_set
-from universal_neurons.analysis.emergence import (
+from universal_neurons.io import atomic_path, read_json
+from universal_neurons.matching.activations import load_analysis_set
+from universal_neurons.matching.emergence import (
     GroupUniversality,
     group_universality,
     heldout_losses,
 )
-from universal_neurons.analysis.pairs import resolve_products
-from universal_neurons.io import atomic_path, read_json
+from universal_neurons.matching.pairs import resolve_products
 from universal_neurons.models.loading import (
     check_device,
     check_fits_tokens,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from tqdm import tqdm
 
-from universal_neurons.analysis.statistics import (
+from universal_neurons.description.statistics import (
     METRICS,
     activation_statistics,
     compare_universal,

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from universal_neurons.analysis.activations import analysis_tokens
-from universal_neurons.analysis.features import token_pieces
-from universal_neurons.analysis.syntax import load_spacy, parse_syntax, spacy_name
+from universal_neurons.description.features import token_pieces
+from universal_neurons.description.syntax import load_spacy, parse_syntax, spacy_name
 from universal_neurons.io import atomic_path
+from universal_neurons.matching.activations import analysis_tokens
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout
 from universal_neurons.pipeline.runner import stage_main

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from universal_neurons.analysis.universality import (
+from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.matching.universality import (
     headline_metrics,
     model_summary,
     per_layer_rows,
     universality_metrics,
     universality_table,
 )
-from universal_neurons.io import atomic_path, read_parquet, write_json
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.inputs import (
     check_same_inputs,

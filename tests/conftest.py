@@ -104,7 +104,7 @@ def write_token_set_summary(path: Path, tokens_dir: Path, params: Params, **fiel
     analysis stages write it), plus ``fields`` (``group=[...]`` or ``model="seed1"``)."""
     import json
 
-    from universal_neurons.analysis.activations import load_analysis_set, token_set_record
+    from universal_neurons.matching.activations import load_analysis_set, token_set_record
 
     tokens, excluded, kept = load_analysis_set(tokens_dir, params.analysis)
     record = token_set_record(tokens, excluded, kept, params.analysis.split)

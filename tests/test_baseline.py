@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from universal_neurons.analysis.baseline import (
+from universal_neurons.matching.baseline import (
     gaussian_rows,
     haar_orthogonal,
     mixed_max_correlation,
     mixing_matrices,
     pair_baselines,
 )
-from universal_neurons.analysis.correlation import CrossMoments
+from universal_neurons.matching.correlation import CrossMoments
 
 N_LAYERS, D = 2, 16
 

@@ -18,9 +18,9 @@ import yaml
 from click.testing import CliRunner
 from conftest import tiny_params, write_token_set_summary
 
-from universal_neurons.analysis.activations import iter_batches, kept_mask
-from universal_neurons.analysis.families import FAMILIES, VOCAB_FAMILIES
-from universal_neurons.analysis.features import load_analysis_features
+from universal_neurons.description.families import FAMILIES, VOCAB_FAMILIES
+from universal_neurons.description.features import load_analysis_features
+from universal_neurons.matching.activations import iter_batches, kept_mask
 from universal_neurons.pipeline.cli import main
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from universal_neurons.analysis.correlation import CrossMoments, max_correlations
+from universal_neurons.matching.correlation import CrossMoments, max_correlations
 
 UNEVEN = [1, 37, 400, 3, 250, 509]
 
@@ -127,7 +127,7 @@ def test_saved_statistics_are_byte_identical_across_processes(tmp_path):
 
     script = (
         "import sys, torch\n"
-        "from universal_neurons.analysis.correlation import CrossMoments\n"
+        "from universal_neurons.matching.correlation import CrossMoments\n"
         "g = torch.Generator().manual_seed(0)\n"
         "x, y = torch.randn(50, 4, generator=g), torch.randn(50, 3, generator=g)\n"
         "s = CrossMoments.empty(4, 3).update(x, y, 'float64')\n"

@@ -25,9 +25,9 @@ from stages import (
     train,
     universality,
 )
-from universal_neurons.analysis.activations import excluded_token_ids
-from universal_neurons.analysis.baseline import mixing_matrices
-from universal_neurons.analysis.statistics import first_universal_tokens
+from universal_neurons.description.statistics import first_universal_tokens
+from universal_neurons.matching.activations import excluded_token_ids
+from universal_neurons.matching.baseline import mixing_matrices
 from universal_neurons.models.training import heldout_loss
 from universal_neurons.outputs.run_contents import read_emergence
 from universal_neurons.pipeline.layout import Layout

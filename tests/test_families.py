@@ -14,13 +14,8 @@ import pytest
 import torch
 from conftest import tiny_params
 
-from universal_neurons.analysis.activations import (
-    analysis_tokens,
-    excluded_token_ids,
-    iter_batches,
-    kept_mask,
-)
-from universal_neurons.analysis.families import (
+from universal_neurons.config import FamiliesConfig
+from universal_neurons.description.families import (
     GroupThresholds,
     assign_family,
     classify_neurons,
@@ -28,7 +23,7 @@ from universal_neurons.analysis.families import (
     parse_neurons,
     vocab_family,
 )
-from universal_neurons.analysis.features import (
+from universal_neurons.description.features import (
     build_features,
     build_topic_words,
     normalise,
@@ -38,9 +33,14 @@ from universal_neurons.analysis.features import (
     word_codes,
     word_starts,
 )
-from universal_neurons.analysis.syntax import load_spacy, parse_syntax
-from universal_neurons.analysis.variance import FeatureSums
-from universal_neurons.config import FamiliesConfig
+from universal_neurons.description.syntax import load_spacy, parse_syntax
+from universal_neurons.description.variance import FeatureSums
+from universal_neurons.matching.activations import (
+    analysis_tokens,
+    excluded_token_ids,
+    iter_batches,
+    kept_mask,
+)
 from universal_neurons.text.tokens import load_domains, load_tokenizer, load_tokens
 
 
@@ -374,7 +374,7 @@ def test_placeholder_categories_are_not_features(planted):
 
 
 def test_no_universal_neurons_gives_empty_table_and_zero_metrics(token_set):
-    from universal_neurons.analysis.families import add_vocab_families, family_metrics
+    from universal_neurons.description.families import add_vocab_families, family_metrics
 
     features = token_set["features"]
     sums = _stream(token_set, lambda batch, start: np.zeros(batch.shape + (0,)), 0)

@@ -108,7 +108,7 @@ def _hf_post_activations(directory, tokens, excluded, arch):
     """[kept, layers * d_mlp] float64 from the plain Hugging Face model (not TransformerLens)."""
     from transformers import AutoModelForCausalLM
 
-    from universal_neurons.analysis.activations import kept_mask
+    from universal_neurons.matching.activations import kept_mask
 
     model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
     blocks = model.gpt_neox.layers if arch == "neox" else model.transformer.h
@@ -137,7 +137,7 @@ def test_local_pretrained_group_fetches_tokenizes_and_correlates(
     """A custom group of two local HF directories: fetch -> tokenize (the models' own
     tokenizer) -> correlate in units; maxima equal numpy.corrcoef on HF's own activations."""
     from stages import correlate, fetch, tokenize
-    from universal_neurons.analysis.activations import load_analysis_set
+    from universal_neurons.matching.activations import load_analysis_set
     from universal_neurons.pipeline.layout import Layout
 
     sources = {}

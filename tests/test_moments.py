@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from universal_neurons.analysis.moments import StreamingMoments
+from universal_neurons.matching.moments import StreamingMoments
 
 
 @pytest.mark.parametrize("sizes", [[1000], [1, 7, 300, 2, 690], [500, 500]])

@@ -22,10 +22,10 @@ import pytest
 import torch
 from conftest import tiny_params
 
-from universal_neurons.analysis import neuron_profile
-from universal_neurons.analysis.activations import count_kept, kept_mask, load_analysis_set
-from universal_neurons.analysis.histogram import DISPLAY_BINS, StreamingHistogram
-from universal_neurons.analysis.variance import TopActivations
+from universal_neurons.description import neuron_profile
+from universal_neurons.description.histogram import DISPLAY_BINS, StreamingHistogram
+from universal_neurons.description.variance import TopActivations
+from universal_neurons.matching.activations import count_kept, kept_mask, load_analysis_set
 from universal_neurons.models.loading import capture_mlp, load_model, processed_weights
 from universal_neurons.outputs import token_display
 from universal_neurons.pipeline.layout import Layout

@@ -15,7 +15,7 @@ from conftest import command_argv, tiny_params, tiny_params_dict
 from test_interrupt import _cli_env, _wait_for
 
 from stages import correlate
-from universal_neurons.analysis.units import UnitContext, pending_units, plan_units, unit_path
+from universal_neurons.matching.units import UnitContext, pending_units, plan_units, unit_path
 from universal_neurons.pipeline.layout import Layout
 
 # 3 pairs x 8 neuron blocks x 4 token shards = 96 units of a few batches each: the kill, sent
@@ -77,8 +77,8 @@ def test_killed_unit_run_resumes_with_the_missing_units_only(tiny_group, tiny_to
 
 
 def test_files_of_other_inputs_or_half_written_are_not_complete(tmp_path):
-    from universal_neurons.analysis.correlation import CrossMoments
-    from universal_neurons.analysis.units import _save_unit
+    from universal_neurons.matching.correlation import CrossMoments
+    from universal_neurons.matching.units import _save_unit
 
     units = plan_units(["a", "b"], 8, 64, 16, 4, 2)
     context = UnitContext({}, "", {}, "float64", "cpu", str(tmp_path), manifest="inputs-1")

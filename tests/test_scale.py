@@ -16,8 +16,8 @@ from conftest import tiny_params
 from test_interrupt import _cli_env
 
 from stages import baseline, collect, correlate
-from universal_neurons.analysis import plan
 from universal_neurons.errors import UserError
+from universal_neurons.matching import plan
 from universal_neurons.pipeline.layout import Layout
 
 
@@ -188,7 +188,7 @@ def test_plan_command_prints_the_preset_plan(tmp_path):
 
 HEAP_PROBE = """
 import os, sys, torch
-from universal_neurons.analysis.units import map_large_allocations
+from universal_neurons.matching.units import map_large_allocations
 def resident():  # bytes
     return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 if sys.argv[1] == 'mapped':

@@ -17,10 +17,10 @@ import yaml
 from conftest import REPO_ROOT, tiny_params_dict
 from test_interrupt import _cli_env
 
-from universal_neurons.analysis.activations import load_analysis_set
-from universal_neurons.analysis.baseline import mixing_matrix
-from universal_neurons.analysis.plan import shape_from_config, unit_memory, work_plan
 from universal_neurons.config import ModelConfig, params_from_dict
+from universal_neurons.matching.activations import load_analysis_set
+from universal_neurons.matching.baseline import mixing_matrix
+from universal_neurons.matching.plan import shape_from_config, unit_memory, work_plan
 from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model
 
 pytestmark = pytest.mark.slow

@@ -23,9 +23,9 @@ from click.testing import CliRunner
 from conftest import REPO_ROOT, tiny_params, tiny_params_dict, write_token_set_summary
 from scipy import stats as scipy_stats
 
-from universal_neurons.analysis import statistics
-from universal_neurons.analysis.activations import analysis_tokens, excluded_token_ids, kept_mask
-from universal_neurons.analysis.moments import StreamingMoments
+from universal_neurons.description import statistics
+from universal_neurons.matching.activations import analysis_tokens, excluded_token_ids, kept_mask
+from universal_neurons.matching.moments import StreamingMoments
 from universal_neurons.models.loading import capture_mlp, load_model, model_shape, processed_weights
 from universal_neurons.pipeline.tools.findings import findings_table
 from universal_neurons.text.tokens import load_tokenizer, load_tokens

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import tiny_params
 
-from universal_neurons.analysis.activations import load_analysis_set
-from universal_neurons.analysis.pairs import correlate_group
-from universal_neurons.analysis.units import (
+from universal_neurons.matching.activations import load_analysis_set
+from universal_neurons.matching.pairs import correlate_group
+from universal_neurons.matching.units import (
     UnitContext,
     UnitError,
     execute,
@@ -137,7 +137,7 @@ def test_submitit_local_executor_gives_the_inline_maxima(tiny_group, tiny_tokens
     assert len(list((local_dir / "units").glob("*.safetensors"))) == 12
     summary = json.loads((local_dir / "summary.json").read_text())
     assert summary["units"]["executor"] == "local"
-    from universal_neurons.analysis.correlation import CrossMoments
+    from universal_neurons.matching.correlation import CrossMoments
 
     pair_a, _ = CrossMoments.load(inline_dir / "pairs" / "seed1__seed3.safetensors")
     pair_b, _ = CrossMoments.load(local_dir / "pairs" / "seed1__seed3.safetensors")
@@ -152,7 +152,7 @@ def test_submitit_local_executor_gives_the_inline_maxima(tiny_group, tiny_tokens
 def test_gpu_path_bf16_models_and_bf16_products_on_cpu(unit_setup):
     """The CUDA combination (bf16 models, bf16 products, float32 accumulation, float64 merge),
     emulated on CPU: within 1e-3 of float64 products on the same bf16 activations."""
-    from universal_neurons.analysis.units import Unit, correlate_unit
+    from universal_neurons.matching.units import Unit, correlate_unit
     from universal_neurons.models.loading import model_dtype
 
     assert model_dtype("cuda") == "bfloat16" and model_dtype("cuda:1") == "bfloat16"

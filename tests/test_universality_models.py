@@ -19,20 +19,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from universal_neurons.analysis.activations import (
+from universal_neurons.matching.activations import (
     excluded_token_ids,
     kept_mask,
     load_analysis_set,
 )
-from universal_neurons.analysis.baseline import pair_baselines
-from universal_neurons.analysis.collect import (
+from universal_neurons.matching.baseline import pair_baselines
+from universal_neurons.matching.collect import (
     NonFiniteActivationError,
     NonFiniteStatisticsError,
     collect_model,
     kept_neuron_matrix,
 )
-from universal_neurons.analysis.pairs import correlate_group, pair_maxima
-from universal_neurons.analysis.universality import model_summary, universality_table
+from universal_neurons.matching.pairs import correlate_group, pair_maxima
+from universal_neurons.matching.universality import model_summary, universality_table
 from universal_neurons.models.loading import capture_mlp, load_model
 from universal_neurons.text.tokens import load_tokenizer, load_tokens
 

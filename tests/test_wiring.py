@@ -52,11 +52,11 @@ def test_an_unlisted_import_fails_naming_the_missing_file(tmp_path):
     stage = tmp_path / "stages" / "syntax.py"
     stage.write_text(
         stage.read_text()
-        + "\n\ndef _later():\n    from universal_neurons.analysis import baseline  # noqa: F401\n"
+        + "\n\ndef _later():\n    from universal_neurons.matching import baseline  # noqa: F401\n"
     )
     problems = problems_of(tmp_path / "dvc.yaml", tmp_path)
     assert (
-        "syntax: deps lack src/universal_neurons/analysis/baseline.py (imported by the stage)"
+        "syntax: deps lack src/universal_neurons/matching/baseline.py (imported by the stage)"
         in problems
     )
     assert all(problem.startswith("syntax: deps lack src/") for problem in problems)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from universal_neurons.analysis.statistics import EMERGENCE_COLUMN
+from universal_neurons.description.statistics import EMERGENCE_COLUMN
 from universal_neurons.errors import MissingInputError, UserError
 from universal_neurons.io import read_parquet
 

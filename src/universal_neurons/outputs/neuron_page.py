@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from universal_neurons.analysis.activations import load_analysis_set
-from universal_neurons.analysis.neuron_profile import (
+from universal_neurons.config import AnalysisConfig
+from universal_neurons.description.neuron_profile import (
     Context,
     NeuronPage,
     group_pages,
     universal_neurons,
     universal_rows,
 )
-from universal_neurons.config import AnalysisConfig
+from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.outputs import plots
 from universal_neurons.outputs.token_display import (
     display_pieces,

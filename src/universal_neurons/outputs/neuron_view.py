@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from universal_neurons.analysis.neuron_profile import (
+from universal_neurons.description.neuron_profile import (
     NeuronProfile,
     NeuronSources,
     PageSettings,
@@ -24,8 +24,8 @@ from universal_neurons.analysis.neuron_profile import (
     neuron_profile,
     table_row,
 )
-from universal_neurons.analysis.universality import CONTRACT_COLUMNS
-from universal_neurons.analysis.variance import TopActivations
+from universal_neurons.description.variance import TopActivations
+from universal_neurons.matching.universality import CONTRACT_COLUMNS
 from universal_neurons.outputs.token_display import render_piece
 
 Style = Callable[[str, str], str]

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from universal_neurons.analysis.neuron_profile import universal_rows
+from universal_neurons.description.neuron_profile import universal_rows
 from universal_neurons.errors import UserError
 from universal_neurons.outputs import neuron_page, plots
 

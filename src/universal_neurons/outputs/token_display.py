@@ -8,7 +8,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
-from universal_neurons.analysis.features import token_pieces
+from universal_neurons.description.features import token_pieces
 
 SPACE, NEWLINE, TAB = "\u2423", "\u23ce", "\u21e5"
 INVISIBLE = {"Cc", "Cf", "Co", "Cn", "Zl", "Zp"}  # Unicode categories shown as escapes

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from universal_neurons.analysis.statistics import PAPER_FINDINGS, findings_rows, findings_verdict
+from universal_neurons.description.statistics import PAPER_FINDINGS, findings_rows, findings_verdict
 from universal_neurons.errors import UserError
 from universal_neurons.io import read_json
 from universal_neurons.pipeline.command import Command

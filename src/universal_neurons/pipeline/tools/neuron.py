@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from universal_neurons.analysis.neuron_profile import (
+from universal_neurons.description.neuron_profile import (
     NeuronPageError,
     NeuronSources,
     PageSettings,

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from universal_neurons.analysis.plan import (
+from universal_neurons.errors import UserError
+from universal_neurons.matching.plan import (
     GIB,
     PRESET_SHAPES,
     GroupShape,
@@ -29,7 +30,6 @@ from universal_neurons.analysis.plan import (
     unit_memory,
     work_plan,
 )
-from universal_neurons.errors import UserError
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from universal_neurons.analysis.correlation import CrossMoments, max_correlations
-from universal_neurons.analysis.maxima import maxima_frame, sorted_maxima
-from universal_neurons.analysis.units import PassSettings, correlate_pass, plan_units
 from universal_neurons.errors import UserError
+from universal_neurons.matching.correlation import CrossMoments, max_correlations
+from universal_neurons.matching.maxima import maxima_frame, sorted_maxima
+from universal_neurons.matching.units import PassSettings, correlate_pass, plan_units
 from universal_neurons.models.loading import model_shape
 
 

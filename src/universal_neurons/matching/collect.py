@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from universal_neurons.analysis.activations import iter_batches, kept_mask
-from universal_neurons.analysis.correlation import SCRATCH, CrossMoments
-from universal_neurons.analysis.moments import StreamingMoments
 from universal_neurons.errors import UserError
+from universal_neurons.matching.activations import iter_batches, kept_mask
+from universal_neurons.matching.correlation import SCRATCH, CrossMoments
+from universal_neurons.matching.moments import StreamingMoments
 from universal_neurons.models.loading import capture_mlp, model_shape
 
 

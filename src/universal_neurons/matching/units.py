@@ -39,18 +39,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from universal_neurons.analysis.activations import iter_batches, kept_mask, load_analysis_set
-from universal_neurons.analysis.collect import check_finite_statistics, kept_activations
-from universal_neurons.analysis.correlation import SCRATCH, CrossMoments
-from universal_neurons.analysis.maxima import (
+from universal_neurons.config import EXECUTORS, AnalysisConfig
+from universal_neurons.errors import UserError
+from universal_neurons.matching.activations import iter_batches, kept_mask, load_analysis_set
+from universal_neurons.matching.collect import check_finite_statistics, kept_activations
+from universal_neurons.matching.correlation import SCRATCH, CrossMoments
+from universal_neurons.matching.maxima import (
     BaselineDraws,
     BlockMaxima,
     PairMaxima,
     combine_blocks,
     reduce_block,
 )
-from universal_neurons.config import EXECUTORS, AnalysisConfig
-from universal_neurons.errors import UserError
 from universal_neurons.models.loading import load_model, model_shape
 
 

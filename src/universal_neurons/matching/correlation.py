@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from universal_neurons.analysis.moments import trivial_merge
 from universal_neurons.config import PRODUCTS, Products
 from universal_neurons.errors import MissingInputError, UserError
+from universal_neurons.matching.moments import trivial_merge
 
 Batch = torch.Tensor | np.ndarray
 """Activations of one batch: ``[tokens, neurons]``."""

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from universal_neurons.analysis.features import GROUPS, FeatureSet, Variable
-from universal_neurons.analysis.variance import FeatureSums, TopActivations, collect_feature_sums
 from universal_neurons.config import AnalysisConfig, FamiliesConfig
+from universal_neurons.description.features import GROUPS, FeatureSet, Variable
+from universal_neurons.description.variance import FeatureSums, TopActivations, collect_feature_sums
 from universal_neurons.errors import UserError
 
 UNEXPLAINED = "unexplained"

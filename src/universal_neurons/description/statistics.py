@@ -35,9 +35,9 @@ import pandas as pd
 import torch
 from scipy import stats as scipy_stats
 
-from universal_neurons.analysis.moments import StreamingMoments
-from universal_neurons.analysis.universality import CONTRACT_COLUMNS
 from universal_neurons.errors import UserError
+from universal_neurons.matching.moments import StreamingMoments
+from universal_neurons.matching.universality import CONTRACT_COLUMNS
 
 WEIGHT_METRICS = ("w_in_norm", "w_out_norm", "input_bias", "in_out_sim", "l2_penalty")
 VOCAB_METRICS = ("vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt")

@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from universal_neurons.analysis.families import FamiliesError, classify_model, parse_neuron
-from universal_neurons.analysis.features import FeatureSet, load_analysis_features
-from universal_neurons.analysis.histogram import StreamingHistogram
-from universal_neurons.analysis.variance import (
+from universal_neurons.config import AnalysisConfig, FamiliesConfig
+from universal_neurons.description.families import FamiliesError, classify_model, parse_neuron
+from universal_neurons.description.features import FeatureSet, load_analysis_features
+from universal_neurons.description.histogram import StreamingHistogram
+from universal_neurons.description.variance import (
     TopActivations,
     collect_feature_sums,
     iter_neuron_activations,
 )
-from universal_neurons.config import AnalysisConfig, FamiliesConfig
 from universal_neurons.errors import UserError
 from universal_neurons.models.loading import load_model, processed_weights
 

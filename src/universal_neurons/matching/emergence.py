@@ -17,16 +17,16 @@ import pandas as pd
 import torch
 from transformers import GPT2LMHeadModel
 
-from universal_neurons.analysis.baseline import group_baselines
-from universal_neurons.analysis.collect import collect_model
-from universal_neurons.analysis.pairs import correlate_group, pair_maxima
-from universal_neurons.analysis.universality import (
+from universal_neurons.config import BaselineConfig
+from universal_neurons.matching.baseline import group_baselines
+from universal_neurons.matching.collect import collect_model
+from universal_neurons.matching.pairs import correlate_group, pair_maxima
+from universal_neurons.matching.universality import (
     mean_percent_universal,
     median_over_live,
     model_summary,
     universality_table,
 )
-from universal_neurons.config import BaselineConfig
 from universal_neurons.models.training import heldout_loss
 
 

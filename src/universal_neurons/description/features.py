@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from universal_neurons.analysis.activations import analysis_tokens, excluded_token_ids, kept_mask
-from universal_neurons.analysis.syntax import NONE_LABEL, SyntaxLabels
 from universal_neurons.config import AnalysisConfig, FamiliesConfig
+from universal_neurons.description.syntax import NONE_LABEL, SyntaxLabels
 from universal_neurons.errors import UserError
+from universal_neurons.matching.activations import analysis_tokens, excluded_token_ids, kept_mask
 from universal_neurons.text.tokens import load_domains, load_tokenizer, load_tokens
 
 GROUPS = ("unigram", "alphabet", "previous_token", "position", "syntax", "semantic")

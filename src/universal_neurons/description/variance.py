@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from universal_neurons.analysis.activations import iter_batches, kept_mask
-from universal_neurons.analysis.collect import NonFiniteActivationError
-from universal_neurons.analysis.features import FeatureSet, Variable
-from universal_neurons.analysis.moments import StreamingMoments
+from universal_neurons.description.features import FeatureSet, Variable
 from universal_neurons.errors import UserError
+from universal_neurons.matching.activations import iter_batches, kept_mask
+from universal_neurons.matching.collect import NonFiniteActivationError
+from universal_neurons.matching.moments import StreamingMoments
 from universal_neurons.models.loading import capture_mlp
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from universal_neurons.analysis.correlation import CrossMoments, MaxCorrelation
 from universal_neurons.config import BASELINE_KINDS, BaselineConfig
 from universal_neurons.errors import UserError
+from universal_neurons.matching.correlation import CrossMoments, MaxCorrelation
 
 
 def haar_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:

@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from universal_neurons.analysis.baseline import baseline_frame, mixed_layer_maxima, mixing_matrix
-from universal_neurons.analysis.correlation import CrossMoments, MaxCorrelation, row_maxima
 from universal_neurons.errors import UserError
+from universal_neurons.matching.baseline import baseline_frame, mixed_layer_maxima, mixing_matrix
+from universal_neurons.matching.correlation import CrossMoments, MaxCorrelation, row_maxima
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,0 @@
-"""Analysis: streaming statistics of neuron activations, universality, neuron statistics, families."""
