@@ -11,10 +11,12 @@ than declared (e.g. tokenize reading a model's tokenizer that params.yaml points
 from __future__ import annotations
 
 import ast
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO_ROOT
 
 from stages import all_stages
@@ -128,3 +130,37 @@ def test_no_library_module_imports_a_stage_file():
                 [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
             ) + ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "stages" or n.startswith("stages.") for n in names), path
+
+
+def _pipelines_script():
+    spec = importlib.util.spec_from_file_location(
+        "pipelines", REPO_ROOT / "scripts" / "pipelines.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_preset_pipelines_are_generated_from_dvc_yaml():
+    """``scripts/pipelines.py --check``: each dvc.preset.yaml is what the generator writes from
+    dvc.yaml and the stage files, so a change there reaches the presets or fails here."""
+    pipelines = _pipelines_script()
+    assert [path.name for path in pipelines.presets()] == [p.parent.name for p in PRESETS]
+    for preset in PRESETS:
+        assert preset.read_text() == pipelines.preset_text(preset.parent), preset
+    assert pipelines.main(check=True) == 0
+
+
+def test_a_preset_follows_dvc_yaml(monkeypatch, tmp_path):
+    """An edit of dvc.yaml's stats entry (a new plot) shows in every generated preset."""
+    pipelines = _pipelines_script()
+    raw = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    raw["stages"]["stats"].setdefault("plots", []).append({"metrics/extra.csv": {"cache": False}})
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    preset = PRESETS[0].parent
+    before = pipelines.preset_text(preset)
+    monkeypatch.setattr(pipelines, "ROOT", tmp_path)
+    (tmp_path / "stages").symlink_to(REPO_ROOT / "stages")
+    (tmp_path / "src").symlink_to(REPO_ROOT / "src")
+    after = pipelines.preset_text(preset)
+    assert "metrics/extra.csv" in after and "metrics/extra.csv" not in before
