@@ -10,6 +10,7 @@ run that ``tracking/run.json`` names, as in a fresh clone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,20 @@ if TYPE_CHECKING:
 
 TABLE_STAGES = ("universality", "stats", "families")
 """Stages whose neuron tables the run keeps as artifacts (``tables/<stage>/``)."""
+
+
+def logged_outputs(layout: Layout, outputs: Iterable[Path]) -> list[Path]:
+    """Of the stages' ``outputs``, those a run keeps (what ``artifacts`` reads): the models, the
+    report, every file under metrics/ and results/, and the neuron tables; sorted, each once."""
+    tables = {layout.stage_dir(stage) for stage in TABLE_STAGES}
+    kept = {
+        path
+        for path in outputs
+        if path in tables
+        or path in (layout.models, layout.report)
+        or path.parent in (layout.metrics, layout.results)
+    }
+    return sorted(kept)
 
 
 def artifacts(layout: Layout, seeds: list[int]) -> list[tuple[Path, str]]:
