@@ -36,7 +36,7 @@ from universal_neurons.outputs.tracking_ui import (
 from universal_neurons.pipeline.layout import Layout
 from universal_neurons.pipeline.tools.log import run_inputs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 STARTUP_LIMIT_S = 180  # how long the server may take to answer (a wait, not a speed check)
 RENDER_LIMIT_S = 180  # how long the single-page app may take to show the table
