@@ -1,13 +1,14 @@
 # Two commands do everything (see README Quickstart):
 #   make pipeline   set up .venv, then run the default pipeline (restores the trained group from the in-repo remote)
-#   make test       set up .venv, then run the whole test suite
+#   make test       set up .venv (and Debian's chromium, as root), then run the whole test suite
+# Other commands (dvc, universal-neurons) need the venv: `source .venv/bin/activate` once per shell.
 PYTHON ?= python3.11
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup pipeline test lint metrics bench
+.PHONY: setup browser pipeline test lint metrics bench
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +20,17 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 setup: $(VENV)/.installed
 
 pipeline: setup
+	@echo "dvc repro --pull: every output comes from dvc-remote/ except the token set, which tokenize"
+	@echo "rebuilds here (push: false); DVC's WARNING 'Unable to pull data for stage tokenize' says just that."
 	dvc repro --pull
 	universal-neurons log --if-missing   # a fresh clone's MLflow store gets this state's run once
 
-test: setup
+# The browser tests drive Debian's headless Chromium: installed here when missing (as root or
+# with password-less sudo); otherwise a message, and those tests skip naming the reason.
+browser:
+	@scripts/install_chromium.sh
+
+test: setup browser
 	ruff check src stages tests benchmarks scripts
 	ruff format --check src stages tests benchmarks scripts
 	python -m pytest

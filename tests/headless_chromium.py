@@ -37,7 +37,9 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--remote-debugging-port=0",
 )
-INSTALL_HINT = "install it with `apt-get install -y chromium` (.ci/run does) or set CHROMIUM"
+INSTALL_HINT = (
+    "install it with `apt-get install -y chromium` (`make test` does as root) or set CHROMIUM"
+)
 LISTENING = "DevTools listening on "
 
 # Resolves once `condition` (a JS expression) is truthy; re-checked after every DOM mutation.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from headless_chromium import BrowserError, Chromium
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>helper</title></head>

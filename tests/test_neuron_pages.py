@@ -434,6 +434,7 @@ def test_display_pieces_show_bytes_of_split_characters(tiny_tokens_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_a_page_in_headless_chromium(state, tmp_path):
     """Open a neuron page in a real browser; the DOM holds every part; a screenshot for a person."""
     from headless_chromium import Chromium

@@ -19,6 +19,7 @@ from stages import baseline, collect, correlate
 from universal_neurons.errors import UserError
 from universal_neurons.matching import plan
 from universal_neurons.pipeline.layout import Layout
+from universal_neurons.pipeline.tools import plan as plan_tool
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +183,12 @@ def test_plan_command_prints_the_preset_plan(tmp_path):
     products_h = 10 * 2 * 1e8 * 36864**2 / 664e12 / 3600
     hours = float(out.split("time on one device: correlate ")[1].split(" h")[0])
     assert products_h < hours < products_h * 1.3
+    # fits 120 columns (long lines wrap, continued indented); --wide: one line per item
+    assert max(len(line) for line in out.splitlines()) <= plan_tool.TERMINAL_WIDTH
+    wide = subprocess.run([*command, "--wide"], cwd=tmp_path, capture_output=True, text=True)
+    assert len(wide.stdout.splitlines()) == 7 < len(out.splitlines())
+    assert max(len(line) for line in wide.stdout.splitlines()) > plan_tool.TERMINAL_WIDTH
+    assert " ".join(out.split()) == " ".join(wide.stdout.split())  # the same words
 
 
 # --- the heap of a unit worker --------------------------------------------------------------

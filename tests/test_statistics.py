@@ -27,6 +27,7 @@ from universal_neurons.description import statistics
 from universal_neurons.matching.activations import analysis_tokens, excluded_token_ids, kept_mask
 from universal_neurons.matching.moments import StreamingMoments
 from universal_neurons.models.loading import capture_mlp, load_model, model_shape, processed_weights
+from universal_neurons.pipeline.tools import findings
 from universal_neurons.pipeline.tools.findings import findings_table
 from universal_neurons.text.tokens import load_tokenizer, load_tokens
 
@@ -494,8 +495,27 @@ def test_show_lists_the_top_neurons_of_a_real_table(stage_outputs):
     result = _invoke("show", "seed2", "--stats-dir", stats_dir, "--sort", "vocab_var", "--top", "4")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 5 and lines[0].split()[:3] == ["layer", "index", "is_universal"]
-    assert lines[0].split()[-1] == "vocab_var"
+    assert len(lines) == 6 and lines[0].split()[:3] == ["layer", "index", "is_universal"]
+    assert lines[0].split()[-1] == "vocab_var"  # the sort column is never dropped
+
+
+def test_show_fits_120_columns_unless_wide(stage_outputs):
+    """The default table of a real neuron table is at most 120 columns: it keeps the first
+    columns of SHOW_COLUMNS and names the dropped ones on its last line; ``--wide`` lists every
+    column (wider than 120 on the same table), and the numbers of the kept columns agree."""
+    from universal_neurons.outputs.listing import SHOW_COLUMNS, TERMINAL_WIDTH
+
+    stats_dir = str(stage_outputs["output_dir"])
+    fitted = _invoke("show", "seed1", "--stats-dir", stats_dir).output.rstrip("\n").splitlines()
+    wide = _invoke("show", "seed1", "--stats-dir", stats_dir, "--wide").output.splitlines()
+    assert max(map(len, fitted)) <= TERMINAL_WIDTH < max(map(len, wide))
+    assert wide[0].split() == list(SHOW_COLUMNS) and len(wide) == 21  # header + --top 20
+    shown = fitted[0].split()
+    assert shown == list(SHOW_COLUMNS[: len(shown)]) and len(shown) >= 8
+    dropped = ", ".join(SHOW_COLUMNS[len(shown) :])
+    assert fitted[-1] == f"(not shown: {dropped}; --wide shows every column)"
+    for short, full in zip(fitted[1:-1], wide[1:], strict=True):
+        assert short.split() == full.split()[: len(shown)]
 
 
 def test_show_errors_name_the_bad_model_or_column(stage_outputs):
@@ -551,30 +571,69 @@ def test_findings_table_of_planted_metrics():
     by_finding = {row[0]: row[1:] for row in cells[1:]}
     assert list(by_finding) == [f"{f} ({m})" for f, m, _ in statistics.PAPER_FINDINGS]
     assert by_finding["larger weight norm (l2_penalty)"] == [
-        "holds r=+0.50",
-        "holds r=+0.50",
+        "holds +0.50",
+        "holds +0.50",
         "holds in all 2",
     ]
     assert by_finding["more negative input bias (input_bias)"] == [
-        "holds r=-0.60",
-        "holds r=-0.60",
+        "holds -0.60",
+        "holds -0.60",
         "holds in all 2",
     ]
     assert by_finding["higher kurtosis (kurt)"] == [
+        "n.s. +0.20",
+        "holds +0.40",
+        "holds in 1 of 2",
+    ]
+    assert by_finding["lower activation frequency (sparsity)"] == [
+        "opposite +0.30",
+        "opposite +0.30",
+        "holds in none",
+    ]
+    assert max(len(line) for line in text.splitlines()) <= 100  # a table, not long lines
+    wide = table_cells(findings_table(_planted_findings(), 0.05, width=None))
+    assert {row[0]: row[1:] for row in wide[1:]}["higher kurtosis (kurt)"] == [
         "n.s. r=+0.20",
         "holds r=+0.40",
         "holds in 1 of 2",
     ]
-    assert by_finding["lower activation frequency (sparsity)"] == [
-        "opposite r=+0.30",
-        "opposite r=+0.30",
-        "holds in none",
-    ]
-    assert max(len(line) for line in text.splitlines()) <= 100  # a table, not long lines
     undefined = findings_table(
         {"models": {"seed3": {m: _entry(None, None, None, 0.1) for m in statistics.METRICS}}}, 0.05
     )
     assert [row[1:] for row in table_cells(undefined)[1:]] == [["n/a", "holds in none"]] * 5
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """The cells of each table of a (possibly split) findings text: tables are separated by a
+    blank line, the notes follow the last one."""
+    blocks = text.split("\n\n")
+    return [table_cells(block + "\n\n") for block in blocks[:-1]]
+
+
+@pytest.mark.parametrize("n_models", [5, 12])
+def test_findings_table_fits_120_columns(n_models):
+    """5 models (the default group: 129 columns with ``holds r=+0.50`` cells) fit in one table
+    of at most 120 columns (119: 39 + 5 x 13 + 15); 12 are split into tables of 5, 5 and 2
+    models, each at most 120 columns, each repeating the finding and verdict columns, together
+    holding every model once, in order. ``width=None`` (``--wide``) stays one table, wider."""
+    one = {m: _entry(0.5, 1e-4) for m in statistics.METRICS}
+    one.update({metric: _entry(0.5 * sign, 1e-4) for _, metric, sign in statistics.PAPER_FINDINGS})
+    stats = {"models": {f"seed{i}": one for i in range(1, n_models + 1)}}
+    text = findings_table(stats, 0.05)
+    assert max(len(line) for line in text.splitlines()) <= findings.TERMINAL_WIDTH
+    tables = _tables(text)
+    assert [len(table[0]) - 2 for table in tables] == ([5] if n_models == 5 else [5, 5, 2])
+    models = [name for table in tables for name in table[0][1:-1]]
+    assert models == [f"seed{i}" for i in range(1, n_models + 1)]
+    for table in tables:
+        assert table[0][0] == "finding" and table[0][-1] == "verdict"
+        assert table[1][0] == "larger weight norm (l2_penalty)"
+        assert table[1][-1] == f"holds in all {n_models}"
+        assert set(table[1][1:-1]) == {"holds +0.50"}  # l2_penalty: larger
+        assert set(table[2][1:-1]) == {"holds -0.50"}  # input_bias: more negative
+    wide = findings_table(stats, 0.05, width=None)
+    assert len(_tables(wide)) == 1
+    assert max(len(line) for line in wide.splitlines()) > findings.TERMINAL_WIDTH
 
 
 def test_findings_verdict_long_form_of_planted_metrics():
@@ -612,7 +671,7 @@ def test_findings_cli_reads_the_stage_metrics(stage_outputs, tmp_path):
             outcome = statistics.finding_outcome(entry, sign, alpha)
             assert cell.startswith(statistics.OUTCOME_CELLS[outcome]), (model, metric, cell)
             if entry["effect_size"] is not None:
-                assert float(cell.split("r=")[1]) == pytest.approx(entry["effect_size"], abs=0.005)
+                assert float(cell.split()[-1]) == pytest.approx(entry["effect_size"], abs=0.005)
     # seed3 has no universal neuron (planted): nothing to test, in every row
     assert [row[3] for row in cells[1:]] == ["n/a"] * len(statistics.PAPER_FINDINGS)
     long = _invoke("findings", "--long", "--metrics", str(metrics_path), "--params", str(params))

@@ -204,7 +204,7 @@ def test_repro_logs_one_run_over_http(tiny_repo):
     assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(experiment_tags["mlflow.sharedViewState.headline"])
     headline = headline_metrics(run_data.metrics)
-    assert headline[0] == "universality.mean_percent_universal"
+    assert headline[0] == "mean.percent_universal"
     assert view["selectedColumns"] == [column_id("metrics", key) for key in headline]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}

@@ -35,12 +35,13 @@ def test_headline_metrics_pick_and_order():
     same prefix (``families.models...``) and other files' keys are no columns."""
     keys = [
         "stats.models.seed1.kurt.median_universal",
-        "universality.percent_universal.seed10",
-        "universality.percent_universal.seed2",
+        "seed10.percent_universal",
+        "seed2.percent_universal",
         "universality.models.seed2.percent_universal",
+        "emergence.mean_percent_universal",
         "training.mean_heldout_loss",
         "training.models.seed2.heldout_loss",
-        "universality.mean_percent_universal",
+        "mean.percent_universal",
         "universality.median_baseline",
         "universality.median_corr",
         "universality.kept_positions",
@@ -51,9 +52,9 @@ def test_headline_metrics_pick_and_order():
         "findings.l2_penalty",
     ]
     assert headline_metrics(keys) == [
-        "universality.mean_percent_universal",
-        "universality.percent_universal.seed2",
-        "universality.percent_universal.seed10",
+        "mean.percent_universal",
+        "seed2.percent_universal",
+        "seed10.percent_universal",
         "universality.median_corr",
         "universality.median_baseline",
         "training.mean_heldout_loss",
@@ -61,14 +62,42 @@ def test_headline_metrics_pick_and_order():
         "findings.l2_penalty",
         "findings.skew",
     ]
-    many = [f"universality.percent_universal.seed{s}" for s in range(1, 40)]
+    many = [f"seed{s}.percent_universal" for s in range(1, 40)]
     assert len(headline_metrics(many)) == MAX_COLUMNS == 32
-    column = "metrics.`universality.mean_percent_universal`"
-    assert view_state(["findings.skew"])["columnWidths"] == {"metrics.`findings.skew`": 24 + 7 * 13}
-    assert view_state(["universality.mean_percent_universal", "x.y"]) == {
+    column = "metrics.`universality.median_baseline`"
+    assert view_state(["findings.skew"])["columnWidths"] == {"metrics.`findings.skew`": 40 + 7 * 13}
+    assert view_state(["universality.median_baseline", "x.y"]) == {
         "selectedColumns": [column],
         "columnOrder": [column],
-        "columnWidths": {column: 210},  # 24 + 7 * 35 characters, capped
+        "columnWidths": {column: 236},  # 40 + 7 * 28 characters
+    }
+    assert view_state(["findings." + "x" * 40])["columnWidths"] == {
+        "metrics.`findings.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx`": 240  # capped
+    }
+
+
+def test_headline_names_put_the_model_first():
+    """The % universal of ``metrics/universality.json`` is logged model first (what a column
+    header shows before it is cut), to 3 significant digits; other keys keep their names and
+    their exact values."""
+    from universal_neurons.outputs.run_contents import headline_name, headline_scalars
+
+    assert headline_name("universality.percent_universal.seed1") == "seed1.percent_universal"
+    assert headline_name("universality.percent_universal.alias") == "alias.percent_universal"
+    assert headline_name("universality.mean_percent_universal") == "mean.percent_universal"
+    assert headline_name("universality.median_corr") == "universality.median_corr"
+    assert headline_name("universality.percent_universal.a.b") == (
+        "universality.percent_universal.a.b"
+    )
+    scalars = {
+        "universality.mean_percent_universal": 0.29296875,
+        "universality.percent_universal.seed1": 10.256410256410257,
+        "universality.median_corr": 0.31521987915039062,
+    }
+    assert headline_scalars(scalars) == {
+        "mean.percent_universal": 0.293,
+        "seed1.percent_universal": 10.3,
+        "universality.median_corr": 0.31521987915039062,
     }
 
 
@@ -78,8 +107,8 @@ def test_every_headline_key_of_five_models_is_a_column():
     families = ["unigram", "alphabet", "previous_token", "position", "syntax", "semantic"]
     findings = ["l2_penalty", "input_bias", "skew", "kurt", "sparsity"]
     keys = [
-        "universality.mean_percent_universal",
-        *(f"universality.percent_universal.seed{s}" for s in range(1, 6)),
+        "mean.percent_universal",
+        *(f"seed{s}.percent_universal" for s in range(1, 6)),
         "universality.median_corr",
         "universality.median_baseline",
         "training.mean_heldout_loss",
@@ -181,8 +210,8 @@ def test_two_runs_compared(tmp_path, monkeypatch):
     }
     assert changed == {"universality.threshold": ("0.5", "0.15")}
     assert (
-        a.metrics["universality.mean_percent_universal"],
-        b.metrics["universality.mean_percent_universal"],
+        a.metrics["mean.percent_universal"],
+        b.metrics["mean.percent_universal"],
     ) == (7.5, 12.5)
 
     base = "http://127.0.0.1:5000"
@@ -198,8 +227,8 @@ def test_two_runs_compared(tmp_path, monkeypatch):
         view["selectedColumns"]
         == view["columnOrder"]
         == [
-            "metrics.`universality.mean_percent_universal`",
-            "metrics.`universality.percent_universal.seed1`",
-            "metrics.`universality.percent_universal.seed2`",
+            "metrics.`mean.percent_universal`",
+            "metrics.`seed1.percent_universal`",
+            "metrics.`seed2.percent_universal`",
         ]
     )

@@ -36,11 +36,12 @@ from universal_neurons.outputs.tracking_ui import (
 from universal_neurons.pipeline.layout import Layout
 from universal_neurons.pipeline.tools.log import run_inputs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 STARTUP_LIMIT_S = 180  # how long the server may take to answer (a wait, not a speed check)
 RENDER_LIMIT_S = 180  # how long the single-page app may take to show the table
-MEAN = "universality.mean_percent_universal"
+MEAN = "mean.percent_universal"
+SEED1 = "seed1.percent_universal"
 PRINTED = re.compile(r"^MLflow UI: (\S+)", re.MULTILINE)
 
 
@@ -88,8 +89,8 @@ def project(tmp_path_factory):
         second = _log(work, uri, threshold=0.15, mean_percent=12.5)
     commit = _git(work, "rev-parse", "HEAD")
     assert first.run_name == f"repro-{commit[:7]}"
-    expected_mean = documents["universality"]["mean_percent_universal"]
-    seed1 = documents["universality"]["models"]["seed1"]["percent_universal"]
+    expected_mean = float(f"{documents['universality']['mean_percent_universal']:.3g}")
+    seed1 = float(f"{documents['universality']['models']['seed1']['percent_universal']:.3g}")
     return {"root": root, "runs": (first, second), "means": (expected_mean, 12.5), "seed1": seed1}
 
 
@@ -177,9 +178,7 @@ def test_runs_table_in_a_browser(project, ui, browser, tmp_path):
         run.run_id: {
             "name": browser.evaluate(_cell(run.run_id, "attributes.`Run Name`")),
             "mean": browser.evaluate(_cell(run.run_id, mean_column)),
-            "seed1": browser.evaluate(
-                _cell(run.run_id, column_id("metrics", "universality.percent_universal.seed1"))
-            ),
+            "seed1": browser.evaluate(_cell(run.run_id, column_id("metrics", SEED1))),
         }
         for run in (first, second)
     }
@@ -193,8 +192,37 @@ def test_runs_table_in_a_browser(project, ui, browser, tmp_path):
     for run, mean in zip((first, second), project["means"], strict=True):
         assert rows[run.run_id]["name"].splitlines()[-1] == run.run_name
         assert rows[run.run_id]["mean"] == repr(mean)  # JS prints numbers as Python's repr
-        assert rows[run.run_id]["seed1"] == repr(project["seed1"])  # 4 universal of 39 live
+        assert rows[run.run_id]["seed1"] == repr(project["seed1"])  # 4 of 39 live: "10.3"
+    assert project["means"][0] == 7.76 and project["seed1"] == 10.3  # read as percentages
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+# Per header cell of the metric columns: its id, the text it shows, and whether that text is cut
+# (an element inside it narrower than its content).
+_HEADERS_JS = """
+Array.from(document.querySelectorAll('.ag-header-cell[col-id]'), cell => ({
+  id: cell.getAttribute('col-id'),
+  left: cell.getBoundingClientRect().left,
+  text: cell.innerText.trim(),
+  cut: Array.from(cell.querySelectorAll('*')).some(e => e.scrollWidth > e.clientWidth + 1
+                                                     && e.innerText.trim() !== ''),
+}))
+"""
+
+
+def test_headline_headers_show_their_whole_names_first(project, ui, browser):
+    """In the rendered runs table every headline metric's header shows its whole name (the
+    model in ``seed1.percent_universal`` is not cut off) and the headline columns come first
+    among the metric columns, in the shared view's order."""
+    first, second = project["runs"]
+    browser.goto(ui["printed"])
+    browser.wait_for(_cell(first.run_id, column_id("metrics", SEED1)), timeout_s=RENDER_LIMIT_S)
+    headers = sorted(browser.evaluate(_HEADERS_JS), key=lambda header: header["left"])
+    metrics = [h for h in headers if h["id"].startswith("metrics.")]
+    expected = [MEAN, SEED1, "seed2.percent_universal"]
+    assert [h["id"] for h in metrics][:3] == [column_id("metrics", key) for key in expected]
+    for header, key in zip(metrics, expected, strict=False):
+        assert header["text"] == key and not header["cut"], header
 
 
 def test_compare_page_in_a_browser(project, ui, browser):

@@ -15,18 +15,22 @@ SHOW_COLUMNS = (
     "index",
     "is_universal",
     "excess_corr",
-    EMERGENCE_COLUMN,
     "max_corr",
     "max_baseline",
-    "w_in_norm",
-    "w_out_norm",
     "input_bias",
-    "skew",
     "kurt",
     "sparsity",
+    "skew",
+    "w_in_norm",
+    "w_out_norm",
     "vocab_kurt",
+    EMERGENCE_COLUMN,
 )
-"""The key statistics ``universal-neurons show`` lists."""
+"""The key statistics ``universal-neurons show`` lists, most telling first: a table fitted to
+a terminal's width drops columns from the end."""
+
+TERMINAL_WIDTH = 120
+"""Columns the default ``show`` table fits in (``--wide`` lifts it)."""
 
 
 def find_table(model: str, stats_dir: Path, name: str) -> Path:
@@ -109,9 +113,32 @@ def top_neurons(
     return ordered[columns].head(top).reset_index(drop=True)
 
 
-def format_listing(listing: pd.DataFrame, output_format: str) -> str:
-    """``table``: aligned text, 4 significant digits; ``csv``: comma-separated with a header
-    (ends with a newline)."""
+def _text(listing: pd.DataFrame) -> str:
+    """Aligned text, 4 significant digits."""
+    return listing.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def fitted_text(listing: pd.DataFrame, width: int, keep: str) -> str:
+    """``listing`` as aligned text at most ``width`` wide: columns are dropped from the end
+    (but never ``NEURON_COLUMNS`` or ``keep``, the sort column), and a last line names them."""
+    columns = list(listing.columns)
+    optional = [c for c in columns if c not in NEURON_COLUMNS and c != keep]
+    dropped: list[str] = []
+    text = _text(listing)
+    while optional and max(map(len, text.splitlines() or [""])) > width:
+        dropped.insert(0, optional.pop())
+        text = _text(listing[[c for c in columns if c not in dropped]])
+    if dropped:
+        text += f"\n(not shown: {', '.join(dropped)}; --wide shows every column)"
+    return text
+
+
+def format_listing(
+    listing: pd.DataFrame, output_format: str, width: int | None = None, sort: str = ""
+) -> str:
+    """``table``: aligned text, 4 significant digits, fitted to ``width`` columns when given
+    (``fitted_text``, keeping the ``sort`` column); ``csv``: every column, comma-separated
+    with a header (ends with a newline)."""
     if output_format == "csv":
         return listing.to_csv(index=False)
-    return listing.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    return _text(listing) if width is None else fitted_text(listing, width, sort)

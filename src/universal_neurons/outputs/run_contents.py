@@ -5,7 +5,8 @@
 - params: every leaf of ``params.yaml`` under its dotted key (``train.learning_rate``); strings
   verbatim, everything else as JSON (``0.003``, ``[1, 2, 3]``, ``true``).
 - metrics: every number of ``metrics/<name>.json`` under ``<name>.<dotted.key>`` with the same
-  value; a list of numbers becomes a step series with step = list index (per-layer values:
+  value, but for the % universal (``headline_scalars``): ``mean.percent_universal`` and
+  ``<model>.percent_universal``, to 3 significant digits (exact under ``detail.``); a list of numbers becomes a step series with step = list index (per-layer values:
   step = layer); ``null`` is skipped; booleans are 1/0.
 - training curves: ``curve.seed{s}.train_loss`` / ``curve.seed{s}.heldout_loss``, step = the
   training step of ``curve.csv`` (held-out loss only at evaluation steps).
@@ -105,9 +106,40 @@ def flatten_params(raw: Any, prefix: str = "") -> dict[str, str]:
 # ----------------------------------------------------------------------------- inputs
 
 
+HEADLINE_NAMES = (
+    (re.compile(r"universality\.mean_percent_universal"), "mean.percent_universal"),
+    (re.compile(r"universality\.percent_universal\.([^.]+)"), r"\1.percent_universal"),
+)
+"""MLflow names of the headline metrics whose distinguishing part would sit at the end of a long
+key, past what a runs-table column shows (``universality.percent_universal.seed1``): which
+model first (``seed1.percent_universal``, ``mean.percent_universal``)."""
+
+PERCENT_DIGITS = 3
+"""Significant digits of a headline % universal: ``0.293`` reads as a percentage, not as the
+fraction ``0.29296875`` might."""
+
+
+def headline_name(key: str) -> str:
+    """The MLflow name of the headline metric ``key`` (``HEADLINE_NAMES``; else ``key``)."""
+    for pattern, name in HEADLINE_NAMES:
+        if pattern.fullmatch(key):
+            return pattern.sub(name, key)
+    return key
+
+
+def headline_scalars(scalars: Mapping[str, float]) -> dict[str, float]:
+    """``read_metrics``' headline numbers under their MLflow names (``headline_name``), each
+    ``*.percent_universal`` to ``PERCENT_DIGITS`` significant digits."""
+    named = {headline_name(key): value for key, value in scalars.items()}
+    return {
+        key: float(f"{value:.{PERCENT_DIGITS}g}") if key.endswith(".percent_universal") else value
+        for key, value in named.items()
+    }
+
+
 DETAIL_PREFIX = "detail"
 """MLflow key prefix of the whole results documents (``detail.stats.models.seed1.skew...``), so
-that the headline metrics (``universality.mean_percent_universal``) stand apart."""
+that the headline metrics (``mean.percent_universal``) stand apart."""
 
 
 def read_metrics(

@@ -36,6 +36,7 @@ from universal_neurons.outputs.run_contents import (
     DETAIL_PREFIX,
     TrackingError,
     flatten_params,
+    headline_scalars,
     lock_hashes,
     read_emergence,
     read_metrics,
@@ -290,6 +291,7 @@ def log_run(
     uri = uri or tracking_uri()
     name = experiment or experiment_name()
     scalars, series = read_metrics(inputs.metrics_dir)
+    scalars = headline_scalars(scalars)
     detail_scalars, detail_series = read_metrics(inputs.results_dir, DETAIL_PREFIX)
     scalars.update(detail_scalars)
     series.update(detail_series)

@@ -41,8 +41,8 @@ WORKFLOW = "machine_learning"
 MAX_COLUMNS = 32
 
 HEADLINE_METRICS = (
-    "universality.mean_percent_universal",
-    "universality.percent_universal.*",
+    "mean.percent_universal",
+    "*.percent_universal",
     "universality.median_corr",
     "universality.median_baseline",
     "training.mean_heldout_loss",
@@ -50,7 +50,8 @@ HEADLINE_METRICS = (
     "findings.*",
 )
 """The headline metrics (issue 16): the runs table's columns, in this order; the keys of the
-``metrics:`` files (``metrics/<stem>.json`` -> ``<stem>.<flattened key>``). A ``*`` stands for
+``metrics:`` files (``metrics/<stem>.json`` -> ``<stem>.<flattened key>``; the % universal
+named model first, ``run_contents.headline_name``). A ``*`` stands for
 one key part (no dot), so ``families.*`` is ``families.unigram`` but never a detail logged
 deeper (``families.models.seed1.counts.unigram``); details belong under other prefixes. Keys a
 run lacks are skipped; at most MAX_COLUMNS are shown."""
@@ -96,10 +97,10 @@ def view_state(metric_keys: Iterable[str]) -> dict[str, Any]:
 
 
 def column_width(key: str) -> int:
-    """Pixels for a column: its header at about 7 per character, at most 210, which still
-    shows ``universality.models.seed1.`` (the UI's default of about 90 cuts before the seed)
-    and keeps four headline columns beside the run names on a 1,600-pixel screen."""
-    return min(24 + 7 * len(key), 210)
+    """Pixels for a column: its header at about 7 per character plus the sort and menu icons,
+    at most 240, which shows every headline name whole (the longest,
+    ``universality.median_baseline``, 28 characters; the UI's default of about 90 cuts it)."""
+    return min(40 + 7 * len(key), 240)
 
 
 def publish_view(client: Any, experiment_id: str, metric_keys: Iterable[str]) -> dict[str, Any]:

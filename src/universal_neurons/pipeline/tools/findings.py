@@ -4,6 +4,11 @@ A cell says whether the finding holds in that model (the rank-biserial effect ``
 paper's sign and Mann-Whitney ``p < stats.alpha``), is not significant (``n.s.``), goes the
 other way (``opposite``) or cannot be tested (``n/a``, e.g. no universal neuron), with ``r``.
 ``--long``: one line per finding with each model's medians, ``r`` and ``p`` (for the README).
+
+By default the table fits ``TERMINAL_WIDTH`` columns: cells drop the ``r=`` label
+(``holds +0.98``), and when the models still do not fit side by side they are split into
+several tables that each repeat the finding column. ``--wide``: one table, cells as
+``holds r=+0.98``, however wide.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from universal_neurons.pipeline.layout import Layout
 if TYPE_CHECKING:
     from universal_neurons.config import Params
 
+
+TERMINAL_WIDTH = 120
+"""Columns the default table fits in (a terminal's width; ``--wide`` lifts it)."""
 
 ENTRY_KEYS = ("median_universal", "median_other", "effect_size", "p_value")
 """What each metric's comparison in ``results/stats.json`` holds."""
@@ -61,21 +69,58 @@ def text_table(rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def findings_table(stats: dict, alpha: float) -> str:
-    """The paper's findings (rows) x models (columns) + a verdict column, and what a cell says."""
+def _column_groups(rows: list[list[str]], width: int) -> list[list[int]]:
+    """The model columns (between the finding and the verdict column) in groups whose table,
+    finding column first and verdict last, is at most ``width`` wide; one column per group
+    at least."""
+    cell_widths = [max(len(row[i]) for row in rows) + 2 for i in range(len(rows[0]))]
+    fixed = cell_widths[0] + cell_widths[-1] - 2
+    groups: list[list[int]] = [[]]
+    for column in range(1, len(rows[0]) - 1):
+        used = fixed + sum(cell_widths[i] for i in groups[-1])
+        if groups[-1] and used + cell_widths[column] > width:
+            groups.append([])
+        groups[-1].append(column)
+    return groups
+
+
+def fitted_table(rows: list[list[str]], width: int | None) -> list[str]:
+    """``text_table`` of ``rows``; when ``width`` is given and the model columns do not fit,
+    one table per group of models (``_column_groups``), separated by a blank line."""
+    if width is None or len(rows[0]) <= 3:
+        return text_table(rows)
+    lines: list[str] = []
+    for group in _column_groups(rows, width):
+        picked = [[row[0], *(row[i] for i in group), row[-1]] for row in rows]
+        lines += ([""] if lines else []) + text_table(picked)
+    return lines
+
+
+def findings_table(stats: dict, alpha: float, width: int | None = TERMINAL_WIDTH) -> str:
+    """The paper's findings (rows) x models (columns) + a verdict column, and what a cell says.
+
+    ``width``: fit that many columns (cells ``holds +0.98``, models split into several tables
+    if needed); ``None``: one table, cells ``holds r=+0.98``.
+    """
+    rows = findings_rows(stats, alpha)
+    if width is not None:
+        rows = [[cell.replace(" r=", " ") for cell in row] for row in rows]
+    effect = "r" if width is None else "the number after the outcome"
     notes = [
         f"holds: the paper's sign and Mann-Whitney p < {alpha}; n.s.: p >= {alpha}",
-        "r: rank-biserial effect size, universal vs other live neurons",
+        f"{effect}: rank-biserial effect size, universal vs other live neurons",
         "medians and p-values per model: findings --long",
     ]
-    return "\n".join([*text_table(findings_rows(stats, alpha)), "", *notes])
+    return "\n".join([*fitted_table(rows, width), "", *notes])
 
 
-def run(params: Params, layout: Layout, metrics_path: Path, long_form: bool) -> str:
-    """The findings in ``metrics_path`` at significance ``stats.alpha``: the table, or the
-    long per-finding lines."""
-    render = findings_verdict if long_form else findings_table
-    return render(checked_metrics(metrics_path), params.stats.alpha)
+def run(params: Params, layout: Layout, metrics_path: Path, long_form: bool, wide: bool) -> str:
+    """The findings in ``metrics_path`` at significance ``stats.alpha``: the table (fitted to
+    ``TERMINAL_WIDTH`` unless ``wide``), or the long per-finding lines."""
+    metrics, alpha = checked_metrics(metrics_path), params.stats.alpha
+    if long_form:
+        return findings_verdict(metrics, alpha)
+    return findings_table(metrics, alpha, None if wide else TERMINAL_WIDTH)
 
 
 COMMAND = Command(
@@ -94,6 +139,11 @@ COMMAND = Command(
             "long_form",
             is_flag=True,
             help="One line per finding with each model's medians, r and p.",
+        ),
+        click.option(
+            "--wide",
+            is_flag=True,
+            help=f"One table however wide (default: fit {TERMINAL_WIDTH} columns).",
         ),
     ],
 )

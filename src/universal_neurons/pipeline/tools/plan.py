@@ -9,6 +9,7 @@ from matrix-product rates measured now on this machine (or given with the option
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,8 +103,10 @@ def run(
     products_tflops: float | None = None,
     float64_tflops: float | None = None,
     parallel: int | None = None,
+    wide: bool = False,
 ) -> dict:
-    """The plan's numbers (see the module docstring)."""
+    """The plan's numbers (see the module docstring); ``width``: the columns ``render`` wraps
+    its lines at (``TERMINAL_WIDTH``; ``None`` with ``wide``)."""
     shape = group_shape(params, layout)
     n_tokens = token_count(params, layout, tokens)
     plan = work_plan(params, shape)
@@ -124,7 +127,22 @@ def run(
         "parallel": lanes,
         "wall": time["per_unit"] * -(-units // lanes) + time["baseline"],
         "threshold": params.correlate.full_pairs_max_neurons,
+        "width": None if wide else TERMINAL_WIDTH,
     }
+
+
+TERMINAL_WIDTH = 120
+"""Columns the printed plan fits in: longer lines wrap, continued with an indent."""
+
+
+def wrapped(lines: list[str], width: int | None) -> str:
+    """``lines`` joined, each wrapped at ``width`` columns (continuations indented by two
+    spaces); unwrapped when ``width`` is None."""
+    if width is None:
+        return "\n".join(lines)
+    return "\n".join(
+        textwrap.fill(line, width, subsequent_indent="  ", break_on_hyphens=False) for line in lines
+    )
 
 
 def _size(n: float) -> str:
@@ -165,7 +183,7 @@ def render(r: dict) -> str:
         f"{where}), baseline stage {_hours(r['seconds']['baseline'])}; per unit "
         f"{_hours(r['seconds']['per_unit'])}; {r['parallel']} units at once: {_hours(r['wall'])}",
     ]
-    return "\n".join(lines)
+    return wrapped(lines, r.get("width"))
 
 
 COMMAND = Command(
@@ -182,6 +200,9 @@ COMMAND = Command(
         ),
         click.option(
             "--parallel", type=int, default=None, help="Units at once (default: the executor's)."
+        ),
+        click.option(
+            "--wide", is_flag=True, help=f"One line per item (default: wrap at {TERMINAL_WIDTH})."
         ),
     ],
 )

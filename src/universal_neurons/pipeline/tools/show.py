@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from universal_neurons.outputs.listing import (
+    TERMINAL_WIDTH,
     find_table,
     format_listing,
     read_neuron_table,
@@ -26,12 +27,15 @@ def run(
     universal_only: bool,
     output_format: str,
     stats_dir: Path,
+    wide: bool = False,
 ) -> str:
-    """The listing of MODEL (``seed1``, ``1`` or a ``.parquet`` path) from ``stats_dir``."""
+    """The listing of MODEL (``seed1``, ``1`` or a ``.parquet`` path) from ``stats_dir``; a
+    table fitted to ``TERMINAL_WIDTH`` columns unless ``wide``."""
     name = model_name(model) if model.isdigit() else model
     table = read_neuron_table(find_table(model, stats_dir, name))
     listing = top_neurons(table, sort_column, layer, top, ascending, universal_only)
-    return format_listing(listing, output_format)
+    width = None if wide else TERMINAL_WIDTH
+    return format_listing(listing, output_format, width, sort_column)
 
 
 COMMAND = Command(
@@ -54,6 +58,11 @@ COMMAND = Command(
             "--top", type=int, default=20, show_default=True, help="How many neurons to list."
         ),
         click.option("--universal-only", is_flag=True, help="Only neurons marked universal."),
+        click.option(
+            "--wide",
+            is_flag=True,
+            help=f"Every column however wide (default: fit {TERMINAL_WIDTH} columns).",
+        ),
         click.option(
             "--format",
             "output_format",

@@ -1,0 +1,174 @@
+"""What the repository weighs: a clone, each stage's outputs in the in-repo DVC remote, a change.
+
+``python scripts/remote_size.py`` (from the repository root, after ``dvc repro`` or a pull)
+prints, from ``dvc.lock``, ``dvc.yaml`` and ``dvc-remote/`` (the remote committed to git,
+docs/sharing.md):
+
+- **clone**: git's packed history (what ``git clone`` transfers) plus the checked-out
+  ``dvc-remote/`` (a clone holds it twice: packed in ``.git`` and as files);
+- **per stage**: the bytes of its outputs, of those dvc.yaml pushes (not ``push: false``, not
+  ``cache: false``), and of its objects now in ``dvc-remote/`` (an object shared with another
+  stage counted once, at the first);
+- **per change**: what re-running a stage and everything downstream of it adds to git, at
+  most: the pushed outputs of those stages (every one of their objects new).
+
+``--budget-clone-mb`` / ``--budget-change-mb`` (400 / 25, docs/sharing.md) mark what is over;
+``--json`` prints the numbers instead. Exit status 0 always: a report, not a check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MB = 1e6
+
+
+def object_path(remote: Path, md5: str) -> Path:
+    """Where DVC 3 keeps the object ``md5`` in a local remote."""
+    return remote / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def output_objects(remote: Path, md5: str) -> dict[str, int]:
+    """``{md5: bytes}`` of the objects of one output present in ``remote``: the file itself, or
+    a directory's manifest and every file it lists."""
+    path = object_path(remote, md5)
+    if not path.is_file():
+        return {}
+    objects = {md5: path.stat().st_size}
+    if md5.endswith(".dir"):
+        for entry in json.loads(path.read_text()):
+            part = object_path(remote, entry["md5"])
+            if part.is_file():
+                objects[entry["md5"]] = part.stat().st_size
+    return objects
+
+
+def pushed_flags(dvc_yaml: Path) -> dict[str, bool]:
+    """``{output path: pushed}`` from dvc.yaml (``push: false`` or ``cache: false``: not
+    pushed); outputs of ``foreach`` stages are listed under their templated path."""
+    flags: dict[str, bool] = {}
+    for stage in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).values():
+        body = stage.get("do", stage)
+        for key in ("outs", "metrics", "plots"):
+            for out in body.get(key) or []:
+                path, opts = (out, {}) if isinstance(out, str) else next(iter(out.items()))
+                opts = opts or {}
+                flags[path] = opts.get("push", True) and opts.get("cache", True)
+    return flags
+
+
+def _pushed(flags: dict[str, bool], path: str) -> bool:
+    """Whether ``path`` is pushed (a foreach output matches its template's first part)."""
+    if path in flags:
+        return flags[path]
+    return all(
+        ok
+        for template, ok in flags.items()
+        if "${" in template and path.startswith(template.split("${")[0])
+    )
+
+
+def stage_sizes(lock: dict, remote: Path, flags: dict[str, bool]) -> list[dict[str, Any]]:
+    """Per stage of ``lock``: bytes of its outputs, of those dvc.yaml pushes, and of its
+    objects in the remote (an object shared with an earlier stage counted there)."""
+    seen: set[str] = set()
+    rows = []
+    for name, stage in lock.get("stages", {}).items():
+        outs = stage.get("outs") or []
+        in_remote = 0
+        for out in outs:
+            for md5, size in output_objects(remote, out.get("md5") or "").items():
+                in_remote += 0 if md5 in seen else size
+                seen.add(md5)
+        total = sum(out.get("size") or 0 for out in outs)
+        pushed = sum(out.get("size") or 0 for out in outs if _pushed(flags, out["path"]))
+        rows.append({"stage": name, "outputs": total, "pushed": pushed, "in_remote": in_remote})
+    return rows
+
+
+def downstream(lock: dict, start: str) -> list[str]:
+    """``start`` and every stage of ``lock`` that depends on it, directly or not."""
+    stages = lock.get("stages", {})
+    outs = {name: [o["path"] for o in s.get("outs") or []] for name, s in stages.items()}
+    deps = {name: [d["path"] for d in s.get("deps") or []] for name, s in stages.items()}
+    found, frontier = [start], [start]
+    while frontier:
+        made = outs[frontier.pop()]
+        for name in stages:
+            uses = any(d == o or d.startswith(o + "/") for d in deps[name] for o in made)
+            if uses and name not in found:
+                found.append(name)
+                frontier.append(name)
+    return found
+
+
+def change_costs(lock: dict, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Per stage: the pushed output bytes of it and everything downstream (what re-running
+    it adds to git at most)."""
+    pushed = {row["stage"]: row["pushed"] for row in rows}
+    return {row["stage"]: sum(pushed[s] for s in downstream(lock, row["stage"])) for row in rows}
+
+
+def clone_size(root: Path, remote: Path) -> dict[str, int]:
+    """Bytes of git's packed history and of the checked-out remote."""
+    counts = subprocess.run(
+        ["git", "count-objects", "-v"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    values = dict(line.split(": ") for line in counts.splitlines())
+    packed = (int(values["size-pack"]) + int(values["size"])) * 1024
+    files = sum(p.stat().st_size for p in remote.rglob("*") if p.is_file())
+    return {"git": packed, "remote_files": files, "total": packed + files}
+
+
+def report(root: Path) -> dict[str, Any]:
+    """Every number this script prints, for the repository at ``root``."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    remote = root / "dvc-remote"
+    rows = stage_sizes(lock, remote, pushed_flags(root / "dvc.yaml"))
+    return {"clone": clone_size(root, remote), "stages": rows, "change": change_costs(lock, rows)}
+
+
+def render(numbers: dict[str, Any], clone_mb: float, change_mb: float) -> str:
+    """The report as text, over-budget numbers marked."""
+    clone = numbers["clone"]
+    over = "  OVER" if clone["total"] > clone_mb * MB else ""
+    lines = [
+        f"clone: {clone['total'] / MB:.0f} MB (git history {clone['git'] / MB:.0f} MB + "
+        f"dvc-remote/ files {clone['remote_files'] / MB:.0f} MB; budget {clone_mb:.0f} MB){over}",
+        "",
+        f"{'stage':<14} {'outputs MB':>10} {'pushed MB':>9} {'in remote MB':>12} {'change MB':>9}",
+    ]
+    for row in numbers["stages"]:
+        change = numbers["change"][row["stage"]]
+        mark = "  OVER" if change > change_mb * MB else ""
+        lines.append(
+            f"{row['stage']:<14} {row['outputs'] / MB:>10.1f} {row['pushed'] / MB:>9.1f} "
+            f"{row['in_remote'] / MB:>12.1f} {change / MB:>9.1f}{mark}"
+        )
+    lines.append(f"\nchange: re-running the stage and all downstream (budget {change_mb:.0f} MB)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the sizes of the repository in the current folder."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path("."))
+    parser.add_argument("--budget-clone-mb", type=float, default=400)
+    parser.add_argument("--budget-change-mb", type=float, default=25)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    numbers = report(args.root)
+    if args.json:
+        print(json.dumps(numbers, indent=2))
+    else:
+        print(render(numbers, args.budget_clone_mb, args.budget_change_mb))
+
+
+if __name__ == "__main__":
+    main()
