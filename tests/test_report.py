@@ -164,3 +164,35 @@ def test_universal_neuron_table_without_pages(full_report):
         for c, r in zip(mine, planted.itertuples(), strict=True):
             assert c[3] == family.loc[(r.layer, r.index), "family"]
             assert f"<code>{family.loc[(r.layer, r.index), 'best_feature']}</code>" in c[4]
+
+
+def test_a_model_without_universal_neurons_lists_none_and_links_stay_integer():
+    """A model with no universal neuron adds no row (not one ``Lnan.Nnan`` row per neuron of
+    its table), and every link names the page as written: ``<layer>.<index>.html``."""
+    import numpy as np
+    import pandas as pd
+
+    from universal_neurons.description.neuron_profile import universal_rows
+    from universal_neurons.outputs.neuron_page import index_html, page_name
+
+    with_some = pd.DataFrame(
+        {
+            "layer": [0, 0, 2],
+            "index": [1, 2, 1155],
+            "excess_corr": [0.6, 0.2, 0.7],
+            "is_universal": [True, False, True],
+            "first_universal_tokens": [100.0, np.nan, 200.0],
+        }
+    )
+    with_none = with_some.assign(is_universal=False, layer=[0, 1, 1], index=[5, 6, 7])
+    empty_families = pd.DataFrame(columns=["layer", "index", "family", "best_feature", "best_vr"])
+    rows = universal_rows({"seed1": with_some, "seed2": with_none}, {"seed2": empty_families})
+    assert rows[["model", "layer", "index"]].values.tolist() == [
+        ["seed1", 2, 1155],
+        ["seed1", 0, 1],
+    ]
+    assert rows["first_universal_tokens"].tolist() == [200.0, 100.0]
+    html = index_html(rows, "neurons/")
+    assert f'href="neurons/seed1/{page_name(2, 1155)}"' in html
+    assert page_name(2, 1155) == "2.1155.html" and "nan" not in html
+    assert len(universal_rows({"seed2": with_none}, {})) == 0

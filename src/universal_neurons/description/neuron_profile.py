@@ -316,8 +316,11 @@ def universal_rows(
     """
     frames = []
     for model, table in tables.items():
-        rows = table.loc[table["is_universal"].astype(bool), ["layer", "index", "excess_corr"]]
-        rows = rows.assign(first_universal_tokens=table.get("first_universal_tokens"))
+        universal = table.loc[table["is_universal"].astype(bool)]
+        if universal.empty:  # (assigning a column to an empty frame would take its rows)
+            continue
+        rows = universal[["layer", "index", "excess_corr"]]
+        rows = rows.assign(first_universal_tokens=universal.get("first_universal_tokens"))
         family = families.get(model)
         if family is not None:
             columns = ["layer", "index", "family", "best_feature", "best_vr"]
