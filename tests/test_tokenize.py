@@ -75,6 +75,23 @@ def test_gpt2_tokenizer_matches_gpt2_ids():
     assert tokenizer.token_to_id("<|endoftext|>") == 50256
 
 
+def test_gpt2_end_of_text_is_special(tmp_path):
+    """As in GPT-2's own tokenizer: saved among the added special tokens, decoded to "" (so the
+    syntax stage's text of a sequence does not start with "<|endoftext|>" glued to its first
+    word), and the ids of text around it unchanged."""
+    from universal_neurons.description.features import token_pieces
+
+    tokenizer = gpt2_tokenizer()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    added = json.loads((tmp_path / "tokenizer.json").read_text())["added_tokens"]
+    assert [(t["id"], t["content"], t["special"]) for t in added] == [
+        (50256, "<|endoftext|>", True)
+    ]
+    assert tokenizer.decode([50256, 15496, 995]) == "Hello world"
+    assert token_pieces(tokenizer)[50256] == ""
+    assert tokenizer.encode("Hello<|endoftext|> world").ids == [15496, 50256, 995]
+
+
 def test_bpe_vocab_size_is_a_parameter():
     docs = load_corpus(CorpusConfig(sources=["python_docs"]))
     assert build_tokenizer(TokenizerConfig(vocab_size=300), docs).get_vocab_size() == 300

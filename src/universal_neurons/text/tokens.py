@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from universal_neurons.errors import MissingInputError, UserError
 
@@ -78,7 +78,10 @@ def gpt2_tokenizer() -> Tokenizer:
         if digest != expected:
             raise TokensError(f"{data / name}: sha256 {digest} is not GPT-2's {expected}")
     vocab, merges = models.BPE.read_file(str(data / "encoder.json"), str(data / "vocab.bpe"))
-    return _byte_level_tokenizer(models.BPE(vocab, merges))
+    tokenizer = _byte_level_tokenizer(models.BPE(vocab, merges))
+    # special, as in GPT-2's own tokenizer: it decodes to "" and is never split or merged
+    tokenizer.add_special_tokens([AddedToken(END_OF_TEXT, special=True)])
+    return tokenizer
 
 
 def build_tokenizer(config: TokenizerConfig, documents: list[Document]) -> Tokenizer:
