@@ -20,7 +20,12 @@ import yaml
 from conftest import REPO_ROOT
 
 from stages import all_stages
-from universal_neurons.pipeline.wiring import PACKAGE, code_closure, wiring_problems
+from universal_neurons.pipeline.wiring import (
+    PACKAGE,
+    code_closure,
+    missing_params,
+    wiring_problems,
+)
 
 PRESETS = sorted(REPO_ROOT.glob("pipelines/*/dvc.preset.yaml"))
 STAGES_DIR = REPO_ROOT / "stages"
@@ -164,3 +169,30 @@ def test_a_preset_follows_dvc_yaml(monkeypatch, tmp_path):
     (tmp_path / "src").symlink_to(REPO_ROOT / "src")
     after = pipelines.preset_text(preset)
     assert "metrics/extra.csv" in after and "metrics/extra.csv" not in before
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.parent.name for p in PRESETS])
+def test_every_parameter_a_preset_stage_lists_is_in_its_params_file(preset):
+    """DVC reads the parameter file itself: a section that only has defaults in config.py
+    (the presets lacked ``stats``) stops ``dvc repro`` at that stage."""
+    raw = yaml.safe_load((preset.parent / "params.yaml").read_text())
+    assert missing_params(preset, raw) == []
+
+
+def test_validate_names_a_listed_parameter_the_file_lacks(tmp_path):
+    """The validate stage, first in the pipeline, finds it before any stage runs."""
+    from conftest import invoke_command
+
+    preset = PRESETS[0].parent
+    shutil.copy(preset / "dvc.preset.yaml", tmp_path / "dvc.yaml")
+    raw = yaml.safe_load((preset / "params.yaml").read_text())
+    del raw["stats"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = invoke_command(["validate", "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {tmp_path / 'params.yaml'}: stats is missing, but stage 'stats' of "
+        f"{tmp_path / 'dvc.yaml'} lists it (DVC reads the file, not the defaults): add it, "
+        "e.g. a stats: section as in the default params.yaml\n"
+    )
+    assert not (tmp_path / "data").exists()

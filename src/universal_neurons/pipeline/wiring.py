@@ -128,6 +128,27 @@ def code_deps(stage_file: Path, src: Path, base: Path) -> list[str]:
 # --------------------------------------------------------------------------- dvc.yaml
 
 
+def _has_key(raw: object, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(raw, dict) or part not in raw:
+            return False
+        raw = raw[part]
+    return True
+
+
+def missing_params(dvc_yaml: Path, raw_params: dict) -> list[tuple[str, str]]:
+    """``(stage, key)`` for every parameter a stage of ``dvc_yaml`` lists under ``params``
+    that the parameter file (``raw_params``, as read from YAML, before defaults) lacks: DVC
+    would stop at that stage ("Parameters ... are missing"), after the stages before it ran."""
+    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    missing = []
+    for name, entry in stages.items():
+        for key in sorted(dvc_params(entry.get("do", entry)) - {ALL_PARAMS}):
+            if not _has_key(raw_params, key):
+                missing.append((name, key))
+    return missing
+
+
 def dvc_outs(entry: dict) -> dict[str, Out]:
     """``{path: Out}`` of a dvc.yaml stage's ``outs``, ``metrics`` and ``plots``."""
     outs = {}
