@@ -24,7 +24,7 @@ STAGES = stage_names()
 
 
 def test_the_tools_and_the_stage_files():
-    assert set(COMMANDS) == {"show", "findings", "neuron", "ui", "exps", "plan", "log"}
+    assert set(COMMANDS) == {"show", "findings", "neuron", "ui", "exps", "plan", "log", "metrics"}
     assert {stage.name for stage in all_stages()} == set(STAGES)
     assert set(STAGES) >= {"validate", "tokenize", "train", "correlate", "log", "report"}
 
