@@ -21,7 +21,7 @@ import torch
 
 from universal_neurons.config import BASELINE_KINDS, BaselineConfig
 from universal_neurons.errors import UserError
-from universal_neurons.matching.correlation import CrossMoments, MaxCorrelation
+from universal_neurons.matching.correlation import CrossMoments, MaxCorrelation, finite_maxima
 
 
 def haar_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
@@ -110,7 +110,7 @@ def mixed_layer_maxima(
                 torch.where(better, index + offset, where),
             )
         offset += m.shape[0]
-    return _finite_maxima(best, where)
+    return finite_maxima(best, where)
 
 
 def _mixed_row_max(
@@ -131,16 +131,6 @@ def _float64(values, device: torch.device) -> torch.Tensor:
     if isinstance(values, np.ndarray):
         values = np.array(values, dtype=np.float64)  # a copy: memmaps are read-only
     return torch.as_tensor(values, dtype=torch.float64, device=device)
-
-
-def _finite_maxima(values: torch.Tensor, index: torch.Tensor) -> MaxCorrelation:
-    """``MaxCorrelation`` of running maxima: NaN and -1 where no finite value was seen."""
-    values = values.to(torch.float64).cpu().numpy()
-    index = index.cpu().numpy().astype(np.int64)
-    missing = ~np.isfinite(values)
-    values[missing] = np.nan
-    index[missing] = -1
-    return MaxCorrelation(values, index)
 
 
 @torch.no_grad()

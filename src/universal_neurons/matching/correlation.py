@@ -367,6 +367,12 @@ def row_max(corr: torch.Tensor) -> MaxCorrelation:
     """Row-wise maximum of a correlation matrix ``[n_x, n_y]`` ignoring NaN (dead) entries."""
     filled = torch.nan_to_num(corr, nan=-torch.inf)
     values, index = filled.max(dim=1)
+    return finite_maxima(values, index)
+
+
+def finite_maxima(values: torch.Tensor, index: torch.Tensor) -> MaxCorrelation:
+    """``MaxCorrelation`` of maxima ``[n]`` and their argmax: NaN and -1 where no finite value
+    was seen (a dead neuron, or no live partner)."""
     values = values.to(torch.float64).cpu().numpy()
     index = index.cpu().numpy().astype(np.int64)
     missing = ~np.isfinite(values)
