@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
         for name in files:
             path = Path(directory, name)
             info = path.lstat()
+            if stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode):  # never opened
+                state[os.path.relpath(path, root)] = ("special", info.st_mode, info.st_mtime_ns)
+                continue
             state[os.path.relpath(path, root)] = (
                 hashlib.sha256(path.read_bytes()).hexdigest(),
                 info.st_size,
@@ -235,6 +239,27 @@ def _tiny_tokenizer(root: Path) -> None:
 
     tokenizer = Tokenizer(models.BPE(vocab={chr(97 + i): i for i in range(10)}, merges=[]))
     tokenizer.save(str(root / TOKENS / "tokenizer.json"))
+
+
+def _copy_folder(source: str, target: str):
+    """Replace the folder ``target`` by a copy of ``source`` (another model's output)."""
+
+    def setup(root: Path) -> None:
+        shutil.rmtree(root / target)
+        shutil.copytree(root / source, root / target)
+
+    return setup
+
+
+def _alias_bomb(levels: int = 9, width: int = 10) -> str:
+    """A few hundred bytes of YAML whose aliases expand to ``width ** levels`` values."""
+    lines = ["l0: &l0 [" + ", ".join(["x"] * width) + "]"]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+ALIAS_BOMB = _alias_bomb()
 
 
 def _stats_metrics(content: str):
@@ -877,6 +902,99 @@ CASES = [
         params_option=False,
         needs_analysis=True,
         setup=lambda root: shutil.copytree(root / "data" / "universality", root / "data" / "stats"),
+    ),
+    # ---- issue 27: duplicate keys, huge documents, ranges the code relies on
+    Case(
+        "key-given-twice-in-params-yaml",
+        ["validate"],
+        "params.yaml: key train.seeds is given twice, at line 2 and line 3; keep one",
+        params="train:\n  seeds: [1, 2]\n  seeds: [3, 4]\n",
+    ),
+    Case(
+        "section-given-twice-in-params-yaml",
+        ["tokenize"],
+        "params.yaml: key train is given twice, at line 1 and line 5; keep one",
+        params="train:\n  seeds: [1, 2]\nmodel:\n  d_mlp: 64\ntrain:\n  seeds: [3, 4]\n",
+    ),
+    Case(
+        "yaml-aliases-expanding-to-millions-of-values",
+        ["validate"],
+        "params.yaml: holds more than 100,000 values once its anchors and aliases are "
+        "expanded; a parameter file is a few hundred",
+        params=ALIAS_BOMB,
+    ),
+    Case(
+        "huge-value-is-not-echoed-whole",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  train.batch_size: input should be a valid integer, "
+        "unable to parse string as an integer, got 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "xxxxxxxxxxxxxx... (100,002 characters)",
+        params=tiny_params_dict(train={"batch_size": "x" * 100_000}),
+    ),
+    Case(
+        "params-file-too-large",
+        ["validate"],
+        "params.yaml: 2,097,165 bytes, more than the 1,048,576 a parameter file may have",
+        params="# " + "x" * 2**21 + "\ntrain: {}\n",
+    ),
+    Case(
+        "params-path-is-a-directory",
+        ["tokenize"],
+        "params.yaml: is a directory, expected the parameter file (YAML)",
+        setup=_chain(_remove("params.yaml"), lambda root: (root / "params.yaml").mkdir()),
+    ),
+    Case(
+        "params-path-is-a-fifo",
+        ["tokenize"],
+        "params.yaml: not a regular file, expected the parameter file (YAML)",
+        setup=_chain(_remove("params.yaml"), lambda root: os.mkfifo(root / "params.yaml")),
+    ),
+    Case(
+        "seed-beyond-what-torch-accepts",
+        ["validate"],
+        "params.yaml: invalid parameters\n  train.seeds.0: input should be less than or equal "
+        "to 18446744073709551615, got 18446744073709551616",
+        params=tiny_params_dict(train={"seeds": [2**64, 1]}),
+    ),
+    Case(
+        "custom-group-with-more-seeds-than-members",
+        ["validate"],
+        "params.yaml: invalid parameters\n  train.seeds: [3] are not members of group custom "
+        "(seeds 1..2 = a, b)",
+        params=tiny_params_dict(group={"preset": "custom", "models": {"a": "m/a", "b": "m/b"}}),
+    ),
+    # ---- issue 27: an upstream output of another model
+    Case(
+        "collect-output-copied-from-another-model",
+        ["stats"],
+        "data/collect/seed1/summary.json: made for model 'seed2', but it lies in the folder "
+        "of seed1; rerun its stage for seed1 (was another model's output copied here?)",
+        needs_analysis=True,
+        setup=_copy_folder("data/collect/seed2", "data/collect/seed1"),
+    ),
+    Case(
+        "collect-output-copied-from-another-model-baseline",
+        ["baseline"],
+        "data/collect/seed3/summary.json: made for model 'seed1', but it lies in the folder "
+        "of seed3; rerun its stage for seed3 (was another model's output copied here?)",
+        needs_analysis=True,
+        setup=_copy_folder("data/collect/seed1", "data/collect/seed3"),
+    ),
+    Case(
+        "model-copied-from-another-seed",
+        ["collect", "--seed", "1"],
+        "models/seed1/training.json: the model was trained with seed 2, but it lies in the "
+        "folder of seed 1; retrain seed1 (was another seed's model copied here?)",
+        needs_models=True,
+        setup=_copy_folder("models/seed2", "models/seed1"),
+    ),
+    # ---- issue 27: the plan refuses what correlate refuses
+    Case(
+        "plan-with-more-token-shards-than-batches",
+        ["plan", "--products-tflops", "1", "--float64-tflops", "1"],
+        "correlate.token_shards: expected 1 to 7 (the analysis set has 7 batches of 32 "
+        "sequences), got 1000000",
+        params=tiny_params_dict(correlate={"token_shards": 1_000_000}),
     ),
     Case(
         "tracking-uri-under-a-regular-file",

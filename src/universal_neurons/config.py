@@ -43,10 +43,26 @@ MAX_BATCH = 2**24
 """Largest batch (sequences) of training or analysis."""
 MAX_SEQUENCES = 10**9
 """Largest ``analysis.max_sequences`` / ``emergence.max_sequences``."""
+MAX_SEED = 2**64 - 1
+"""Largest ``train.seeds`` entry: ``torch.manual_seed`` takes at most a 64-bit unsigned seed."""
+MAX_PARAMS_BYTES = 2**20
+"""Largest parameter file read (the project's own is a few KiB)."""
+MAX_YAML_NODES = 100_000
+"""Most values (after anchors and aliases are expanded) a parameter file may hold."""
+MAX_SHOWN = 80
+"""Longest value an error message echoes; longer ones are cut and their length given."""
 
 
 class ConfigError(UserError):
     """A parameter file that cannot be used; the message names every bad key."""
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to ``MAX_SHOWN`` characters (a huge value is never echoed whole)."""
+    text = repr(value)
+    if len(text) <= MAX_SHOWN:
+        return text
+    return f"{text[: MAX_SHOWN - 20]}... ({len(text):,} characters)"
 
 
 def _scalar_kinds(annotation: Any) -> set[type]:
@@ -74,7 +90,7 @@ def _check_scalar_type(value: Any, kinds: set[type]) -> None:
         if isinstance(item, bool) and kinds and bool not in kinds:
             raise ValueError(f"expected a number, got the boolean {item}")
         if kinds == {bool} and not isinstance(item, bool):
-            raise ValueError(f"expected true or false, got {item!r}")
+            raise ValueError(f"expected true or false, got {shown(item)}")
 
 
 class _Section(BaseModel):
@@ -116,11 +132,11 @@ class CorpusConfig(_Section):
                 and not source.startswith("hf:")
             ):
                 raise ValueError(
-                    f"unknown source {source!r}: expected one of {', '.join(BUILTIN_SOURCES)}, "
+                    f"unknown source {shown(source)}: expected one of {', '.join(BUILTIN_SOURCES)}, "
                     "a path ending in .txt or .jsonl, or hf:NAME:SPLIT"
                 )
         if len(set(sources)) != len(sources):
-            raise ValueError(f"sources must be distinct, got {sources}")
+            raise ValueError(f"sources must be distinct, got {shown(sources)}")
         _distinct_domains(sources)
         return sources
 
@@ -141,12 +157,12 @@ def _distinct_domains(sources: list[str]) -> None:
         if source.endswith((".txt", ".jsonl")):
             real = os.path.realpath(source)
             if real in files:
-                raise ValueError(f"{files[real]!r} and {source!r} are the same file")
+                raise ValueError(f"{shown(files[real])} and {shown(source)} are the same file")
             files[real] = source
         domain = _source_domain(source)
         if domain in seen:
             raise ValueError(
-                f"{seen[domain]!r} and {source!r} would both be domain {domain!r}; "
+                f"{shown(seen[domain])} and {shown(source)} would both be domain {shown(domain)}; "
                 "rename one file (a local file's domain is its name without the extension)"
             )
         seen[domain] = source
@@ -157,7 +173,7 @@ def _distinct_items(values: list) -> list:
     seen = set()
     for value in values:
         if value in seen:
-            raise ValueError(f"{value!r} is listed twice")
+            raise ValueError(f"{shown(value)} is listed twice")
         seen.add(value)
     return values
 
@@ -217,7 +233,9 @@ class TrainConfig(_Section):
     the wall time, never the weights.
     """
 
-    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5]
+    )
     tokens_per_model: Annotated[int, Field(gt=0, le=MAX_TOKENS)] = 1_000_000
     batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 32
     learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 3.0e-3
@@ -237,14 +255,14 @@ class TrainConfig(_Section):
         if len(seeds) < 2:
             raise ValueError(f"need at least 2 seeds, got {len(seeds)}")
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
+            raise ValueError(f"seeds must be distinct, got {shown(seeds)}")
         return seeds
 
     @field_validator("checkpoint_tokens")
     @classmethod
     def _sorted_checkpoints(cls, tokens: list[int], info: Any) -> list[int]:
         if tokens != sorted(set(tokens)):
-            raise ValueError(f"must be strictly increasing, got {tokens}")
+            raise ValueError(f"must be strictly increasing, got {shown(tokens)}")
         total = info.data.get("tokens_per_model")
         if total is not None and tokens and tokens[-1] >= total:
             raise ValueError(
@@ -403,7 +421,7 @@ class FamiliesConfig(_Section):
             for item in neurons:
                 parts = item.split(".")
                 if len(parts) != 2 or not all(part.isdigit() for part in parts):
-                    raise ValueError(f"expected 'layer.index' like '0.17', got {item!r}")
+                    raise ValueError(f"expected 'layer.index' like '0.17', got {shown(item)}")
             _distinct_items([".".join(str(int(p)) for p in item.split(".")) for item in neurons])
         return neurons
 
@@ -471,10 +489,24 @@ def _format_error(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: required key is missing"
     return (
-        f"{key}: {message[0].lower() + message[1:]}, got {error['input']!r}"
+        f"{key}: {message[0].lower() + message[1:]}, got {shown(error['input'])}"
         if ("input" in error and kind != "value_error")
         else f"{key}: {message}"
     )
+
+
+def _check_group_seeds(params: Params) -> None:
+    """A custom group's member i is seed i: every seed must name a member."""
+    group, seeds = params.group, params.train.seeds
+    if group.preset != "custom":
+        return
+    bad = [seed for seed in seeds if not 1 <= seed <= len(group.models)]
+    if bad:
+        labels = ", ".join(group.models)
+        raise ValueError(
+            f"{shown(bad)} are not members of group custom (seeds 1..{len(group.models)} "
+            f"= {shown(labels)[1:-1]})"
+        )
 
 
 def params_from_dict(raw: Any, source: str = "params.yaml") -> Params:
@@ -482,10 +514,15 @@ def params_from_dict(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         lines = [_format_error(error) for error in exc.errors()]
         raise ConfigError(f"{source}: invalid parameters\n  " + "\n  ".join(lines)) from None
+    try:
+        _check_group_seeds(params)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid parameters\n  train.seeds: {exc}") from None
+    return params
 
 
 def _yaml_where(exc: yaml.YAMLError) -> str:
@@ -501,18 +538,103 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
     return f"{where} ({context})" if context else where
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
-    """Read and validate ``params.yaml``."""
-    path = Path(path)
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes directly under ``node`` (keys and values of a mapping)."""
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (memoised per node,
+    so a billion-laughs document is measured without expanding it)."""
+    stack = [(node, False)]
+    while stack:
+        current, done = stack.pop()
+        if id(current) in sizes:
+            continue
+        children = _children(current)
+        if done:
+            sizes[id(current)] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_NODES + 1)
+        else:
+            stack.append((current, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(node)]
+
+
+def _check_duplicates(node: yaml.Node, path: str, path_of: str, seen: set[int]) -> None:
+    """Stop at the first key given twice in one mapping, naming it and both lines."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[Any, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            line = key.start_mark.line + 1
+            if name is not None and name in lines:
+                full = f"{path}.{name}" if path else name
+                raise ConfigError(
+                    f"{path_of}: key {shown(full)[1:-1]} is given twice, at line {lines[name]} "
+                    f"and line {line}; keep one"
+                )
+            if name is not None:
+                lines[name] = line
+            _check_duplicates(value, f"{path}.{name}" if path else str(name), path_of, seen)
+    for child in _children(node) if isinstance(node, yaml.SequenceNode) else []:
+        _check_duplicates(child, path, path_of, seen)
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    """The document of ``text``, refused when a key repeats or aliases expand beyond
+    ``MAX_YAML_NODES`` values (checked on the node graph, before anything is built)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, "", str(path), set())
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{path}: holds more than {MAX_YAML_NODES:,} values once its anchors and "
+                "aliases are expanded; a parameter file is a few hundred"
+            )
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a parameter file") from None
+    finally:
+        loader.dispose()
+
+
+def _read_text(path: Path) -> str:
+    """The parameter file's text: an existing regular file, at most ``MAX_PARAMS_BYTES``."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected the parameter file (YAML)")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: not a regular file, expected the parameter file (YAML)")
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
+    size = path.stat().st_size
+    if size > MAX_PARAMS_BYTES:
+        raise ConfigError(
+            f"{path}: {size:,} bytes, more than the {MAX_PARAMS_BYTES:,} a parameter file may have"
+        )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             "save it as UTF-8"
         ) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        raw = _parse_yaml(text, path)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML{_yaml_where(exc)}") from None
     return params_from_dict(raw, str(path))
