@@ -20,6 +20,7 @@ under ``.dvc/tmp/exps/``: DVC passes the parent root to every stage as ``DVC_ROO
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -263,10 +264,47 @@ def _log_contents(
             client.log_artifact(run_id, str(path), where)
 
 
+def relocate_artifacts(uri: str, experiment_id: str) -> None:
+    """Point the experiment (and its runs) at the ``mlartifacts/`` beside its SQLite store.
+
+    MLflow records an experiment's artifact location as an absolute ``file://`` URI; a store
+    copied or moved with its repository still names the original tree, and a run logged in
+    the copy would write its artifacts there. Called before every run: a location that is
+    not the one beside the store now (and was one beside a store, ``.../mlartifacts``) is
+    replaced, and every run's artifact URI under it is moved along (the artifacts came with
+    the copy). Other stores and locations the user chose are left alone.
+    """
+    import sqlite3
+
+    wanted = artifact_location(uri)
+    if wanted is None:
+        return
+    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        row = connection.execute(
+            "SELECT artifact_location FROM experiments WHERE experiment_id = ?",
+            (int(experiment_id),),
+        ).fetchone()
+        old = row[0] if row else None
+        if not old or old == wanted or not old.rstrip("/").endswith("/" + ARTIFACTS_DIR):
+            return
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+            (wanted, int(experiment_id)),
+        )
+        connection.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+            "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+            (wanted, len(old) + 1, int(experiment_id), len(old) + 1, old + "/"),
+        )
+
+
 def _create_run(client: Any, experiment: str, uri: str, run_name: str) -> tuple[str, str]:
-    """``(experiment id, run id)`` of a new run of ``experiment`` in the store ``uri``."""
+    """``(experiment id, run id)`` of a new run of ``experiment`` in the store ``uri`` (its
+    artifacts beside the store, ``relocate_artifacts``)."""
     try:
         experiment_id = _experiment_id(client, experiment, uri)
+        relocate_artifacts(uri, experiment_id)
         return experiment_id, client.create_run(experiment_id, run_name=run_name).info.run_id
     except Exception as exc:
         raise TrackingError(f"MLflow store {uri}: cannot create a run ({exc})") from exc
