@@ -240,14 +240,6 @@ def work_plan(params: Params, shape: GroupShape) -> WorkPlan:
     )
 
 
-def available_memory() -> int:
-    """Bytes of memory this machine can give now (``MemAvailable`` of /proc/meminfo)."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("/proc/meminfo has no MemAvailable")
-
-
 def _device_limit(params: Params) -> tuple[int, str]:
     """What one unit may use before ``UNIVERSAL_NEURONS_MEMORY_GB``: ``correlate.slurm.mem_gb``
     for Slurm, the local GPU's memory on CUDA, else what this process may use
