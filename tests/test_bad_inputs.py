@@ -688,7 +688,9 @@ CASES = [
         "finite (NaN or inf in 1 of its 2048 entries); the weights are broken: retrain or "
         "re-fetch the model",
         # a pretrained (custom) group: stats then reads no emergence table
-        params=tiny_params_dict(group={"preset": "custom", "models": {"a": "m/a", "b": "m/b"}}),
+        params=tiny_params_dict(
+            group={"preset": "custom", "models": {"a": "m/a", "b": "m/b", "c": "m/c"}}
+        ),
         needs_analysis=True,
         setup=_plant(2, "transformer.h.1.mlp.c_proj.weight", _set((4, 0), float("nan"))),
     ),

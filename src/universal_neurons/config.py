@@ -420,7 +420,7 @@ class FamiliesConfig(_Section):
                 raise ValueError("expected 'universal', 'all' or a non-empty list of 'layer.index'")
             for item in neurons:
                 parts = item.split(".")
-                if len(parts) != 2 or not all(part.isdigit() for part in parts):
+                if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
                     raise ValueError(f"expected 'layer.index' like '0.17', got {shown(item)}")
             _distinct_items([".".join(str(int(p)) for p in item.split(".")) for item in neurons])
         return neurons
