@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from universal_neurons.errors import UserError
-from universal_neurons.io import atomic_outputs, read_parquet
+from universal_neurons.io import atomic_outputs, read_npy, read_parquet
 from universal_neurons.matching.baseline import baseline_spread, group_baselines
 from universal_neurons.matching.correlation import CrossMoments
 from universal_neurons.pipeline.command import Out, Stage, as_json
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 def _within_covariances(params: Params, layout: Layout) -> dict[str, np.ndarray]:
     """Per model, collect's within-layer covariance ``[layers, d_mlp, d_mlp]``."""
     return {
-        model_name(seed): np.load(
-            layout.model_dir("collect", seed) / "within_layer_cov.npy", allow_pickle=False
+        model_name(seed): read_npy(
+            layout.model_dir("collect", seed) / "within_layer_cov.npy", "collect"
         )
         for seed in params.train.seeds
     }

@@ -998,6 +998,49 @@ CASES = [
         "sequences), got 1000000",
         params=tiny_params_dict(correlate={"token_shards": 1_000_000}),
     ),
+    # ---- issue 27: unclear errors made one clear line
+    Case(
+        "ui-port-negative",
+        ["ui", "--port", "-1"],
+        "--port: expected a port from 1 to 65535, got -1",
+        params_option=False,
+    ),
+    Case(
+        "ui-port-beyond-65535",
+        ["ui", "--port", "70000"],
+        "--port: expected a port from 1 to 65535, got 70000",
+        params_option=False,
+    ),
+    Case(
+        "ui-port-zero",
+        ["ui", "--port", "0"],
+        "--port: expected a port from 1 to 65535, got 0",
+        params_option=False,
+    ),
+    Case(
+        "ui-host-not-of-this-machine",
+        ["ui", "--host", "192.0.2.1", "--port", "5000"],
+        "--host: cannot listen on 192.0.2.1 ([Errno 99] Cannot assign requested address)",
+        params_option=False,
+    ),
+    Case(
+        "neuron-id-with-a-superscript-digit",
+        ["neuron", "seed1", "0.\u00b2"],
+        "NEURON: expected LAYER.INDEX like '0.17', got '0.\u00b2'",
+        needs_analysis=True,
+    ),
+    Case(
+        "truncated-within-layer-covariance",
+        ["baseline"],
+        "data/collect/seed2/within_layer_cov.npy: not a readable .npy array (Failed to read "
+        "all data for array. Expected (2, 64, 64) = 8192 elements, could only read 609 "
+        "elements. (file seems not fully written?)); rerun the collect stage or restore it "
+        "with `dvc checkout`",
+        needs_analysis=True,
+        setup=lambda root: (root / "data/collect/seed2/within_layer_cov.npy").write_bytes(
+            (root / "data/collect/seed2/within_layer_cov.npy").read_bytes()[:5000]
+        ),
+    ),
     Case(
         "tracking-uri-under-a-regular-file",
         ["log"],
@@ -1124,3 +1167,22 @@ def test_hub_id_while_offline(monkeypatch, tmp_path):
         "--local-dir DIR`) and give its local directory instead."
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_jsonl_source_may_start_with_a_byte_order_mark(tmp_path):
+    """Issue 27: a .jsonl file saved with a UTF-8 BOM reads like the same file without it."""
+    from universal_neurons.text.corpus import local_documents
+
+    lines = '{"text": "first document"}\n{"text": "second"}\n'
+    plain, marked = tmp_path / "plain.jsonl", tmp_path / "marked.jsonl"
+    plain.write_text(lines, encoding="utf-8")
+    marked.write_text(lines, encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert (
+        list(local_documents(marked))
+        == list(local_documents(plain))
+        == [
+            "first document",
+            "second",
+        ]
+    )

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from universal_neurons.errors import UserError
+from universal_neurons.errors import UserError, shown
+from universal_neurons.io import read_yaml_document
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -45,24 +45,10 @@ MAX_SEQUENCES = 10**9
 """Largest ``analysis.max_sequences`` / ``emergence.max_sequences``."""
 MAX_SEED = 2**64 - 1
 """Largest ``train.seeds`` entry: ``torch.manual_seed`` takes at most a 64-bit unsigned seed."""
-MAX_PARAMS_BYTES = 2**20
-"""Largest parameter file read (the project's own is a few KiB)."""
-MAX_YAML_NODES = 100_000
-"""Most values (after anchors and aliases are expanded) a parameter file may hold."""
-MAX_SHOWN = 80
-"""Longest value an error message echoes; longer ones are cut and their length given."""
 
 
 class ConfigError(UserError):
     """A parameter file that cannot be used; the message names every bad key."""
-
-
-def shown(value: Any) -> str:
-    """``repr(value)``, cut to ``MAX_SHOWN`` characters (a huge value is never echoed whole)."""
-    text = repr(value)
-    if len(text) <= MAX_SHOWN:
-        return text
-    return f"{text[: MAX_SHOWN - 20]}... ({len(text):,} characters)"
 
 
 def _scalar_kinds(annotation: Any) -> set[type]:
@@ -525,116 +511,12 @@ def params_from_dict(raw: Any, source: str = "params.yaml") -> Params:
     return params
 
 
-def _yaml_where(exc: yaml.YAMLError) -> str:
-    """`` at line L, column C: problem (context)`` of a YAML error, in one line."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None)
-    if mark is None or problem is None:
-        return f": {exc}"
-    where = f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context and context_mark is not None:
-        return f"{where} ({context} started at line {context_mark.line + 1}, column {context_mark.column + 1})"
-    return f"{where} ({context})" if context else where
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    """The nodes directly under ``node`` (keys and values of a mapping)."""
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """How many values ``node`` stands for once every alias is expanded (memoised per node,
-    so a billion-laughs document is measured without expanding it)."""
-    stack = [(node, False)]
-    while stack:
-        current, done = stack.pop()
-        if id(current) in sizes:
-            continue
-        children = _children(current)
-        if done:
-            sizes[id(current)] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_NODES + 1)
-        else:
-            stack.append((current, True))
-            stack.extend((child, False) for child in children if id(child) not in sizes)
-    return sizes[id(node)]
-
-
-def _check_duplicates(node: yaml.Node, path: str, path_of: str, seen: set[int]) -> None:
-    """Stop at the first key given twice in one mapping, naming it and both lines."""
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        lines: dict[Any, int] = {}
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else None
-            line = key.start_mark.line + 1
-            if name is not None and name in lines:
-                full = f"{path}.{name}" if path else name
-                raise ConfigError(
-                    f"{path_of}: key {shown(full)[1:-1]} is given twice, at line {lines[name]} "
-                    f"and line {line}; keep one"
-                )
-            if name is not None:
-                lines[name] = line
-            _check_duplicates(value, f"{path}.{name}" if path else str(name), path_of, seen)
-    for child in _children(node) if isinstance(node, yaml.SequenceNode) else []:
-        _check_duplicates(child, path, path_of, seen)
-
-
-def _parse_yaml(text: str, path: Path) -> Any:
-    """The document of ``text``, refused when a key repeats or aliases expand beyond
-    ``MAX_YAML_NODES`` values (checked on the node graph, before anything is built)."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_duplicates(node, "", str(path), set())
-        size = _expanded_size(node, {})
-        if size > MAX_YAML_NODES:
-            raise ConfigError(
-                f"{path}: holds more than {MAX_YAML_NODES:,} values once its anchors and "
-                "aliases are expanded; a parameter file is a few hundred"
-            )
-        return loader.construct_document(node)
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a parameter file") from None
-    finally:
-        loader.dispose()
-
-
-def _read_text(path: Path) -> str:
-    """The parameter file's text: an existing regular file, at most ``MAX_PARAMS_BYTES``."""
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory, expected the parameter file (YAML)")
-    if path.exists() and not path.is_file():
-        raise ConfigError(f"{path}: not a regular file, expected the parameter file (YAML)")
-    if not path.is_file():
-        raise ConfigError(f"{path}: parameter file not found")
-    size = path.stat().st_size
-    if size > MAX_PARAMS_BYTES:
-        raise ConfigError(
-            f"{path}: {size:,} bytes, more than the {MAX_PARAMS_BYTES:,} a parameter file may have"
-        )
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-            "save it as UTF-8"
-        ) from None
-
-
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
-    """Read and validate ``params.yaml``."""
+    """Read and validate ``params.yaml`` (the document read by ``io.read_yaml_document``:
+    UTF-8, bounded in size and alias expansion, no key given twice)."""
     path = Path(path)
-    text = _read_text(path)
     try:
-        raw = _parse_yaml(text, path)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML{_yaml_where(exc)}") from None
+        raw = read_yaml_document(path, "parameter file")
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
     return params_from_dict(raw, str(path))

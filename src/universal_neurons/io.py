@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from universal_neurons.errors import MissingInputError, UserError
+import yaml
+
+from universal_neurons.errors import MissingInputError, UserError, shown
 
 
 class OutputError(UserError, OSError):
@@ -372,3 +374,146 @@ def read_parquet(path: str | Path, stage: str):
             f"{path}: not a readable parquet file ({reason}); rerun the {stage} stage "
             "or restore it with `dvc checkout`"
         ) from None
+
+
+def read_npy(path: str | Path, stage: str):
+    """Read a ``.npy`` array written by ``stage``, naming the file when it is missing,
+    truncated or not an array."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: file not found (run the {stage} stage first)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UserError(
+            f"{path}: not a readable .npy array ({reason}); rerun the {stage} stage "
+            "or restore it with `dvc checkout`"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- YAML documents
+
+MAX_YAML_BYTES = 2**20
+"""Largest YAML document read (the project's parameter file is a few KiB)."""
+MAX_YAML_VALUES = 100_000
+"""Most values (after anchors and aliases are expanded) a YAML document may hold."""
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """`` at line L, column C: problem (context)`` of a YAML error, in one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return f": {exc}"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        return f"{where} ({context} started at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return f"{where} ({context})" if context else where
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes directly under ``node`` (keys and values of a mapping)."""
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (memoised per node,
+    so a billion-laughs document is measured without expanding it)."""
+    stack = [(node, False)]
+    while stack:
+        current, done = stack.pop()
+        if id(current) in sizes:
+            continue
+        children = _children(current)
+        if done:
+            sizes[id(current)] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_VALUES + 1)
+        else:
+            stack.append((current, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(node)]
+
+
+def _check_duplicates(node: yaml.Node, path: str, path_of: str, seen: set[int]) -> None:
+    """Stop at the first key given twice in one mapping, naming it and both lines."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[Any, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            line = key.start_mark.line + 1
+            if name is not None and name in lines:
+                full = f"{path}.{name}" if path else name
+                raise UserError(
+                    f"{path_of}: key {shown(full)[1:-1]} is given twice, at line {lines[name]} "
+                    f"and line {line}; keep one"
+                )
+            if name is not None:
+                lines[name] = line
+            _check_duplicates(value, f"{path}.{name}" if path else str(name), path_of, seen)
+    for child in _children(node) if isinstance(node, yaml.SequenceNode) else []:
+        _check_duplicates(child, path, path_of, seen)
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    """The document of ``text``, refused when a key repeats or aliases expand beyond
+    ``MAX_YAML_VALUES`` values (checked on the node graph, before anything is built)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, "", str(path), set())
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_VALUES:
+            raise UserError(
+                f"{path}: holds more than {MAX_YAML_VALUES:,} values once its anchors and "
+                "aliases are expanded; a parameter file is a few hundred"
+            )
+        return loader.construct_document(node)
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a parameter file") from None
+    finally:
+        loader.dispose()
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The text of ``what`` (``parameter file``): an existing regular file of UTF-8 text, at
+    most ``MAX_YAML_BYTES``."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected the {what} (YAML)")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path}: not a regular file, expected the {what} (YAML)")
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise UserError(
+            f"{path}: {size:,} bytes, more than the {MAX_YAML_BYTES:,} a {what} may have"
+        )
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def read_yaml_document(path: str | Path, what: str) -> Any:
+    """The parsed YAML document at ``path`` (``what``: how messages name it), refused with one
+    line when it is missing or no regular file, too large, not UTF-8, not YAML, gives a key
+    twice, or expands its aliases beyond ``MAX_YAML_VALUES`` values."""
+    path = Path(path)
+    text = _read_text(path, what)
+    try:
+        return _parse_yaml(text, path)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML{_yaml_where(exc)}") from None

@@ -21,6 +21,7 @@ under ``.dvc/tmp/exps/``: DVC passes the parent root to every stage as ``DVC_ROO
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import subprocess
@@ -421,6 +422,27 @@ def ui_command(host: str, port: int, uri: str, root: Path) -> list[str]:
     return command
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """Stop unless the UI can listen on ``host:port``: a port of 1 to 65535 (0 would let the
+    system pick one the printed address could not name), a host this machine has (IPv4 or
+    IPv6), a port that is free; the message names the option at fault."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port: expected a port from 1 to 65535, got {port}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"--host: {host!r} is not an address of this machine ({exc})") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise UserError(
+                    f"--port: cannot listen on {host}:{port} ({exc}); pick another port"
+                ) from None
+            raise UserError(f"--host: cannot listen on {host} ({exc})") from None
+
+
 def serve_ui(
     host: str, port: int, echo: Callable[[str], None] = print, root: Path | None = None
 ) -> int:
@@ -436,14 +458,11 @@ def serve_ui(
         address = tracking_ui.server_experiment_url(uri, experiment_name())
         echo(f"MLflow UI: {address} (MLFLOW_TRACKING_URI names a running server)")
         return 0
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise UserError(
-                f"--port: cannot listen on {host}:{port} ({exc}); pick another port"
-            ) from None
-    address = tracking_ui.local_experiment_url(f"http://{host}:{port}", uri, experiment_name())
+    check_listen_address(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    address = tracking_ui.local_experiment_url(
+        f"http://{shown_host}:{port}", uri, experiment_name()
+    )
     echo(f"MLflow UI: {address}  (store: {uri}; Ctrl+C stops it)")
     process = subprocess.Popen(ui_command(host, port, uri, root), cwd=root)
     try:
