@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from universal_neurons.errors import UserError
-from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.io import atomic_outputs, read_npy, read_parquet
 from universal_neurons.matching.baseline import baseline_spread, group_baselines
 from universal_neurons.matching.correlation import CrossMoments
 from universal_neurons.pipeline.command import Out, Stage, as_json
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 def _within_covariances(params: Params, layout: Layout) -> dict[str, np.ndarray]:
     """Per model, collect's within-layer covariance ``[layers, d_mlp, d_mlp]``."""
     return {
-        model_name(seed): np.load(
-            layout.model_dir("collect", seed) / "within_layer_cov.npy", allow_pickle=False
+        model_name(seed): read_npy(
+            layout.model_dir("collect", seed) / "within_layer_cov.npy", "collect"
         )
         for seed in params.train.seeds
     }
@@ -82,12 +82,13 @@ def run(params: Params, layout: Layout) -> dict:
         "seed": cfg.seed,
         "models": baseline_spread(table),
     }
-    with atomic_path(layout.stage_dir("baseline")) as temp:
+    with atomic_outputs() as outputs:  # the two outputs change together or not at all
+        temp = outputs.path(layout.stage_dir("baseline"))
         temp.mkdir()
         table.to_parquet(temp / "baseline.parquet", index=False)
         inputs = replace(summary.provenance, extra=metrics)
         write_summary(temp / SUMMARY_FILE, inputs.as_dict())
-    write_json(layout.result("baseline.json"), metrics)
+        outputs.write_json(layout.result("baseline.json"), metrics)
     return metrics
 
 

@@ -26,7 +26,7 @@ from universal_neurons.description.families import (
 )
 from universal_neurons.description.features import FeatureSet, load_analysis_features
 from universal_neurons.errors import MissingInputError
-from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.io import atomic_outputs, read_parquet
 from universal_neurons.matching.activations import count_kept, token_set_record
 from universal_neurons.models.loading import load_model, model_shape
 from universal_neurons.outputs.plots import plot_family_counts
@@ -41,6 +41,8 @@ from universal_neurons.pipeline.layout import Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from universal_neurons.config import Params
 
 
@@ -72,24 +74,24 @@ def classify_seed(
     return table, family_metrics(table, stats, n_layers, config)
 
 
-def _write_tables(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict) -> None:
-    """``data/families``: the family table of every model and the topic words."""
-    with atomic_path(layout.stage_dir("families")) as temp:
-        temp.mkdir()
-        for label, table in tables.items():
-            table.to_parquet(temp / f"{label}.parquet", index=False)
-        (temp / "topics.json").write_text(json.dumps(topics, indent=2) + "\n")
+def _write_tables(temp: Path, tables: dict[str, pd.DataFrame], topics: dict) -> None:
+    """``data/families`` (at ``temp``): the family table of every model and the topic words."""
+    temp.mkdir()
+    for label, table in tables.items():
+        table.to_parquet(temp / f"{label}.parquet", index=False)
+    (temp / "topics.json").write_text(json.dumps(topics, indent=2) + "\n")
 
 
 def _write(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict, metrics: dict) -> None:
     """The family tables and topic words, the metrics, the per-layer counts and their plot."""
-    _write_tables(layout, tables, topics)
-    write_json(layout.result("families.json"), metrics)
-    write_json(layout.metric("families.json"), headline_counts(metrics))
-    with atomic_path(layout.metric("families_per_layer.csv")) as temp:
-        per_layer_rows(metrics).to_csv(temp, index=False)
-    with atomic_path(layout.metric("families_per_layer.png")) as temp:
-        plot_family_counts(metrics, [*FAMILIES, *VOCAB_FAMILIES], temp)
+    with atomic_outputs() as outputs:  # the five outputs change together or not at all
+        _write_tables(outputs.path(layout.stage_dir("families")), tables, topics)
+        outputs.write_json(layout.result("families.json"), metrics)
+        outputs.write_json(layout.metric("families.json"), headline_counts(metrics))
+        per_layer = outputs.path(layout.metric("families_per_layer.csv"))
+        per_layer_rows(metrics).to_csv(per_layer, index=False)
+        figure = outputs.path(layout.metric("families_per_layer.png"))
+        plot_family_counts(metrics, [*FAMILIES, *VOCAB_FAMILIES], figure)
 
 
 def _check_stats_inputs(params: Params, layout: Layout, tokens, excluded) -> None:

@@ -28,7 +28,7 @@ from universal_neurons.models.loading import (
     model_spec,
 )
 from universal_neurons.pipeline.command import Out, Stage
-from universal_neurons.pipeline.inputs import write_summary
+from universal_neurons.pipeline.inputs import check_trained_model_of_folder, write_summary
 from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.resources import check_memory
@@ -72,6 +72,7 @@ def run(params: Params, layout: Layout, seed: int, progress: bool = True) -> dic
     name = model_name(seed)
     check_device(cfg.device)
     tokens, excluded, kept = load_analysis_set(layout.tokens, cfg)
+    check_trained_model_of_folder(layout, seed)
     model = load_model(str(layout.model(seed)), device=cfg.device)
     spec = model_spec(model)
     check_fits_tokens(spec, name, tokens, *tokenizer_vocab(layout.tokens))

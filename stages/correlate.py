@@ -59,7 +59,7 @@ from universal_neurons.models.loading import (
     model_spec,
 )
 from universal_neurons.pipeline.command import Out, Stage
-from universal_neurons.pipeline.inputs import CorrelateSummary, write_summary
+from universal_neurons.pipeline.inputs import CorrelateSummary, collect_summaries, write_summary
 from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.text.tokens import tokenizer_vocab
@@ -157,6 +157,7 @@ def _draws(params: Params, layout: Layout, work: Path) -> BaselineDraws:
     for path in within.values():
         if not Path(path).is_file():
             raise MissingInputError(f"{path}: not found (run collect before correlate)")
+    collect_summaries(params, layout)  # each folder's output is about its own model
     partner_ids = {model_name(s): s for s in seeds}
     cache = str((work / "mixing").resolve())
     return BaselineDraws(cfg.kind, cfg.samples, cfg.seed, partner_ids, within, cache)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from universal_neurons.io import atomic_path, read_json
+from universal_neurons.io import atomic_outputs, read_json
 from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.matching.emergence import (
     GroupUniversality,
@@ -152,12 +152,12 @@ def point_losses(params: Params, layout: Layout, below: str) -> dict[str, float]
 
 def _write(layout: Layout, rows: list[dict], frames: list[pd.DataFrame], summary: dict) -> None:
     """``data/emergence`` (neurons.parquet, points.json) and ``metrics/emergence.csv``."""
-    with atomic_path(layout.stage_dir("emergence")) as temp:
+    with atomic_outputs() as outputs:  # the two outputs change together or not at all
+        temp = outputs.path(layout.stage_dir("emergence"))
         temp.mkdir()
         pd.concat(frames, ignore_index=True).to_parquet(temp / "neurons.parquet", index=False)
         (temp / "points.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    with atomic_path(layout.metric("emergence.csv")) as temp:
-        curve_table(rows).to_csv(temp, index=False)
+        curve_table(rows).to_csv(outputs.path(layout.metric("emergence.csv")), index=False)
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> list[dict]:

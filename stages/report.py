@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from universal_neurons.io import atomic_path, write_json
+from universal_neurons.io import atomic_outputs
 from universal_neurons.outputs.neuron_page import NEURONS_DIR, write_group_pages
 from universal_neurons.outputs.report import (
     ReportSources,
@@ -79,13 +79,14 @@ def write_neuron_pages(params: Params, layout: Layout, sources: ReportSources, o
 def run(params: Params, layout: Layout) -> dict:
     """Render the report (with the neuron pages) and write the training summary metrics."""
     sources = report_sources(layout, params.train.seeds)
-    with atomic_path(layout.report) as temp:
+    with atomic_outputs() as outputs:  # the three outputs change together or not at all
+        summary = training_summary(sources.model_dirs)
+        outputs.write_json(layout.result("training.json"), summary)
+        outputs.write_json(layout.metric("training.json"), training_headline(summary))
+        temp = outputs.path(layout.report)
         temp.mkdir()
         pages = write_neuron_pages(params, layout, sources, temp / NEURONS_DIR)
         result = build_report(sources, temp)
-    summary = training_summary(sources.model_dirs)
-    write_json(layout.result("training.json"), summary)
-    write_json(layout.metric("training.json"), training_headline(summary))
     return {
         "sections": result.sections,
         "figures": result.figures,

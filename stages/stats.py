@@ -28,7 +28,7 @@ from universal_neurons.description.statistics import (
     universal_percentiles,
     weight_statistics,
 )
-from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.io import StageOutputs, atomic_outputs, read_parquet
 from universal_neurons.models.loading import load_model, processed_weights
 from universal_neurons.outputs.plots import plot_per_layer, plot_percentile_boxen
 from universal_neurons.pipeline.command import Out, Stage
@@ -70,27 +70,29 @@ def model_table(params: Params, layout: Layout, seed: int) -> pd.DataFrame:
     return neuron_table(universality, weights, activation_statistics(moments, "pre"), emergence)
 
 
-def _write_tables(tables: dict[str, pd.DataFrame], layout: Layout, inputs: Provenance) -> None:
+def _write_tables(
+    outputs: StageOutputs, tables: dict[str, pd.DataFrame], layout: Layout, inputs: Provenance
+) -> None:
     """The neuron tables, the per-layer medians, the two figures and ``summary.json`` (the
     token set and group, ``inputs``) in one atomic step, and the pooled percentiles of the
     universal neurons."""
-    with atomic_path(layout.stage_dir("stats")) as temp:
-        (temp / "plots").mkdir(parents=True)
-        write_summary(temp / SUMMARY_FILE, inputs.as_dict())
-        for model, table in tables.items():
-            table.to_parquet(temp / f"{model}.parquet", index=False)
-        medians = {model: per_layer_medians(table) for model, table in tables.items()}
-        per_layer = pd.concat(
-            [table.assign(model=model) for model, table in medians.items()], ignore_index=True
-        )
-        per_layer.insert(0, "model", per_layer.pop("model"))
-        per_layer.to_csv(temp / "per_layer.csv", index=False)
-        plot_percentile_boxen(
-            universal_percentiles(tables), len(tables), temp / "plots" / "universal_percentiles.png"
-        )
-        plot_per_layer(medians, METRICS, temp / "plots" / "per_layer.png")
-    with atomic_path(layout.metric("stats_percentiles.csv")) as temp:
-        universal_percentile_summary(tables).to_csv(temp, index=False)
+    temp = outputs.path(layout.stage_dir("stats"))
+    (temp / "plots").mkdir(parents=True)
+    write_summary(temp / SUMMARY_FILE, inputs.as_dict())
+    for model, table in tables.items():
+        table.to_parquet(temp / f"{model}.parquet", index=False)
+    medians = {model: per_layer_medians(table) for model, table in tables.items()}
+    per_layer = pd.concat(
+        [table.assign(model=model) for model, table in medians.items()], ignore_index=True
+    )
+    per_layer.insert(0, "model", per_layer.pop("model"))
+    per_layer.to_csv(temp / "per_layer.csv", index=False)
+    plot_percentile_boxen(
+        universal_percentiles(tables), len(tables), temp / "plots" / "universal_percentiles.png"
+    )
+    plot_per_layer(medians, METRICS, temp / "plots" / "per_layer.png")
+    percentiles = outputs.path(layout.metric("stats_percentiles.csv"))
+    universal_percentile_summary(tables).to_csv(percentiles, index=False)
 
 
 def checked_inputs(params: Params, layout: Layout) -> Provenance:
@@ -114,9 +116,11 @@ def run(params: Params, layout: Layout) -> dict:
         for seed in tqdm(params.train.seeds, desc="stats", unit="model")
     }
     comparison = {"models": {model: compare_universal(table) for model, table in tables.items()}}
-    _write_tables(tables, layout, inputs)
-    write_json(layout.result("stats.json"), comparison)
-    write_json(layout.metric("findings.json"), findings_holding(comparison, params.stats.alpha))
+    with atomic_outputs() as outputs:  # the stage's outputs change together or not at all
+        _write_tables(outputs, tables, layout, inputs)
+        outputs.write_json(layout.result("stats.json"), comparison)
+        findings = findings_holding(comparison, params.stats.alpha)
+        outputs.write_json(layout.metric("findings.json"), findings)
     return comparison
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from universal_neurons.io import atomic_path, read_parquet, write_json
+from universal_neurons.io import atomic_outputs, read_parquet
 from universal_neurons.matching.universality import (
     headline_metrics,
     model_summary,
@@ -48,15 +48,16 @@ def run(params: Params, layout: Layout) -> dict:
     tables = {name: universality_table(maxima, baseline, name, threshold) for name in names}
     summaries = {name: model_summary(table, summary.n_layers) for name, table in tables.items()}
     metrics = universality_metrics(summaries, threshold, summary.kept_positions)
-    with atomic_path(layout.stage_dir("universality")) as temp:
+    with atomic_outputs() as outputs:  # the four outputs change together or not at all
+        temp = outputs.path(layout.stage_dir("universality"))
         temp.mkdir()
         for name, table in tables.items():
             table.to_parquet(temp / f"{name}.parquet", index=False)
         write_summary(temp / SUMMARY_FILE, summary.provenance.as_dict())
-    write_json(layout.result("universality.json"), metrics)
-    write_json(layout.metric("universality.json"), headline_metrics(summaries, tables))
-    with atomic_path(layout.metric("universality_per_layer.csv")) as temp:
-        per_layer_rows(summaries).to_csv(temp, index=False)
+        outputs.write_json(layout.result("universality.json"), metrics)
+        outputs.write_json(layout.metric("universality.json"), headline_metrics(summaries, tables))
+        per_layer = outputs.path(layout.metric("universality_per_layer.csv"))
+        per_layer_rows(summaries).to_csv(per_layer, index=False)
     return metrics
 
 

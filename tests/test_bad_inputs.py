@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
         for name in files:
             path = Path(directory, name)
             info = path.lstat()
+            if stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode):  # never opened
+                state[os.path.relpath(path, root)] = ("special", info.st_mode, info.st_mtime_ns)
+                continue
             state[os.path.relpath(path, root)] = (
                 hashlib.sha256(path.read_bytes()).hexdigest(),
                 info.st_size,
@@ -235,6 +239,27 @@ def _tiny_tokenizer(root: Path) -> None:
 
     tokenizer = Tokenizer(models.BPE(vocab={chr(97 + i): i for i in range(10)}, merges=[]))
     tokenizer.save(str(root / TOKENS / "tokenizer.json"))
+
+
+def _copy_folder(source: str, target: str):
+    """Replace the folder ``target`` by a copy of ``source`` (another model's output)."""
+
+    def setup(root: Path) -> None:
+        shutil.rmtree(root / target)
+        shutil.copytree(root / source, root / target)
+
+    return setup
+
+
+def _alias_bomb(levels: int = 9, width: int = 10) -> str:
+    """A few hundred bytes of YAML whose aliases expand to ``width ** levels`` values."""
+    lines = ["l0: &l0 [" + ", ".join(["x"] * width) + "]"]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+ALIAS_BOMB = _alias_bomb()
 
 
 def _stats_metrics(content: str):
@@ -663,7 +688,9 @@ CASES = [
         "finite (NaN or inf in 1 of its 2048 entries); the weights are broken: retrain or "
         "re-fetch the model",
         # a pretrained (custom) group: stats then reads no emergence table
-        params=tiny_params_dict(group={"preset": "custom", "models": {"a": "m/a", "b": "m/b"}}),
+        params=tiny_params_dict(
+            group={"preset": "custom", "models": {"a": "m/a", "b": "m/b", "c": "m/c"}}
+        ),
         needs_analysis=True,
         setup=_plant(2, "transformer.h.1.mlp.c_proj.weight", _set((4, 0), float("nan"))),
     ),
@@ -878,6 +905,142 @@ CASES = [
         needs_analysis=True,
         setup=lambda root: shutil.copytree(root / "data" / "universality", root / "data" / "stats"),
     ),
+    # ---- issue 27: duplicate keys, huge documents, ranges the code relies on
+    Case(
+        "key-given-twice-in-params-yaml",
+        ["validate"],
+        "params.yaml: key train.seeds is given twice, at line 2 and line 3; keep one",
+        params="train:\n  seeds: [1, 2]\n  seeds: [3, 4]\n",
+    ),
+    Case(
+        "section-given-twice-in-params-yaml",
+        ["tokenize"],
+        "params.yaml: key train is given twice, at line 1 and line 5; keep one",
+        params="train:\n  seeds: [1, 2]\nmodel:\n  d_mlp: 64\ntrain:\n  seeds: [3, 4]\n",
+    ),
+    Case(
+        "yaml-aliases-expanding-to-millions-of-values",
+        ["validate"],
+        "params.yaml: holds more than 100,000 values once its anchors and aliases are "
+        "expanded; a parameter file is a few hundred",
+        params=ALIAS_BOMB,
+    ),
+    Case(
+        "huge-value-is-not-echoed-whole",
+        ["tokenize"],
+        "params.yaml: invalid parameters\n  train.batch_size: input should be a valid integer, "
+        "unable to parse string as an integer, got 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "xxxxxxxxxxxxxx... (100,002 characters)",
+        params=tiny_params_dict(train={"batch_size": "x" * 100_000}),
+    ),
+    Case(
+        "params-file-too-large",
+        ["validate"],
+        "params.yaml: 2,097,165 bytes, more than the 1,048,576 a parameter file may have",
+        params="# " + "x" * 2**21 + "\ntrain: {}\n",
+    ),
+    Case(
+        "params-path-is-a-directory",
+        ["tokenize"],
+        "params.yaml: is a directory, expected the parameter file (YAML)",
+        setup=_chain(_remove("params.yaml"), lambda root: (root / "params.yaml").mkdir()),
+    ),
+    Case(
+        "params-path-is-a-fifo",
+        ["tokenize"],
+        "params.yaml: not a regular file, expected the parameter file (YAML)",
+        setup=_chain(_remove("params.yaml"), lambda root: os.mkfifo(root / "params.yaml")),
+    ),
+    Case(
+        "seed-beyond-what-torch-accepts",
+        ["validate"],
+        "params.yaml: invalid parameters\n  train.seeds.0: input should be less than or equal "
+        "to 18446744073709551615, got 18446744073709551616",
+        params=tiny_params_dict(train={"seeds": [2**64, 1]}),
+    ),
+    Case(
+        "custom-group-with-more-seeds-than-members",
+        ["validate"],
+        "params.yaml: invalid parameters\n  train.seeds: [3] are not members of group custom "
+        "(seeds 1..2 = a, b)",
+        params=tiny_params_dict(group={"preset": "custom", "models": {"a": "m/a", "b": "m/b"}}),
+    ),
+    # ---- issue 27: an upstream output of another model
+    Case(
+        "collect-output-copied-from-another-model",
+        ["stats"],
+        "data/collect/seed1/summary.json: made for model 'seed2', but it lies in the folder "
+        "of seed1; rerun its stage for seed1 (was another model's output copied here?)",
+        needs_analysis=True,
+        setup=_copy_folder("data/collect/seed2", "data/collect/seed1"),
+    ),
+    Case(
+        "collect-output-copied-from-another-model-baseline",
+        ["baseline"],
+        "data/collect/seed3/summary.json: made for model 'seed1', but it lies in the folder "
+        "of seed3; rerun its stage for seed3 (was another model's output copied here?)",
+        needs_analysis=True,
+        setup=_copy_folder("data/collect/seed1", "data/collect/seed3"),
+    ),
+    Case(
+        "model-copied-from-another-seed",
+        ["collect", "--seed", "1"],
+        "models/seed1/training.json: the model was trained with seed 2, but it lies in the "
+        "folder of seed 1; retrain seed1 (was another seed's model copied here?)",
+        needs_models=True,
+        setup=_copy_folder("models/seed2", "models/seed1"),
+    ),
+    # ---- issue 27: the plan refuses what correlate refuses
+    Case(
+        "plan-with-more-token-shards-than-batches",
+        ["plan", "--products-tflops", "1", "--float64-tflops", "1"],
+        "correlate.token_shards: expected 1 to 7 (the analysis set has 7 batches of 32 "
+        "sequences), got 1000000",
+        params=tiny_params_dict(correlate={"token_shards": 1_000_000}),
+    ),
+    # ---- issue 27: unclear errors made one clear line
+    Case(
+        "ui-port-negative",
+        ["ui", "--port", "-1"],
+        "--port: expected a port from 1 to 65535, got -1",
+        params_option=False,
+    ),
+    Case(
+        "ui-port-beyond-65535",
+        ["ui", "--port", "70000"],
+        "--port: expected a port from 1 to 65535, got 70000",
+        params_option=False,
+    ),
+    Case(
+        "ui-port-zero",
+        ["ui", "--port", "0"],
+        "--port: expected a port from 1 to 65535, got 0",
+        params_option=False,
+    ),
+    Case(
+        "ui-host-not-of-this-machine",
+        ["ui", "--host", "192.0.2.1", "--port", "5000"],
+        "--host: cannot listen on 192.0.2.1 ([Errno 99] Cannot assign requested address)",
+        params_option=False,
+    ),
+    Case(
+        "neuron-id-with-a-superscript-digit",
+        ["neuron", "seed1", "0.\u00b2"],
+        "NEURON: expected LAYER.INDEX like '0.17', got '0.\u00b2'",
+        needs_analysis=True,
+    ),
+    Case(
+        "truncated-within-layer-covariance",
+        ["baseline"],
+        "data/collect/seed2/within_layer_cov.npy: not a readable .npy array (Failed to read "
+        "all data for array. Expected (2, 64, 64) = 8192 elements, could only read 609 "
+        "elements. (file seems not fully written?)); rerun the collect stage or restore it "
+        "with `dvc checkout`",
+        needs_analysis=True,
+        setup=lambda root: (root / "data/collect/seed2/within_layer_cov.npy").write_bytes(
+            (root / "data/collect/seed2/within_layer_cov.npy").read_bytes()[:5000]
+        ),
+    ),
     Case(
         "tracking-uri-under-a-regular-file",
         ["log"],
@@ -1004,3 +1167,22 @@ def test_hub_id_while_offline(monkeypatch, tmp_path):
         "--local-dir DIR`) and give its local directory instead."
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_jsonl_source_may_start_with_a_byte_order_mark(tmp_path):
+    """Issue 27: a .jsonl file saved with a UTF-8 BOM reads like the same file without it."""
+    from universal_neurons.text.corpus import local_documents
+
+    lines = '{"text": "first document"}\n{"text": "second"}\n'
+    plain, marked = tmp_path / "plain.jsonl", tmp_path / "marked.jsonl"
+    plain.write_text(lines, encoding="utf-8")
+    marked.write_text(lines, encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert (
+        list(local_documents(marked))
+        == list(local_documents(plain))
+        == [
+            "first document",
+            "second",
+        ]
+    )

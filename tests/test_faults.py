@@ -276,3 +276,121 @@ def test_neuron_page_with_max_sequences(tiny_tokens_dir, tiny_group, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("seed1 neuron L1.N2"), done.stdout
     assert "rerun the syntax stage" not in done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------- outputs together
+
+# A stage's outputs change together or not at all (issue 27, class 4): the last output the
+# stage writes is made unwritable and every output of the stage must stay as it was.
+LAST_OUTPUT_FAILS = [
+    ("universality", "metrics/universality_per_layer.csv", {}),
+    ("baseline", "results/baseline.json", {}),
+    # a pretrained (custom) group: stats then reads no emergence table
+    (
+        "stats",
+        "metrics/findings.json",
+        {"group": {"preset": "custom", "models": {"a": "m/a", "b": "m/b", "c": "m/c"}}},
+    ),
+]
+
+STAGE_OUTPUTS = {
+    "universality": [
+        "data/universality",
+        "results/universality.json",
+        "metrics/universality.json",
+        "metrics/universality_per_layer.csv",
+    ],
+    "baseline": ["data/baseline", "results/baseline.json"],
+    "stats": [
+        "data/stats",
+        "metrics/stats_percentiles.csv",
+        "results/stats.json",
+        "metrics/findings.json",
+    ],
+}
+
+
+def _earlier_outputs(root: Path, outputs: list[str]) -> None:
+    """An earlier run's outputs, each marked so that a replaced one shows."""
+    for relative in outputs:
+        path = root / relative
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text('{"earlier": true}\n')
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "earlier.txt").write_text("an earlier output\n")
+
+
+def _analysis_workspace(tmp_path, tiny_tokens_dir, tiny_group, tiny_analysis, params) -> Path:
+    root = _workspace(tmp_path, tiny_tokens_dir, params, tiny_group)
+    shutil.copytree(tiny_analysis, root / "data", dirs_exist_ok=True)
+    return root
+
+
+@pytest.mark.parametrize(
+    "stage,last,sections", LAST_OUTPUT_FAILS, ids=[s for s, _, _ in LAST_OUTPUT_FAILS]
+)
+def test_a_stage_whose_last_output_cannot_be_placed_changes_no_output(
+    stage, last, sections, tiny_tokens_dir, tiny_group, tiny_analysis, tmp_path, monkeypatch
+):
+    """The rename of the stage's last output fails (EACCES, as in a read-only folder): the
+    outputs already placed are put back, every output is the earlier one, one line names it."""
+    import errno
+
+    from conftest import invoke_command
+
+    from universal_neurons import io
+
+    params = tiny_params_dict(**sections)
+    root = _analysis_workspace(tmp_path, tiny_tokens_dir, tiny_group, tiny_analysis, params)
+    _earlier_outputs(root, STAGE_OUTPUTS[stage])
+    assert STAGE_OUTPUTS[stage][-1] == last
+    before = snapshot(root)
+    real_replace, real_exchange = os.replace, io._exchange
+    denied = str(root / last)
+
+    def replace(source, target):
+        if denied in (os.path.abspath(source), os.path.abspath(target)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(target))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(
+        io, "_exchange", lambda a, b: os.path.abspath(b) != denied and real_exchange(a, b)
+    )
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.chdir(root)
+
+    result = invoke_command([stage, "--params", "params.yaml"])
+
+    assert result.exit_code == 2, result.output
+    assert ("\n" + result.stderr).endswith(
+        f"\nerror: {last}: could not be put in place (Permission denied); every output of "
+        "this stage is left as it was\n"
+    )
+    assert snapshot(root) == before
+
+
+def test_a_stage_whose_metrics_folder_is_in_the_way_changes_no_output(
+    tiny_tokens_dir, tiny_group, tiny_analysis, tmp_path, monkeypatch
+):
+    """``metrics`` is a file (unwritable even for root): universality stops before it replaces
+    ``data/universality`` or ``results/universality.json`` (before issue 27 both held the new
+    results while the metrics were the old ones)."""
+    from conftest import invoke_command
+
+    root = _analysis_workspace(tmp_path, tiny_tokens_dir, tiny_group, tiny_analysis, {})
+    write_params(root, tiny_params_dict())
+    _earlier_outputs(root, STAGE_OUTPUTS["universality"][:2])
+    (root / "metrics").write_text("not a folder\n")
+    before = snapshot(root)
+    monkeypatch.chdir(root)
+
+    result = invoke_command(["universality", "--params", "params.yaml"])
+
+    assert result.exit_code == 2, result.output
+    assert ("\n" + result.stderr).endswith(
+        "\nerror: metrics/universality.json: cannot write the output, metrics is a file, "
+        "expected a directory\n"
+    )
+    assert snapshot(root) == before

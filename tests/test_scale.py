@@ -129,12 +129,30 @@ def test_unit_memory_is_the_documented_arithmetic():
 
 
 def test_correlate_refuses_units_that_cannot_fit(collected, tmp_path, monkeypatch):
-    monkeypatch.setattr(plan, "available_memory", lambda: 1_000_000)
+    # the configured limit counts for correlate too (issue 27: it was ignored)
+    monkeypatch.setenv("UNIVERSAL_NEURONS_MEMORY_GB", "0.001")
     params = tiny_params(correlate={"neuron_block": 64})
     layout = Layout.at(tmp_path, tokens=collected.tokens, models=collected.models)
-    with pytest.raises(UserError, match=r"correlate.neuron_block: a unit needs about .* GiB"):
+    with pytest.raises(UserError, match=r"correlate.neuron_block: a unit needs about .* GiB") as e:
         correlate.run(params, layout, progress=False)
+    assert "more than the configured limit (UNIVERSAL_NEURONS_MEMORY_GB=0.001)" in str(e.value)
     assert not layout.stage_dir("correlate").exists()
+
+
+def test_plan_clamps_a_block_beyond_the_model_and_honours_the_memory_limit(monkeypatch):
+    """Issue 27: a neuron_block above the model's neurons is one block of the whole model (the
+    plan estimated 15.6 GiB for it), and UNIVERSAL_NEURONS_MEMORY_GB bounds every executor."""
+    huge = tiny_params(correlate={"neuron_block": 10**6})
+    whole = tiny_params(correlate={"neuron_block": GPT2_SMALL.neurons})
+    assert plan.work_plan(huge, GPT2_SMALL).block == GPT2_SMALL.neurons
+    assert plan.unit_memory(GPT2_SMALL, plan.work_plan(huge, GPT2_SMALL)) == plan.unit_memory(
+        GPT2_SMALL, plan.work_plan(whole, GPT2_SMALL)
+    )
+    monkeypatch.setenv("UNIVERSAL_NEURONS_MEMORY_GB", "0.5")
+    for executor in ("inline", "slurm"):
+        limit, source = plan.memory_limit(tiny_params(correlate={"executor": executor}))
+        assert limit == 500_000_000
+        assert source.startswith("the configured limit (UNIVERSAL_NEURONS_MEMORY_GB=0.5)")
 
 
 def test_slurm_memory_limit_names_the_parameter_and_a_block_that_fits():

@@ -229,3 +229,42 @@ def test_ui_points_at_a_tracking_server(monkeypatch):
     finally:
         server.shutdown()
     assert lines == [f"MLflow UI: {uri} (MLFLOW_TRACKING_URI names a running server)"]
+
+
+def _logged_repository(root: Path) -> dict:
+    """A synthetic workspace at ``root`` with its own SQLite store, one run logged in it."""
+    write_results(root)
+    raw_params = {"train": {"seeds": [1, 2]}}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    log_run(run_inputs(Layout.at(root), [1, 2]), raw_params, uri=default_tracking_uri(root))
+    return raw_params
+
+
+def test_a_copied_repository_logs_inside_the_copy(tmp_path):
+    """Issue 27: MLflow records the experiment's artifact location as an absolute path; a run
+    logged in a copy of the repository must write its artifacts into the copy, not into the
+    tree the store was copied from."""
+    import os
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+    from test_bad_inputs import snapshot
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    raw_params = _logged_repository(original)
+    shutil.copytree(original, copy)
+    before = snapshot(original)
+
+    record = log_run(
+        run_inputs(Layout.at(copy), [1, 2]), raw_params, uri=default_tracking_uri(copy)
+    )
+
+    assert snapshot(original) == before  # nothing written outside the copy
+    assert record.artifact_uri.startswith((copy / "mlartifacts").as_uri() + "/")
+    written = copy / "mlartifacts" / record.artifact_uri.split("/mlartifacts/", 1)[1]
+    assert (written / "dvc" / "params.yaml").read_text() == yaml.safe_dump(raw_params)
+    client = MlflowClient(default_tracking_uri(copy))
+    runs = client.search_runs([record.experiment_id])
+    assert len(runs) == 2  # the copied run too now names the copy's artifacts
+    assert all(run.info.artifact_uri.startswith(copy.as_uri()) for run in runs)
+    assert not [p for p in os.listdir(tmp_path) if p not in ("original", "copy")]

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from universal_neurons.errors import UserError
+from universal_neurons.errors import UserError, shown
+from universal_neurons.io import read_yaml_document
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -43,6 +43,8 @@ MAX_BATCH = 2**24
 """Largest batch (sequences) of training or analysis."""
 MAX_SEQUENCES = 10**9
 """Largest ``analysis.max_sequences`` / ``emergence.max_sequences``."""
+MAX_SEED = 2**64 - 1
+"""Largest ``train.seeds`` entry: ``torch.manual_seed`` takes at most a 64-bit unsigned seed."""
 
 
 class ConfigError(UserError):
@@ -74,7 +76,7 @@ def _check_scalar_type(value: Any, kinds: set[type]) -> None:
         if isinstance(item, bool) and kinds and bool not in kinds:
             raise ValueError(f"expected a number, got the boolean {item}")
         if kinds == {bool} and not isinstance(item, bool):
-            raise ValueError(f"expected true or false, got {item!r}")
+            raise ValueError(f"expected true or false, got {shown(item)}")
 
 
 class _Section(BaseModel):
@@ -116,11 +118,11 @@ class CorpusConfig(_Section):
                 and not source.startswith("hf:")
             ):
                 raise ValueError(
-                    f"unknown source {source!r}: expected one of {', '.join(BUILTIN_SOURCES)}, "
+                    f"unknown source {shown(source)}: expected one of {', '.join(BUILTIN_SOURCES)}, "
                     "a path ending in .txt or .jsonl, or hf:NAME:SPLIT"
                 )
         if len(set(sources)) != len(sources):
-            raise ValueError(f"sources must be distinct, got {sources}")
+            raise ValueError(f"sources must be distinct, got {shown(sources)}")
         _distinct_domains(sources)
         return sources
 
@@ -141,12 +143,12 @@ def _distinct_domains(sources: list[str]) -> None:
         if source.endswith((".txt", ".jsonl")):
             real = os.path.realpath(source)
             if real in files:
-                raise ValueError(f"{files[real]!r} and {source!r} are the same file")
+                raise ValueError(f"{shown(files[real])} and {shown(source)} are the same file")
             files[real] = source
         domain = _source_domain(source)
         if domain in seen:
             raise ValueError(
-                f"{seen[domain]!r} and {source!r} would both be domain {domain!r}; "
+                f"{shown(seen[domain])} and {shown(source)} would both be domain {shown(domain)}; "
                 "rename one file (a local file's domain is its name without the extension)"
             )
         seen[domain] = source
@@ -157,7 +159,7 @@ def _distinct_items(values: list) -> list:
     seen = set()
     for value in values:
         if value in seen:
-            raise ValueError(f"{value!r} is listed twice")
+            raise ValueError(f"{shown(value)} is listed twice")
         seen.add(value)
     return values
 
@@ -217,7 +219,9 @@ class TrainConfig(_Section):
     the wall time, never the weights.
     """
 
-    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5]
+    )
     tokens_per_model: Annotated[int, Field(gt=0, le=MAX_TOKENS)] = 1_000_000
     batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 32
     learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 3.0e-3
@@ -237,14 +241,14 @@ class TrainConfig(_Section):
         if len(seeds) < 2:
             raise ValueError(f"need at least 2 seeds, got {len(seeds)}")
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
+            raise ValueError(f"seeds must be distinct, got {shown(seeds)}")
         return seeds
 
     @field_validator("checkpoint_tokens")
     @classmethod
     def _sorted_checkpoints(cls, tokens: list[int], info: Any) -> list[int]:
         if tokens != sorted(set(tokens)):
-            raise ValueError(f"must be strictly increasing, got {tokens}")
+            raise ValueError(f"must be strictly increasing, got {shown(tokens)}")
         total = info.data.get("tokens_per_model")
         if total is not None and tokens and tokens[-1] >= total:
             raise ValueError(
@@ -402,8 +406,8 @@ class FamiliesConfig(_Section):
                 raise ValueError("expected 'universal', 'all' or a non-empty list of 'layer.index'")
             for item in neurons:
                 parts = item.split(".")
-                if len(parts) != 2 or not all(part.isdigit() for part in parts):
-                    raise ValueError(f"expected 'layer.index' like '0.17', got {item!r}")
+                if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+                    raise ValueError(f"expected 'layer.index' like '0.17', got {shown(item)}")
             _distinct_items([".".join(str(int(p)) for p in item.split(".")) for item in neurons])
         return neurons
 
@@ -471,10 +475,24 @@ def _format_error(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: required key is missing"
     return (
-        f"{key}: {message[0].lower() + message[1:]}, got {error['input']!r}"
+        f"{key}: {message[0].lower() + message[1:]}, got {shown(error['input'])}"
         if ("input" in error and kind != "value_error")
         else f"{key}: {message}"
     )
+
+
+def _check_group_seeds(params: Params) -> None:
+    """A custom group's member i is seed i: every seed must name a member."""
+    group, seeds = params.group, params.train.seeds
+    if group.preset != "custom":
+        return
+    bad = [seed for seed in seeds if not 1 <= seed <= len(group.models)]
+    if bad:
+        labels = ", ".join(group.models)
+        raise ValueError(
+            f"{shown(bad)} are not members of group custom (seeds 1..{len(group.models)} "
+            f"= {shown(labels)[1:-1]})"
+        )
 
 
 def params_from_dict(raw: Any, source: str = "params.yaml") -> Params:
@@ -482,37 +500,23 @@ def params_from_dict(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         lines = [_format_error(error) for error in exc.errors()]
         raise ConfigError(f"{source}: invalid parameters\n  " + "\n  ".join(lines)) from None
-
-
-def _yaml_where(exc: yaml.YAMLError) -> str:
-    """`` at line L, column C: problem (context)`` of a YAML error, in one line."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None)
-    if mark is None or problem is None:
-        return f": {exc}"
-    where = f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context and context_mark is not None:
-        return f"{where} ({context} started at line {context_mark.line + 1}, column {context_mark.column + 1})"
-    return f"{where} ({context})" if context else where
+    try:
+        _check_group_seeds(params)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid parameters\n  train.seeds: {exc}") from None
+    return params
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
-    """Read and validate ``params.yaml``."""
+    """Read and validate ``params.yaml`` (the document read by ``io.read_yaml_document``:
+    UTF-8, bounded in size and alias expansion, no key given twice)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: parameter file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-            "save it as UTF-8"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML{_yaml_where(exc)}") from None
+        raw = read_yaml_document(path, "parameter file")
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
     return params_from_dict(raw, str(path))

@@ -13,6 +13,19 @@ and ``UserError`` is a ``ValueError``: a value the user supplied cannot be used.
 
 from __future__ import annotations
 
+from typing import Any
+
+MAX_SHOWN = 80
+"""Longest value an error message echoes; longer ones are cut and their length given."""
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to ``MAX_SHOWN`` characters (a huge value is never echoed whole)."""
+    text = repr(value)
+    if len(text) <= MAX_SHOWN:
+        return text
+    return f"{text[: MAX_SHOWN - 20]}... ({len(text):,} characters)"
+
 
 class UserError(ValueError):
     """A parameter, option or input that cannot be used; the message says which and why."""

@@ -57,7 +57,7 @@ def _rlimits() -> list[tuple[int, str]]:
     return found
 
 
-def _configured_limit() -> tuple[int, str] | None:
+def configured_memory_limit() -> tuple[int, str] | None:
     """``UNIVERSAL_NEURONS_MEMORY_GB`` in bytes, if set (a bad value is a user error)."""
     text = os.environ.get(MEMORY_ENV)
     if not text:
@@ -80,7 +80,7 @@ def memory_limit() -> tuple[int, str]:
     cgroup = _cgroup_limit()
     if cgroup is not None:
         limits.append((cgroup, "the memory limit of this container (cgroup memory.max)"))
-    configured = _configured_limit()
+    configured = configured_memory_limit()
     if configured is not None:
         limits.append(configured)
     return min(limits) if limits else (2**63, "no known limit")

@@ -55,7 +55,7 @@ def parse_neurons(
 def parse_neuron(text: str) -> tuple[int, int]:
     """``"1.17"`` -> ``(1, 17)``; a clear error otherwise."""
     parts = str(text).split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):  # not "²"
         raise FamiliesError(f"neuron: expected LAYER.INDEX like '0.17', got {text!r}")
     return int(parts[0]), int(parts[1])
 

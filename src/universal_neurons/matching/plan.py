@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from universal_neurons.errors import UserError
+from universal_neurons.resources import configured_memory_limit
+from universal_neurons.resources import memory_limit as process_memory_limit
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
@@ -227,7 +229,7 @@ def work_plan(params: Params, shape: GroupShape) -> WorkPlan:
     """The ``WorkPlan`` of the configured ``correlate`` / ``analysis`` / ``baseline``."""
     corr, cfg = params.correlate, params.analysis
     return WorkPlan(
-        block=corr.neuron_block,
+        block=min(corr.neuron_block, shape.neurons),  # a block beyond the model is all of it
         shards=corr.token_shards,
         batch_tokens=cfg.batch_size * shape.context,
         full_pairs=corr.full_pairs(shape.neurons),
@@ -238,18 +240,11 @@ def work_plan(params: Params, shape: GroupShape) -> WorkPlan:
     )
 
 
-def available_memory() -> int:
-    """Bytes of memory this machine can give now (``MemAvailable`` of /proc/meminfo)."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("/proc/meminfo has no MemAvailable")
-
-
-def memory_limit(params: Params) -> tuple[int, str]:
-    """What one unit may use, and where that limit comes from: ``correlate.slurm.mem_gb``
-    for Slurm, the local GPU's memory on CUDA, else the available RAM (shared by the local
-    executor's ``workers``); 0 where it cannot be known here."""
+def _device_limit(params: Params) -> tuple[int, str]:
+    """What one unit may use before ``UNIVERSAL_NEURONS_MEMORY_GB``: ``correlate.slurm.mem_gb``
+    for Slurm, the local GPU's memory on CUDA, else what this process may use
+    (``resources.memory_limit``: available memory, ulimit, cgroup), shared by the local
+    executor's ``workers``; 0 where it cannot be known here."""
     corr = params.correlate
     if corr.executor == "slurm":
         return corr.slurm.mem_gb * GIB, f"correlate.slurm.mem_gb = {corr.slurm.mem_gb}"
@@ -259,8 +254,20 @@ def memory_limit(params: Params) -> tuple[int, str]:
         total = torch.cuda.get_device_properties(params.analysis.device).total_memory
         return total, f"the GPU's {total / GIB:.1f} GiB"
     workers = corr.workers if corr.executor == "local" else 1
-    free = available_memory() // workers
-    return free, f"this machine's available memory ({free / GIB:.1f} GiB per worker)"
+    free, source = process_memory_limit()
+    if source == "the available memory":
+        source = "this machine's available memory"
+    return free // workers, f"{source} ({free // workers / GIB:.1f} GiB per worker)"
+
+
+def memory_limit(params: Params) -> tuple[int, str]:
+    """What one unit may use, and where that limit comes from (``_device_limit``), never more
+    than ``UNIVERSAL_NEURONS_MEMORY_GB`` when it is set."""
+    limit, source = _device_limit(params)
+    configured = configured_memory_limit()
+    if configured is not None and (not limit or configured[0] < limit):
+        return configured
+    return limit, source
 
 
 def check_memory(params: Params, shape: GroupShape) -> dict[str, int]:

@@ -78,6 +78,18 @@ class Unit:
         return f"{self.a}__{self.b}__n{r0}-{r1}__s{s0}-{s1}"
 
 
+def check_token_shards(token_shards: int, n_sequences: int, batch_size: int) -> int:
+    """The analysis set's batches; stop unless ``token_shards`` is 1 to that many (a shard
+    holds whole batches). The one check of both ``correlate`` and ``plan``."""
+    n_batches = -(-n_sequences // batch_size)
+    if not 1 <= token_shards <= n_batches:
+        raise UserError(
+            f"correlate.token_shards: expected 1 to {n_batches} (the analysis set has "
+            f"{n_batches} batches of {batch_size} sequences), got {token_shards}"
+        )
+    return n_batches
+
+
 def plan_units(
     names: list[str],
     n_neurons: int,
@@ -92,12 +104,7 @@ def plan_units(
     number of contiguous sequence ranges, as equal as possible in whole batches of
     ``batch_size`` sequences.
     """
-    n_batches = -(-n_sequences // batch_size)
-    if not 1 <= token_shards <= n_batches:
-        raise UserError(
-            f"correlate.token_shards: expected 1 to {n_batches} (the analysis set has "
-            f"{n_batches} batches of {batch_size} sequences), got {token_shards}"
-        )
+    n_batches = check_token_shards(token_shards, n_sequences, batch_size)
     bounds = [round(i * n_batches / token_shards) for i in range(token_shards + 1)]
     shards = [(b0 * batch_size, min(b1 * batch_size, n_sequences)) for b0, b1 in pairwise(bounds)]
     block = neuron_block or n_neurons

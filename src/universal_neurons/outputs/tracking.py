@@ -20,6 +20,8 @@ under ``.dvc/tmp/exps/``: DVC passes the parent root to every stage as ``DVC_ROO
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 import subprocess
@@ -264,10 +266,47 @@ def _log_contents(
             client.log_artifact(run_id, str(path), where)
 
 
+def relocate_artifacts(uri: str, experiment_id: str) -> None:
+    """Point the experiment (and its runs) at the ``mlartifacts/`` beside its SQLite store.
+
+    MLflow records an experiment's artifact location as an absolute ``file://`` URI; a store
+    copied or moved with its repository still names the original tree, and a run logged in
+    the copy would write its artifacts there. Called before every run: a location that is
+    not the one beside the store now (and was one beside a store, ``.../mlartifacts``) is
+    replaced, and every run's artifact URI under it is moved along (the artifacts came with
+    the copy). Other stores and locations the user chose are left alone.
+    """
+    import sqlite3
+
+    wanted = artifact_location(uri)
+    if wanted is None:
+        return
+    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        row = connection.execute(
+            "SELECT artifact_location FROM experiments WHERE experiment_id = ?",
+            (int(experiment_id),),
+        ).fetchone()
+        old = row[0] if row else None
+        if not old or old == wanted or not old.rstrip("/").endswith("/" + ARTIFACTS_DIR):
+            return
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+            (wanted, int(experiment_id)),
+        )
+        connection.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+            "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+            (wanted, len(old) + 1, int(experiment_id), len(old) + 1, old + "/"),
+        )
+
+
 def _create_run(client: Any, experiment: str, uri: str, run_name: str) -> tuple[str, str]:
-    """``(experiment id, run id)`` of a new run of ``experiment`` in the store ``uri``."""
+    """``(experiment id, run id)`` of a new run of ``experiment`` in the store ``uri`` (its
+    artifacts beside the store, ``relocate_artifacts``)."""
     try:
         experiment_id = _experiment_id(client, experiment, uri)
+        relocate_artifacts(uri, experiment_id)
         return experiment_id, client.create_run(experiment_id, run_name=run_name).info.run_id
     except Exception as exc:
         raise TrackingError(f"MLflow store {uri}: cannot create a run ({exc})") from exc
@@ -385,6 +424,27 @@ def ui_command(host: str, port: int, uri: str, root: Path) -> list[str]:
     return command
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """Stop unless the UI can listen on ``host:port``: a port of 1 to 65535 (0 would let the
+    system pick one the printed address could not name), a host this machine has (IPv4 or
+    IPv6), a port that is free; the message names the option at fault."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port: expected a port from 1 to 65535, got {port}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"--host: {host!r} is not an address of this machine ({exc})") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise UserError(
+                    f"--port: cannot listen on {host}:{port} ({exc}); pick another port"
+                ) from None
+            raise UserError(f"--host: cannot listen on {host} ({exc})") from None
+
+
 def serve_ui(
     host: str, port: int, echo: Callable[[str], None] = print, root: Path | None = None
 ) -> int:
@@ -400,14 +460,11 @@ def serve_ui(
         address = tracking_ui.server_experiment_url(uri, experiment_name())
         echo(f"MLflow UI: {address} (MLFLOW_TRACKING_URI names a running server)")
         return 0
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise UserError(
-                f"--port: cannot listen on {host}:{port} ({exc}); pick another port"
-            ) from None
-    address = tracking_ui.local_experiment_url(f"http://{host}:{port}", uri, experiment_name())
+    check_listen_address(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    address = tracking_ui.local_experiment_url(
+        f"http://{shown_host}:{port}", uri, experiment_name()
+    )
     echo(f"MLflow UI: {address}  (store: {uri}; Ctrl+C stops it)")
     process = subprocess.Popen(ui_command(host, port, uri, root), cwd=root)
     try:

@@ -167,7 +167,38 @@ def correlate_summary(params: Params, layout: Layout) -> CorrelateSummary:
     return summary
 
 
+def check_model_of_folder(path: Path, summary: Provenance, name: str) -> None:
+    """A per-model output (``data/collect/seed1``) must name the model of its folder: an
+    output copied or moved from another model's folder is refused, not read as this one's.
+    (The check is by name: the outputs record the model's name, not a hash of its weights.)"""
+    if summary.model != name:
+        raise StaleInputError(
+            f"{path}: made for model {summary.model!r}, but it lies in the folder of {name}; "
+            f"rerun its stage for {name} (was another model's output copied here?)"
+        )
+
+
+def check_trained_model_of_folder(layout: Layout, seed: int) -> None:
+    """A trained model's folder (``models/seed1``) must hold the model of its seed, as its
+    ``training.json`` records it: a model copied from another seed's folder is refused."""
+    path = layout.model(seed) / "training.json"
+    if not path.is_file():
+        return  # a fetched member, or no model at all: the model's loader names that
+    recorded = read_json(path)
+    trained = recorded.get("seed") if isinstance(recorded, dict) else None
+    if trained != seed:
+        raise StaleInputError(
+            f"{path}: the model was trained with seed {trained!r}, but it lies in the folder "
+            f"of seed {seed}; retrain {model_name(seed)} (was another seed's model copied here?)"
+        )
+
+
 def collect_summaries(params: Params, layout: Layout) -> dict[Path, Provenance]:
-    """``{file: Provenance}`` of collect's output of every model of ``train.seeds``."""
-    paths = [layout.summary("collect", seed) for seed in params.train.seeds]
-    return {path: summary_of(path) for path in paths}
+    """``{file: Provenance}`` of collect's output of every model of ``train.seeds``, each
+    checked to be about the model of its folder (``check_model_of_folder``)."""
+    found = {}
+    for seed in params.train.seeds:
+        path = layout.summary("collect", seed)
+        found[path] = summary_of(path)
+        check_model_of_folder(path, found[path], model_name(seed))
+    return found

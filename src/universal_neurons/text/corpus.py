@@ -147,7 +147,8 @@ def local_documents(path: Path) -> Iterator[str]:
     if path.suffix == ".txt":
         yield from (block.strip() for block in re.split(r"\n\s*\n", content) if block.strip())
         return
-    for number, line in enumerate(content.splitlines(), start=1):
+    # A byte-order mark (Windows editors write one) is no part of the first JSON line.
+    for number, line in enumerate(content.removeprefix("\ufeff").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -171,7 +172,7 @@ def parse_hf_source(source: str) -> tuple[str, str, int]:
     if (
         len(parts) not in (2, 3)
         or not all(parts[:2])
-        or (len(parts) == 3 and not parts[2].isdigit())
+        or (len(parts) == 3 and not (parts[2].isascii() and parts[2].isdigit()))
     ):
         raise CorpusError(
             f"corpus.sources: {source!r}: expected hf:NAME:SPLIT or hf:NAME:SPLIT:N "

@@ -31,6 +31,7 @@ from universal_neurons.matching.plan import (
     unit_memory,
     work_plan,
 )
+from universal_neurons.matching.units import check_token_shards
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 
@@ -109,6 +110,8 @@ def run(
     its lines at (``TERMINAL_WIDTH``; ``None`` with ``wide``)."""
     shape = group_shape(params, layout)
     n_tokens = token_count(params, layout, tokens)
+    sequences = -(-n_tokens // shape.context)
+    check_token_shards(params.correlate.token_shards, sequences, params.analysis.batch_size)
     plan = work_plan(params, shape)
     rates = _rates(params, products_tflops, float64_tflops)
     units, lanes = unit_count(shape, plan), _parallel(params, parallel)
