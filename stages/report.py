@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from universal_neurons.io import atomic_outputs
+from universal_neurons.io import atomic_outputs, read_json
 from universal_neurons.outputs.neuron_page import NEURONS_DIR, write_group_pages
 from universal_neurons.outputs.report import (
     ReportSources,
@@ -76,9 +76,18 @@ def write_neuron_pages(params: Params, layout: Layout, sources: ReportSources, o
     return len(rows)
 
 
+def check_documents(sources: ReportSources) -> None:
+    """Read the results documents the report quotes before anything else: a broken one stops
+    the stage at once, not after minutes of neuron pages (a missing one is left out later)."""
+    for path in (sources.universality_metrics, sources.stats_metrics, sources.families_metrics):
+        if path.exists():
+            read_json(path)
+
+
 def run(params: Params, layout: Layout) -> dict:
     """Render the report (with the neuron pages) and write the training summary metrics."""
     sources = report_sources(layout, params.train.seeds)
+    check_documents(sources)
     with atomic_outputs() as outputs:  # the three outputs change together or not at all
         summary = training_summary(sources.model_dirs)
         outputs.write_json(layout.result("training.json"), summary)

@@ -125,6 +125,20 @@ def _remove(*parts: str):
     return setup
 
 
+def _symlink(relative: str, to: str):
+    """``relative`` moved to ``to`` beside it, and made a symbolic link to it (as a user
+    who moved an output to another disk)."""
+
+    def setup(root: Path) -> None:
+        path = root / relative
+        if path.exists():
+            path.rename(path.parent / to)
+        (path.parent / to).mkdir(parents=True, exist_ok=True)
+        path.symlink_to(to)
+
+    return setup
+
+
 def _write(relative: str, content: bytes):
     def setup(root: Path) -> None:
         path = root / relative
@@ -764,6 +778,23 @@ CASES = [
         "them (dvc repro)",
         needs_analysis=True,
         setup=_rerun("collect", 3, analysis={"max_sequences": 100}),
+    ),
+    Case(
+        "universality-output-is-a-symlink",
+        ["universality"],
+        "data/universality: a symbolic link (to elsewhere); a stage replaces its output whole, which "
+        "would replace the link instead of writing where it points: remove the link (a DVC "
+        "output is a folder or file of its own)",
+        needs_analysis=True,
+        setup=_symlink("data/universality", "elsewhere"),
+    ),
+    Case(
+        "report-truncated-universality-results",
+        ["report"],
+        "results/universality.json: not valid JSON (Expecting property name enclosed in double "
+        "quotes: line 1 column 13 (char 12))",
+        needs_analysis=True,
+        setup=_write("results/universality.json", b'{"models": {'),
     ),
     Case(
         "baseline-after-collect-with-other-sequences",

@@ -181,6 +181,12 @@ class _Staged:
 
     def __init__(self, target: str | Path, suffix: str = "") -> None:
         self.target = Path(target)
+        if self.target.is_symlink():
+            raise OutputError(
+                f"{self.target}: a symbolic link (to {os.readlink(self.target)}); a stage "
+                "replaces its output whole, which would replace the link instead of writing "
+                f"where it points: remove the link (a DVC output is a folder or file of its own)"
+            )
         self.created = _check_writable(self.target)
         _clean_stale(self.target)
         self.temp = Path(
