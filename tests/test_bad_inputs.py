@@ -1061,6 +1061,27 @@ CASES = [
         needs_analysis=True,
     ),
     Case(
+        "neuron-with-a-truncated-universality-table",
+        ["neuron", "seed1", "0.1"],
+        "data/universality/seed1.parquet: not a readable parquet file (Parquet magic bytes not "
+        "found in footer. Either the file is corrupted or this is not a parquet file.); rerun "
+        "the universality stage or restore it with `dvc checkout`",
+        needs_analysis=True,
+        setup=lambda root: (root / "data/universality/seed1.parquet").write_bytes(
+            (root / "data/universality/seed1.parquet").read_bytes()[:300]
+        ),
+    ),
+    Case(
+        "neuron-with-a-truncated-model-config",
+        ["neuron", "seed1", "0.1"],
+        "models/seed1/config.json: not valid JSON (Unterminated string starting at: line 2 "
+        "column 26 (char 27))",
+        needs_models=True,
+        setup=lambda root: (root / "models/seed1/config.json").write_bytes(
+            (root / "models/seed1/config.json").read_bytes()[:28]
+        ),
+    ),
+    Case(
         "truncated-within-layer-covariance",
         ["baseline"],
         "data/collect/seed2/within_layer_cov.npy: not a readable .npy array (Failed to read "
@@ -1079,6 +1100,20 @@ CASES = [
         "usable store or unset it (the default is the project's own mlruns.db)",
         setup=_write("blocker", b"a file\n"),
         env={"MLFLOW_TRACKING_URI": "blocker/mlruns"},
+    ),
+    Case(
+        "exps-with-a-corrupt-dvc-lock",
+        ["exps"],
+        "dvc.lock: not valid YAML at line 4; restore it: git checkout dvc.lock",
+        setup=_write("dvc.lock", b"schema: '2.0'\nstages: [\n  validate:\n"),
+        params_option=False,
+    ),
+    Case(
+        "mlflow-store-that-is-not-a-database",
+        ["log"],
+        "mlruns.db: not a SQLite database, so not an MLflow store; move it away (the next run "
+        "starts a new store there) or set MLFLOW_TRACKING_URI to another store",
+        setup=_write("mlruns.db", b"my notes, not a database\n"),
     ),
     Case(
         "tracking-uri-with-unknown-scheme",

@@ -90,7 +90,9 @@ def tracking_uri(root: Path | None = None) -> str:
     configured = os.environ.get("MLFLOW_TRACKING_URI")
     if configured:
         return check_tracking_uri(configured)
-    return default_tracking_uri(root or project_root())
+    uri = default_tracking_uri(root or project_root())
+    check_sqlite_file(Path(uri.removeprefix("sqlite:///")))
+    return uri
 
 
 URI_TIMEOUT_S = 5.0
@@ -133,6 +135,27 @@ def _check_server(uri: str, timeout_s: float) -> None:
         ) from None
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(database: Path) -> None:
+    """A SQLite store's file, where it exists, is a SQLite database (not, say, a file that
+    took its name): else one line naming it, instead of sqlite3's traceback."""
+    if not database.is_file() or database.stat().st_size == 0:
+        return
+    with database.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        try:
+            shown = database.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            shown = database
+        raise TrackingError(
+            f"{shown}: not a SQLite database, so not an MLflow store; move it away (the next "
+            "run starts a new store there) or set MLFLOW_TRACKING_URI to another store"
+        )
+
+
 def check_tracking_uri(uri: str, timeout_s: float = URI_TIMEOUT_S) -> str:
     """``uri`` unchanged when MLflow can use it: a local path or ``file:`` URI whose folder
     can exist, a ``sqlite:///`` file whose folder can exist, an ``http(s)://`` server that
@@ -144,7 +167,9 @@ def check_tracking_uri(uri: str, timeout_s: float = URI_TIMEOUT_S) -> str:
     if scheme in ("", "file"):
         _check_store_path(uri, Path(parsed.path if scheme else uri).expanduser())
     elif scheme == "sqlite":
-        _check_store_path(uri, Path(uri.split(":///", 1)[-1]).expanduser().parent)
+        database = Path(uri.split(":///", 1)[-1]).expanduser()
+        _check_store_path(uri, database.parent)
+        check_sqlite_file(database)
     elif scheme in ("http", "https"):
         _check_server(uri, timeout_s)
     elif not scheme.startswith(_DATABASE_SCHEMES):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import click
+import yaml
 
 from universal_neurons.errors import UserError
 from universal_neurons.pipeline.command import Command
@@ -27,8 +29,24 @@ def exp_show_command(output_format: str | None) -> list[str]:
     return command + ([f"--{output_format}"] if output_format else [])
 
 
+def check_lock(lock: Path) -> None:
+    """``dvc.lock``, where it exists, is a YAML mapping: DVC shows a corrupt one as a blank
+    row and exits 0."""
+    if not lock.is_file():
+        return
+    try:
+        content = yaml.safe_load(lock.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"{lock}: not valid YAML{at}; restore it: git checkout {lock}") from None
+    if not isinstance(content, dict) or "stages" not in content:
+        raise UserError(f"{lock}: holds no stages; restore it: git checkout {lock}")
+
+
 def run(layout: Layout, output_format: str | None) -> None:
     """Print the experiments table of the repository at ``layout.root``."""
+    check_lock(layout.dvc_files[1])
     if shutil.which("dvc") is None:
         raise UserError("exps: the dvc command is not on PATH (activate the project's .venv)")
     done = subprocess.run(exp_show_command(output_format), cwd=layout.root)

@@ -19,6 +19,7 @@ from universal_neurons.description.neuron_profile import (
     PageSettings,
     check_neuron,
 )
+from universal_neurons.io import read_json, read_parquet
 from universal_neurons.models.loading import config_shape
 from universal_neurons.outputs.neuron_view import neuron_page
 from universal_neurons.pipeline.command import Command
@@ -63,6 +64,18 @@ def resolve_model(name: str, seeds: list[int], layout: Layout) -> tuple[str, Pat
     )
 
 
+def check_tables(sources: NeuronSources) -> None:
+    """Every table the page reads that exists is a readable parquet file (one line naming a
+    broken one, before the pass over the tokens)."""
+    for path, stage in (
+        (sources.stats_table, "stats"),
+        (sources.universality_table, "universality"),
+        (sources.family_table, "classify"),
+    ):
+        if path.is_file():
+            read_parquet(path, stage)
+
+
 def run(
     params: Params,
     layout: Layout,
@@ -81,6 +94,7 @@ def run(
         layout.root, params=layout.params, tokens=tokens_dir, models=models_dir, data=data_dir
     )
     label, path = resolve_model(model, params.train.seeds, layout)
+    read_json(path / "config.json")  # a broken one: one line naming it
     layer, index = check_neuron(neuron, *config_shape(path), label)
     sources = NeuronSources(
         label=label,
@@ -91,6 +105,7 @@ def run(
         family_table=layout.table("families", label),
         syntax_dir=layout.stage_dir("syntax"),
     )
+    check_tables(sources)
     analysis = params.analysis
     if max_sequences is not None:
         analysis = analysis.model_copy(update={"max_sequences": max_sequences})
