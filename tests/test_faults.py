@@ -394,3 +394,20 @@ def test_a_stage_whose_metrics_folder_is_in_the_way_changes_no_output(
         "expected a directory\n"
     )
     assert snapshot(root) == before
+
+
+def test_a_full_disk_during_log_is_one_line_and_leaves_no_store(tmp_path):
+    """``ulimit -f`` under MLflow's SQLite store: SQLite's failed write (a "disk I/O error"
+    deep in SQLAlchemy) becomes one line, and the store this run began is removed."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_params(root, tiny_params_dict())
+    before = snapshot(root)
+    done = _cli(root, "log", limit_bytes=64 * 1024, MLFLOW_TRACKING_URI="")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: log: MLflow could not write the run ((sqlite3.OperationalError) disk I/O "
+        "error): the disk is full or a file size limit (ulimit -f) was reached; free space "
+        "and rerun (tracking/run.json is unchanged)"
+    )
+    assert snapshot(root) == before

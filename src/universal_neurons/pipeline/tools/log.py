@@ -10,6 +10,7 @@ run that ``tracking/run.json`` names, as in a fresh clone.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import click
 import yaml
 
-from universal_neurons.io import read_json, write_json
+from universal_neurons.io import OutputError, read_json, write_json
 from universal_neurons.outputs.tracking import (
     RunInputs,
     find_run,
@@ -120,9 +121,41 @@ def ensure(params: Params, layout: Layout) -> dict:
     return {**record, "logged": True}
 
 
+STORE_FULL_TEXTS = ("database or disk is full", "disk I/O error", "No space left", "too large")
+"""How SQLite (through MLflow and SQLAlchemy) and the artifact copy say a write failed for
+lack of space (``ulimit -f`` makes SQLite's writes fail as "disk I/O error")."""
+
+
+def _out_of_space(exc: Exception) -> bool:
+    full = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    return (isinstance(exc, OSError) and exc.errno in full) or any(
+        text in str(exc) for text in STORE_FULL_TEXTS
+    )
+
+
+def _store_file(layout: Layout) -> Path | None:
+    """The SQLite file of the store this run goes to (None: another kind of store)."""
+    uri = tracking_uri(project_root(layout.root))
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def run(params: Params, layout: Layout, if_missing: bool = False) -> dict:
-    """Log the pipeline state (``if_missing``: only if this store lacks its run)."""
-    return ensure(params, layout) if if_missing else log_state(params, layout)
+    """Log the pipeline state (``if_missing``: only if this store lacks its run). A write
+    that fails for lack of space is one line; a store this call created is removed then."""
+    store = _store_file(layout)
+    existed = store is None or store.exists()
+    try:
+        return ensure(params, layout) if if_missing else log_state(params, layout)
+    except Exception as exc:
+        if not _out_of_space(exc):
+            raise
+        if not existed:
+            store.unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise OutputError(
+            f"log: MLflow could not write the run ({reason}): the disk is full or a file size "
+            "limit (ulimit -f) was reached; free space and rerun (tracking/run.json is unchanged)"
+        ) from None
 
 
 COMMAND = Command(
