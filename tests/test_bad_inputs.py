@@ -125,6 +125,17 @@ def _remove(*parts: str):
     return setup
 
 
+def _member_with_tokenizer(name: str, tokenizer_json: bytes):
+    """``members/<name>``: a copy of the tiny model of seed 1 with this ``tokenizer.json``."""
+
+    def setup(root: Path) -> None:
+        member = root / "members" / name
+        shutil.copytree(root / "models" / "seed1", member)
+        (member / "tokenizer.json").write_bytes(tokenizer_json)
+
+    return setup
+
+
 def _symlink(relative: str, to: str):
     """``relative`` moved to ``to`` beside it, and made a symbolic link to it (as a user
     who moved an output to another disk)."""
@@ -815,6 +826,18 @@ CASES = [
         setup=_rerun("correlate", analysis={"exclude_ids": [5]}),
     ),
     # ---- a stage never writes over its own input
+    Case(
+        "fetch-member-with-an-empty-tokenizer-json",
+        ["fetch", "--seed", "1"],
+        "members/a/tokenizer.json: not a usable tokenizer (KeyError: 'added_tokens'); repair "
+        "or remove it (a member without one needs tokenizer.path)",
+        params=tiny_params_dict(
+            group={"preset": "custom", "models": {"a": "members/a", "b": "members/b"}},
+            train={"seeds": [1, 2]},
+        ),
+        needs_models=True,
+        setup=_member_with_tokenizer("a", b"{}"),
+    ),
     Case(
         "fetch-member-is-its-own-output",
         ["fetch", "--seed", "1"],

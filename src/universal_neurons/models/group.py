@@ -14,7 +14,7 @@ from pathlib import Path
 
 from universal_neurons.config import GroupConfig
 from universal_neurons.errors import UserError
-from universal_neurons.models.loading import resolve_model_source
+from universal_neurons.models.loading import ModelLoadError, resolve_model_source
 from universal_neurons.text.tokens import MIN_VOCAB
 
 PRESETS: dict[str, list[str]] = {
@@ -91,7 +91,16 @@ def _usable_tokenizer(auto_tokenizer, source: str):
     one (fewer than ``MIN_VOCAB`` entries): then ``tokenizer.path`` must name another."""
     try:
         tokenizer = auto_tokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError):
+    except Exception as exc:  # transformers and tokenizers raise many kinds for a broken file
+        tokenizer_file = Path(source) / "tokenizer.json"
+        if tokenizer_file.is_file():
+            if tokenizer_file.is_relative_to(Path.cwd()):  # named as the user gave it
+                tokenizer_file = tokenizer_file.relative_to(Path.cwd())
+            raise ModelLoadError(
+                f"{tokenizer_file}: not a usable tokenizer ({type(exc).__name__}: "
+                f"{str(exc)[:120]}); repair or remove it (a member without one needs "
+                "tokenizer.path)"
+            ) from None
         return None
     return tokenizer if len(tokenizer) >= MIN_VOCAB else None
 
