@@ -83,6 +83,8 @@ def test_the_documented_steps_add_a_stage_that_runs(tmp_path, tiny_analysis, tin
     assert _run([sys.executable, "-c", WIRING], root).strip() == ""
     deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["universal_count"]["deps"]
     assert "stages/universal_count.py" in deps and "src/universal_neurons/io.py" in deps
+    log_deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["log"]["deps"]
+    assert "results/universal_count.json" in log_deps  # the MLflow run keeps every result
     _run(["git", "init", "-q"], root)
     listed = _run([BIN / "dvc", "stage", "list", "--name-only"], root).split()
     assert "universal_count" in listed

@@ -285,7 +285,7 @@ def test_dvc_repro_runs_syntax_and_classify(classified, tmp_path):
 
     work = tmp_path / "repo"
     work.mkdir()
-    for name in ("dvc.yaml", "src"):
+    for name in ("dvc.yaml", "src", "stages"):
         copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy
         copy(REPO_ROOT / name, work / name)
     shutil.copy(classified["params_file"], work / "params.yaml")
