@@ -687,7 +687,7 @@ def test_findings_cli_reads_the_stage_metrics(stage_outputs, tmp_path):
 @pytest.mark.slow
 def test_dvc_repro_runs_the_stats_stage(stage_inputs, tmp_path):
     repo = tmp_path / "repo"
-    for part in ("src", "dvc.yaml", "pyproject.toml"):
+    for part in ("src", "stages", "dvc.yaml", "pyproject.toml"):
         source = REPO_ROOT / part
         (shutil.copytree if source.is_dir() else shutil.copy)(source, repo / part)
     (repo / "params.yaml").write_text(json.dumps(tiny_params_dict(stats={"alpha": 0.05})))
