@@ -1223,7 +1223,7 @@ def _program(name: str) -> list[str]:
     """How a user starts ``name``: a stage's file, or the ``universal-neurons`` tool."""
     from stages import stage_names
 
-    return [f"python stages/{name}.py"] if name in stage_names() else ["universal-neurons", name]
+    return [f"python -P stages/{name}.py"] if name in stage_names() else ["universal-neurons", name]
 
 
 def markdown_table(cases: list[Case] = CASES) -> str:
