@@ -7,34 +7,26 @@ The last stage; ``tracking/run.json`` says which run holds this state. The work 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from universal_neurons.pipeline.command import ALL_PARAMS, Out, Stage
 from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.pipeline.tools import log as log_tool
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-def _other_stages() -> list[Stage]:
-    """Every other stage file's declaration (the files beside this one; imported only when the
-    inputs are asked for, by the wiring check and the tests, never when the stage runs)."""
-    found = []
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        name = f"stages.{path.stem}"
-        if path.stem in ("__init__", "log"):
-            continue
-        if name not in sys.modules:
-            spec = importlib.util.spec_from_file_location(name, path)
-            sys.modules[name] = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(sys.modules[name])
-        found.append(sys.modules[name].COMMAND)
-    return found
+    from universal_neurons.pipeline.layout import Layout
 
 
-def _inputs(layout) -> list[Path]:
-    """What the run keeps of every other stage's outputs (``log_tool.logged_outputs``)."""
-    declared = [out.path for stage in _other_stages() for out in stage.declared_outputs(layout)]
+def _inputs(layout: Layout) -> list[Path]:
+    """What the run keeps of every other stage's outputs (``log_tool.logged_outputs``). Asked
+    for by the wiring check, the preset generator and the tests, which import ``stages``; never
+    when the stage runs (``python -P`` puts no ``stages`` on the import path)."""
+    from stages import all_stages
+
+    others = [stage for stage in all_stages() if stage.name != "log"]
+    declared = [out.path for stage in others for out in stage.declared_outputs(layout)]
     return log_tool.logged_outputs(layout, declared)
 
 
