@@ -85,11 +85,14 @@ def run_inputs(layout: Layout, seeds: list[int]) -> RunInputs:
     )
 
 
-def log_state(params: Params, layout: Layout, write_record: bool = True) -> dict:
-    """Log params, metrics, curves, tags and artifacts as one MLflow run; return its record."""
+def log_state(
+    params: Params, layout: Layout, write_record: bool = True, uri: str | None = None
+) -> dict:
+    """Log params, metrics, curves, tags and artifacts as one MLflow run into the store ``uri``
+    (default: ``tracking_uri``); return its record."""
     raw = yaml.safe_load(Path(layout.params).read_text(encoding="utf-8"))  # the file's own keys
     own_output = str(Layout().run_record)  # as dvc.lock names it
-    uri = tracking_uri(project_root(layout.root))
+    uri = uri or tracking_uri(project_root(layout.root))
     record = log_run(
         run_inputs(layout, params.train.seeds), raw, uri=uri, exclude_outputs=[own_output]
     )
@@ -99,7 +102,7 @@ def log_state(params: Params, layout: Layout, write_record: bool = True) -> dict
     return portable
 
 
-def ensure(params: Params, layout: Layout) -> dict:
+def ensure(params: Params, layout: Layout, uri: str | None = None) -> dict:
     """Make sure the current store holds a run of this state; log one if it does not.
 
     A fresh clone restores ``tracking/run.json`` from git, so ``dvc repro`` finds the ``log``
@@ -107,15 +110,16 @@ def ensure(params: Params, layout: Layout) -> dict:
     the state into the local store, tagged ``log.stands_for_run`` = the recorded run id,
     without rewriting ``tracking/run.json`` (which would make ``dvc status`` report a change).
     Calling it again finds that run and logs nothing. Returns the record and ``logged``.
+    ``uri``: the store (default: ``tracking_uri``).
     """
     record_path = layout.run_record
     recorded = read_json(record_path)["run_id"] if record_path.is_file() else None
-    uri = tracking_uri(project_root(layout.root))
+    uri = uri or tracking_uri(project_root(layout.root))
     if recorded is not None:
         existing = find_run(uri, recorded)
         if existing is not None:
             return {**existing, "logged": False}
-    record = log_state(params, layout, write_record=recorded is None)
+    record = log_state(params, layout, write_record=recorded is None, uri=uri)
     if recorded is not None:
         set_run_tag(uri, record["run_id"], "log.stands_for_run", recorded)
     return {**record, "logged": True}
@@ -133,19 +137,19 @@ def _out_of_space(exc: Exception) -> bool:
     )
 
 
-def _store_file(layout: Layout) -> Path | None:
-    """The SQLite file of the store this run goes to (None: another kind of store)."""
-    uri = tracking_uri(project_root(layout.root))
+def _store_file(uri: str) -> Path | None:
+    """The SQLite file of the store ``uri`` (None: another kind of store)."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def run(params: Params, layout: Layout, if_missing: bool = False) -> dict:
     """Log the pipeline state (``if_missing``: only if this store lacks its run). A write
     that fails for lack of space is one line; a store this call created is removed then."""
-    store = _store_file(layout)
+    uri = tracking_uri(project_root(layout.root))  # resolved and checked once
+    store = _store_file(uri)
     existed = store is None or store.exists()
     try:
-        return ensure(params, layout) if if_missing else log_state(params, layout)
+        return ensure(params, layout, uri) if if_missing else log_state(params, layout, uri=uri)
     except Exception as exc:
         if not _out_of_space(exc):
             raise
