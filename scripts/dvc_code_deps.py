@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +32,14 @@ def closure_lines(stage: str, base: Path, indent: str) -> list[str]:
     return [f"{indent}- {name}" for name in files]
 
 
+@cache
+def _stages_by_name() -> dict:
+    return {stage.name: stage for stage in all_stages()}
+
+
 def declared_data(stage: str) -> list[str] | None:
     """The data deps the declaration of ``stage`` wants in the repository's ``dvc.yaml``."""
-    found = {s.name: s for s in all_stages()}.get(stage)
+    found = _stages_by_name().get(stage)
     if found is None:
         return None
     layout = Layout()
