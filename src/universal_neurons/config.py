@@ -25,7 +25,24 @@ Products = Literal["float64", "float32", "bfloat16"]
 """Precision of the per-batch products of the correlation (accumulation is always float64)."""
 BaselineKind = Literal["rotation", "gaussian_rows"]
 Executor = Literal["inline", "local", "slurm"]
-GroupPreset = Literal["trained", "gpt2-small", "gpt2-medium", "pythia-160m", "custom"]
+GroupPreset = Literal[
+    "trained",
+    "gpt2-small",
+    "gpt2-medium",
+    "pythia-160m",
+    "polypythia-14m",
+    "polypythia-31m",
+    "polypythia-70m",
+    "polypythia-160m",
+    "polypythia-410m",
+    "polypythia-160m-data-seed",
+    "polypythia-160m-weight-seed",
+    "custom",
+]
+"""``trained``: the train stage's models; ``custom``: ``group.models``; the others are the
+paper's and PolyPythia's seed groups (``models.group.PRESETS``)."""
+Ablation = Literal["mean", "zero"]
+NullGroup = Literal["untrained", "none"]
 BASELINE_KINDS: tuple[str, ...] = get_args(BaselineKind)
 PRODUCTS: tuple[str, ...] = get_args(Products)
 EXECUTORS: tuple[str, ...] = get_args(Executor)
@@ -421,6 +438,63 @@ class EmergenceConfig(_Section):
     max_sequences: Annotated[int, Field(ge=0, le=MAX_SEQUENCES)] = 1000
 
 
+class EffectsConfig(_Section):
+    """What a neuron does (effects stage; SPEC "What a neuron does"), on the held-out tokens.
+
+    ``ablation``: a neuron's post-activation is replaced by its mean over the analysis tokens
+    (``mean``) or by 0 (``zero``). ``max_sequences``: held-out sequences measured (0 = all);
+    ``batch_size``: sequences per forward pass; ``neuron_batch``: neurons ablated in one
+    forward pass (copies of the batch, memory ~ neuron_batch x batch_size x context x vocab
+    x 4 bytes). ``controls``: matched control neurons per universal neuron (same layer, not
+    universal, same decile of activation frequency and of output weight norm), drawn with
+    ``seed``. ``top_tokens`` / ``top_downstream``: vocabulary tokens, later neurons and heads
+    listed per neuron. Roles from the weights: an *entropy* neuron has at least
+    ``entropy_null_fraction`` of its squared output norm in the ``null_space_dims``
+    smallest singular directions of the unembedding and an output norm at or above the
+    layer's ``entropy_norm_quantile``; an *attention (de)activation* neuron changes a later
+    head's attention logit to position 0 by more than ``attention_score`` per unit of its
+    activation's standard deviation.
+    """
+
+    ablation: Ablation = "mean"
+    max_sequences: Annotated[int, Field(ge=0, le=MAX_SEQUENCES)] = 256
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 16
+    neuron_batch: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 16
+    controls: Annotated[int, Field(gt=0, le=1000)] = 4
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    top_tokens: Annotated[int, Field(gt=0, le=1000)] = 10
+    top_downstream: Annotated[int, Field(gt=0, le=1000)] = 5
+    null_space_dims: Annotated[int, Field(gt=0, le=MAX_WIDTH)] = 8
+    entropy_null_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    entropy_norm_quantile: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    attention_score: Annotated[float, Field(gt=0.0)] = 1.0
+    device: Device = "cpu"
+
+
+class UncertaintyConfig(_Section):
+    """How sure each number is (uncertainty stage; SPEC "Uncertainty").
+
+    The analysis sequences are cut into ``blocks`` contiguous blocks; each of ``resamples``
+    resamples draws blocks with replacement (seeded by ``seed``) and one of
+    ``baseline_draws`` fresh rotation draws, and redoes the universality test. Per neuron
+    and partner only the ``candidates`` partner neurons (and rotated directions) of
+    highest correlation on the whole set are followed (per-neuron summaries: bounded
+    memory at any size). ``confidence``: level of the percentile intervals. Findings are
+    compared with the same selection on a null group: ``untrained`` (the group's models at
+    initialisation, measured on the first ``null_max_sequences`` analysis sequences; 0 =
+    ``analysis.max_sequences``) or ``none``.
+    """
+
+    resamples: Annotated[int, Field(gt=0, le=100_000)] = 200
+    blocks: Annotated[int, Field(ge=2, le=MAX_SEQUENCES)] = 20
+    candidates: Annotated[int, Field(gt=0, le=1000)] = 8
+    baseline_draws: Annotated[int, Field(gt=0, le=1000)] = 4
+    confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    null_group: NullGroup = "untrained"
+    null_max_sequences: Annotated[int, Field(ge=0, le=MAX_SEQUENCES)] = 1000
+
+
 class GroupConfig(_Section):
     """Which models form the group. ``trained``: the train stage's ``models/seed{s}``.
     A preset (``gpt2-small``, ``gpt2-medium``, ``pythia-160m``) or ``custom`` is put into
@@ -463,6 +537,8 @@ class Params(_Section):
     stats: StatsConfig = StatsConfig()
     families: FamiliesConfig = FamiliesConfig()
     emergence: EmergenceConfig = EmergenceConfig()
+    effects: EffectsConfig = EffectsConfig()
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
     group: GroupConfig = GroupConfig()
 
 

@@ -37,6 +37,15 @@ PRESETS: dict[str, list[str]] = {
         "EleutherAI/pythia-160m-seed2",
         "EleutherAI/pythia-160m-seed3",
     ],
+    # PolyPythia (van der Wal et al., 2025): nine seeds per size, the same data
+    **{
+        f"polypythia-{size}": [f"EleutherAI/pythia-{size}-seed{seed}" for seed in range(1, 10)]
+        for size in ("14m", "31m", "70m", "160m", "410m")
+    },
+    # Pythia-160m with only the data order (data-seed) or only the initialisation
+    # (weight-seed) changed: which of the two makes a neuron universal
+    "polypythia-160m-data-seed": [f"EleutherAI/pythia-160m-data-seed{s}" for s in (1, 2, 3)],
+    "polypythia-160m-weight-seed": [f"EleutherAI/pythia-160m-weight-seed{s}" for s in (1, 2, 3)],
 }
 
 
