@@ -22,6 +22,7 @@ from stages import (
     collect,
     correlate,
     emergence,
+    emergence_points,
     train,
     universality,
 )
@@ -131,7 +132,8 @@ def stage_run(tiny_group, tiny_tokens_dir, tmp_path_factory):
     correlate.run(params, layout, progress=False)
     baseline.run(params, layout)
     metrics = universality.run(params, layout)
-    rows = emergence.run(params, layout, progress=False)
+    emergence_points.run(params, layout, progress=False)
+    rows = emergence.run(params, layout)
     return {"root": root, "params": params, "metrics": metrics, "rows": rows, "models": models}
 
 

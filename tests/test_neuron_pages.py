@@ -104,6 +104,7 @@ def state(tiny_group, tiny_tokens_dir, tmp_path_factory):
         collect,
         correlate,
         emergence,
+        emergence_points,
         report,
         stats,
         syntax,
@@ -119,7 +120,8 @@ def state(tiny_group, tiny_tokens_dir, tmp_path_factory):
     correlate.run(params, layout, progress=False)
     baseline.run(params, layout)
     universality.run(params, layout)
-    emergence.run(params, layout, progress=False)  # first_universal_tokens of the stats table
+    emergence_points.run(params, layout, progress=False)
+    emergence.run(params, layout)  # first_universal_tokens of the stats table
     stats.run(params, layout)
     syntax.run(params, layout)
     classify.run(params, layout)

@@ -34,8 +34,8 @@ from universal_neurons.models.training import heldout_loss
 class GroupUniversality:
     """The universality test of one group of models.
 
-    ``tables``: per model, the neuron table (``universality.TABLE_COLUMNS``, one row per
-    neuron); ``summaries``: per model, ``universality.model_summary``; ``kept_positions``:
+    ``tables``: per model, the neuron table (``MEASURE_COLUMNS`` and ``is_universal``, one
+    row per neuron); ``summaries``: per model, ``universality.model_summary``; ``kept_positions``:
     token positions the statistics are taken over.
     """
 
@@ -53,8 +53,37 @@ class GroupUniversality:
         return median_over_live(self.tables.values(), column)
 
 
+MEASURE_COLUMNS = ["layer", "index", "dead", "mean_corr", "mean_baseline", "excess_corr"]
+"""The columns of a neuron table that do not depend on the threshold τ."""
+
+
+@dataclass(frozen=True)
+class GroupMeasures:
+    """The τ-independent part of the universality test of one group of models.
+
+    ``tables``: per model, ``MEASURE_COLUMNS`` (one row per neuron, layer-major);
+    ``n_layers``: MLP layers per model; ``kept_positions``: token positions measured.
+    """
+
+    tables: dict[str, pd.DataFrame]
+    n_layers: int
+    kept_positions: int
+
+    def at_threshold(self, threshold: float) -> GroupUniversality:
+        """The universality test at ``threshold``: ``is_universal`` = excess > threshold
+        (never for dead neurons, whose excess is NaN), as ``universality_table`` decides it."""
+        tables = {
+            name: table.assign(
+                is_universal=(table["excess_corr"] > threshold).fillna(False).astype(bool)
+            )
+            for name, table in self.tables.items()
+        }
+        summaries = {name: model_summary(t, self.n_layers) for name, t in tables.items()}
+        return GroupUniversality(tables, summaries, self.kept_positions)
+
+
 @torch.no_grad()
-def group_universality(
+def group_measures(
     models: dict[str, object],
     partner_ids: dict[str, int],
     tokens: np.ndarray,
@@ -64,10 +93,10 @@ def group_universality(
     device: str,
     baseline: BaselineConfig,
     dead_variance: float,
-    threshold: float,
     progress: bool = False,
-) -> GroupUniversality:
-    """collect + correlate + baseline + universality of ``models`` over ``tokens [sequences, pos]``.
+) -> GroupMeasures:
+    """collect + correlate + baseline of ``models`` over ``tokens [sequences, pos]``: every
+    neuron's mean correlation with its partners, mean baseline and excess (no threshold).
 
     ``models``: ``{name: loaded model}`` in the group's order; ``partner_ids``: the integer
     that seeds each model's baseline matrices (its training seed), as in the baseline stage.
@@ -83,9 +112,40 @@ def group_universality(
     )
     maxima, _ = pair_maxima(stats, dead_variance)
     baselines = group_baselines(stats.pairs.items(), partner_ids, within, baseline, dead_variance)
-    tables = {name: universality_table(maxima, baselines, name, threshold) for name in models}
-    summaries = {name: model_summary(table, stats.n_layers) for name, table in tables.items()}
-    return GroupUniversality(tables, summaries, stats.kept_positions)
+    tables = {
+        name: universality_table(maxima, baselines, name, np.inf)[MEASURE_COLUMNS]
+        for name in models
+    }
+    return GroupMeasures(tables, stats.n_layers, stats.kept_positions)
+
+
+def group_universality(
+    models: dict[str, object],
+    partner_ids: dict[str, int],
+    tokens: np.ndarray,
+    excluded_ids: np.ndarray,
+    batch_size: int,
+    products: str,
+    device: str,
+    baseline: BaselineConfig,
+    dead_variance: float,
+    threshold: float,
+    progress: bool = False,
+) -> GroupUniversality:
+    """``group_measures`` of ``models`` at the universality threshold ``threshold``."""
+    measures = group_measures(
+        models,
+        partner_ids,
+        tokens,
+        excluded_ids,
+        batch_size,
+        products,
+        device,
+        baseline,
+        dead_variance,
+        progress,
+    )
+    return measures.at_threshold(threshold)
 
 
 def heldout_losses(model_dirs: Mapping[str, Path], heldout: np.ndarray, device: str) -> dict:
