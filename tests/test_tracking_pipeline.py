@@ -464,3 +464,22 @@ def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
     )
     loss = diff["metrics/training.json"]["mean_heldout_loss"]
     assert loss["old"] != loss["new"] and loss["diff"] == pytest.approx(loss["new"] - loss["old"])
+
+
+TAU_STAGES = {"validate", "universality", "emergence", "stats", "classify", "report", "log"}
+"""The stages a new universality threshold reruns: those listing ``universality`` among their
+params and those downstream of their outputs. Never the measurement (collect, correlate,
+baseline, emergence_points) or the training."""
+
+
+def test_a_new_threshold_reruns_only_what_depends_on_it(tiny_repo, tmp_path):
+    """README's experiment example, `dvc exp run -S universality.threshold=...`, reruns the
+    τ-dependent stages only (issue 25): the measurement of every checkpoint stays cached."""
+    repo = tiny_repo["repo"]
+    env = pipeline_env(repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'tau.db'}")
+    command = ["dvc", "exp", "run", "--temp", "-n", "tau-0.4", "-S", "universality.threshold=0.4"]
+    output = run(repo, *command, env=env).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", output))
+    skipped = set(re.findall(r"Stage '([^']+)' didn't change, skipping", output))
+    assert ran == TAU_STAGES, output
+    assert {"collect@1", "correlate", "baseline", "emergence_points", "train"} <= skipped, output
