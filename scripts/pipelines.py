@@ -34,6 +34,7 @@ PRESET_STAGES = (
     "correlate",
     "baseline",
     "universality",
+    "one_to_one",
     "stats",
 )
 EXTRA_DEPS = {"tokenize": ["models/seed${train.seeds[0]}"]}
