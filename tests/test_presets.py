@@ -147,3 +147,26 @@ def test_plan_presets_prints_every_preset_within_120_columns(monkeypatch):
     for preset in PRESETS:
         assert any(line.startswith(preset + " ") for line in lines), preset
     assert textwrap.dedent(result.output).count("GiB") >= 2 * len(PRESETS)
+
+
+def test_fetching_an_unchanged_local_model_again_writes_the_same_bytes(tmp_path, tiny_tokens_dir):
+    """What ``always_changed`` relies on: a refetch of an unchanged member is byte-identical,
+    so DVC sees the same output hash and the later stages stay cached."""
+    from conftest import save_tiny_neox
+    from transformers import PreTrainedTokenizerFast
+
+    from universal_neurons.models.group import fetch_model
+
+    source = tmp_path / "checkpoint"
+    save_tiny_neox(source, seed=1)
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(tiny_tokens_dir / "tokenizer.json"), eos_token="<|endoftext|>"
+    ).save_pretrained(source)
+    first, second = tmp_path / "first", tmp_path / "second"
+    fetch_model("m1", str(source), first)
+    fetch_model("m1", str(source), second)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert "model.safetensors" in {str(f) for f in files}
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
