@@ -8,7 +8,8 @@ universality baseline (``one_to_one_excess``), ``is_one_to_one_universal`` (abov
 
 Writes ``data/one_to_one/seed{s}.parquet`` and ``summary.json``, ``results/one_to_one.json``
 (per model: % universal by max correlation and by one-to-one matching, % mutual with every
-partner, overlap counts; per pair: the assignment's time) and its headline
+partner, overlap counts; per pair: mean assigned correlation, fraction of mutual matches)
+and its headline
 ``metrics/one_to_one.json``. Above ``correlate.full_pairs_max_neurons`` correlate keeps no
 pair statistics: the stage then writes that the matching is not available at this size.
 """

@@ -215,6 +215,11 @@ def test_stage_recovers_the_planted_group(tmp_path, monkeypatch):
     assert [r["model"] for r in rows] == ["seed1", "seed2", "seed3"]
     metrics = json.loads((tmp_path / "metrics" / "one_to_one.json").read_text())
     assert metrics["mean_percent_mutual_all"] == 100.0
+    # a rerun writes the same bytes (DVC sees no change downstream)
+    written = {p: p.read_bytes() for p in tmp_path.glob("*/**/*one_to_one*") if p.is_file()}
+    written |= {p: p.read_bytes() for p in (tmp_path / "data" / "one_to_one").iterdir()}
+    assert invoke_command(["one_to_one"]).exit_code == 0
+    assert {p: p.read_bytes() for p in written} == written
 
 
 def test_stage_without_full_pairs_says_not_available(tmp_path, monkeypatch):

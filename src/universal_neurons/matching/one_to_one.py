@@ -149,7 +149,8 @@ def group_matches(
     """Match every pair, each once (its reverse is the inverse assignment: the optimum of
     ρᵀ is the same set of pairs). ``pairs``: ``((a, b), corr [N_a, N_b])``, a generator may
     load each in turn. Returns ``({a: {m: PairMatch}}, {"a__b": pair record})``, the record:
-    ``seconds``, ``mean_assigned_corr`` and ``mutual_fraction`` over a's live neurons."""
+    ``mean_assigned_corr`` and ``mutual_fraction`` over a's live neurons (no wall time: the
+    record goes into results/, which a rerun must write byte for byte the same)."""
     matches: dict[str, dict[str, PairMatch]] = {}
     records = {}
     for (a, b), corr in pairs:
@@ -158,7 +159,6 @@ def group_matches(
         matches.setdefault(b, {})[a] = match.reversed(corr.shape[1])
         live = np.isfinite(corr).any(axis=1)
         records[f"{a}__{b}"] = {
-            "seconds": round(match.seconds, 4),
             "mean_assigned_corr": _finite_mean(match.corr),
             "mutual_fraction": float(match.mutual[live].mean()) if live.any() else None,
         }
