@@ -191,7 +191,7 @@ def test_local_pretrained_group_fetches_tokenizes_and_correlates(
     )
 
 
-@pytest.mark.parametrize("preset", ["gpt2-small", "gpt2-medium", "pythia-160m"])
+@pytest.mark.parametrize("preset", [name for name in PRESETS])
 def test_preset_pipelines_have_valid_params_naming_their_group(preset):
     from conftest import REPO_ROOT
 

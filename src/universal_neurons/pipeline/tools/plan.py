@@ -19,7 +19,6 @@ import numpy as np
 from universal_neurons.errors import UserError
 from universal_neurons.matching.plan import (
     GIB,
-    PRESET_SHAPES,
     GroupShape,
     Rates,
     measure_rates,
@@ -31,7 +30,9 @@ from universal_neurons.matching.plan import (
     unit_memory,
     work_plan,
 )
+from universal_neurons.matching.preset_plan import ALL_PRESET_SHAPES, preset_costs
 from universal_neurons.matching.units import check_token_shards
+from universal_neurons.models.group import PRESETS
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 
@@ -48,8 +49,8 @@ def group_shape(params: Params, layout: Layout) -> GroupShape:
         found = shape_from_config(first, models)
         return GroupShape(models, *_dims(found), context)
     preset = params.group.preset
-    if preset in PRESET_SHAPES:
-        return GroupShape(models, *PRESET_SHAPES[preset][:4], context)
+    if preset in ALL_PRESET_SHAPES:
+        return GroupShape(models, *ALL_PRESET_SHAPES[preset][:4], context)
     if preset != "trained":
         raise UserError(f"group.preset: {preset}: the plan needs {first}/config.json")
     m, vocab = params.model, params.tokenizer.vocab_size
@@ -105,9 +106,14 @@ def run(
     float64_tflops: float | None = None,
     parallel: int | None = None,
     wide: bool = False,
+    presets: bool = False,
 ) -> dict:
     """The plan's numbers (see the module docstring); ``width``: the columns ``render`` wraps
-    its lines at (``TERMINAL_WIDTH``; ``None`` with ``wide``)."""
+    its lines at (``TERMINAL_WIDTH``; ``None`` with ``wide``). ``presets``: instead, every
+    preset's cost on this CPU and on the reference GPU (``preset_table``)."""
+    if presets:
+        table = preset_table(params, tokens, products_tflops, float64_tflops)
+        return table | {"width": None if wide else TERMINAL_WIDTH}
     shape = group_shape(params, layout)
     n_tokens = token_count(params, layout, tokens)
     sequences = -(-n_tokens // shape.context)
@@ -132,6 +138,58 @@ def run(
         "threshold": params.correlate.full_pairs_max_neurons,
         "width": None if wide else TERMINAL_WIDTH,
     }
+
+
+PRESET_TOKENS = 100_000_000
+"""Analysis tokens of the preset table unless ``--tokens`` says otherwise (the paper's size)."""
+
+
+def preset_table(
+    params: Params, tokens: int | None, products: float | None, float64: float | None
+) -> dict:
+    """``{"presets": rows}`` (``matching.plan.preset_costs``) at ``tokens`` (default
+    ``PRESET_TOKENS``), CPU rates measured now on the CPU or given."""
+    if products and float64:
+        cpu = Rates(products * 1e12, float64 * 1e12, "given on the command line")
+    else:
+        measured = measure_rates("cpu")
+        cpu = Rates(
+            products * 1e12 if products else measured.products,
+            float64 * 1e12 if float64 else measured.float64,
+            measured.source,
+        )
+    models = {name: len(members) for name, members in PRESETS.items()}
+    rows = preset_costs(models, tokens or PRESET_TOKENS, cpu)
+    return {"presets": rows, "cpu_rates": cpu}
+
+
+def render_presets(r: dict) -> str:
+    """The preset table as text, within ``TERMINAL_WIDTH`` columns."""
+    cpu, rows = r["cpu_rates"], r["presets"]
+    head = f"{'preset':<28}{'seeds':>5}{'neurons':>8}{'pairs':>6}  {'CPU units':>9}"
+    head += f"{'memory/unit':>12}{'time':>10}  {'GPU units':>9}{'memory/unit':>12}{'time':>10}"
+    lines = [
+        f"correlate + baseline at {rows[0]['tokens']:,} tokens; CPU: products "
+        f"{cpu.products / 1e12:.3f} TFLOP/s ({cpu.source}); GPU: an H100 (bf16 728 TFLOP/s, "
+        "measured), one unit per pair where 80 GiB allows",
+        head,
+    ]
+    for row in rows:
+        line = f"{row['preset']:<28}{row['models']:>5}{row['neurons']:>8,}{row['pairs']:>6}"
+        for side in ("cpu", "gpu"):
+            cost = row[side]
+            memory, time = f"{cost['memory'] / GIB:.1f} GiB", _duration(cost["seconds"])
+            line += f"  {cost['units']:>9}{memory:>12}{time:>10}"
+        lines.append(line)
+    lines.append(
+        "compute estimate (a lower bound): measured, the GPT2-small group took 2.4x it on the H100"
+    )
+    return wrapped(lines, r.get("width", TERMINAL_WIDTH))
+
+
+def _duration(s: float) -> str:
+    """Seconds as s, min, h, or days beyond two days."""
+    return f"{s / 86400:,.0f} d" if s >= 2 * 86400 else _hours(s)
 
 
 TERMINAL_WIDTH = 120
@@ -160,7 +218,9 @@ def _hours(s: float) -> str:
 
 
 def render(r: dict) -> str:
-    """The plan as lines of text."""
+    """The plan as lines of text (the preset table with ``--presets``)."""
+    if "presets" in r:
+        return render_presets(r)
     shape, plan, mem, rates = r["shape"], r["plan"], r["memory"], r["rates"]
     block = plan.block or shape.neurons
     mode = "full pair statistics" if plan.full_pairs else "per-neuron maxima + baseline draws"
@@ -203,6 +263,9 @@ COMMAND = Command(
         ),
         click.option(
             "--parallel", type=int, default=None, help="Units at once (default: the executor's)."
+        ),
+        click.option(
+            "--presets", is_flag=True, help="Every preset's cost on this CPU and on an H100."
         ),
         click.option(
             "--wide", is_flag=True, help=f"One line per item (default: wrap at {TERMINAL_WIDTH})."

@@ -1,0 +1,168 @@
+"""The PolyPythia presets (issue 22): generated pipelines, fetch refetched at every repro (a
+real DVC run shows what that keeps cached), and the plan's per-preset cost."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, invoke_command
+from pipeline_repo import pipeline_env, run
+
+from universal_neurons.matching.plan import GroupShape, Rates
+from universal_neurons.matching.preset_plan import ALL_PRESET_SHAPES as PRESET_SHAPES
+from universal_neurons.matching.preset_plan import preset_cost, preset_costs
+from universal_neurons.models.group import PRESETS
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import pipelines  # noqa: E402
+
+
+@pytest.mark.parametrize("preset", sorted(pipelines.POLYPYTHIA))
+def test_generated_presets_are_current_and_refetch(preset):
+    folder = REPO_ROOT / "pipelines" / preset
+    for path, text in pipelines.expected_files(folder).items():
+        assert path.read_text() == text, f"{path}: run python scripts/pipelines.py"
+    stages = yaml.safe_load((folder / "dvc.preset.yaml").read_text())["stages"]
+    assert stages["fetch"]["do"]["always_changed"] is True
+    assert all("always_changed" not in entry for name, entry in stages.items() if name != "fetch")
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    assert params["train"]["seeds"] == list(range(1, len(PRESETS[preset]) + 1))
+    assert f"{PRESETS[preset][0].split('/')[1]} --local-dir" in (folder / "params.yaml").read_text()
+
+
+def test_every_preset_pipeline_refetches():
+    for folder in pipelines.presets():
+        stages = yaml.safe_load((folder / "dvc.preset.yaml").read_text())["stages"]
+        assert stages["fetch"]["do"]["always_changed"] is True, folder
+
+
+TOY = """\
+stages:
+  fetch:
+    cmd: python -c "import shutil; shutil.copytree('checkpoint', 'model')"
+    outs:
+      - model
+    {always}
+  analyse:
+    cmd: python -c "import pathlib; t = pathlib.Path('model/w.txt').read_text();
+      pathlib.Path('result.txt').write_text(t); open('runs.log', 'a').write('run\\n')"
+    deps:
+      - model
+    outs:
+      - result.txt
+"""
+
+
+def _toy_repo(tmp_path, always: bool):
+    """A git + DVC repository: ``fetch`` copies a local ``checkpoint/`` (as the fetch stage
+    copies a local model directory) and ``analyse`` reads the copy."""
+    repo = tmp_path / ("always" if always else "plain")
+    (repo / "checkpoint").mkdir(parents=True)
+    (repo / "checkpoint" / "w.txt").write_text("weights 1")
+    entry = "always_changed: true" if always else ""
+    (repo / "dvc.yaml").write_text(TOY.format(always=entry))
+    (repo / ".gitignore").write_text("runs.log\n")
+    env = pipeline_env(repo)
+    run(repo, "git", "init", "-q", env=env)
+    run(repo, sys.executable, "-m", "dvc", "init", "-q", env=env)
+    run(repo, sys.executable, "-m", "dvc", "config", "core.autostage", "false", env=env)
+    return repo, env
+
+
+def _repro(repo, env) -> str:
+    return run(repo, sys.executable, "-m", "dvc", "repro", env=env).stdout
+
+
+@pytest.mark.slow
+def test_dvc_refetches_a_checkpoint_replaced_in_place_only_with_always_changed(tmp_path):
+    repo, env = _toy_repo(tmp_path, always=True)
+    _repro(repo, env)
+    assert (repo / "result.txt").read_text() == "weights 1"
+    again = _repro(repo, env)
+    # fetch ran again, its output was the same: the analysis stayed cached
+    assert "Running stage 'fetch'" in again and "Running stage 'analyse'" not in again
+    assert (repo / "runs.log").read_text().count("run") == 1
+    (repo / "checkpoint" / "w.txt").write_text("weights 2")  # replaced in place
+    _repro(repo, env)
+    assert (repo / "result.txt").read_text() == "weights 2"
+    assert (repo / "runs.log").read_text().count("run") == 2
+    # without always_changed DVC does not see the change: the stale result stays
+    plain, env = _toy_repo(tmp_path, always=False)
+    _repro(plain, env)
+    (plain / "checkpoint" / "w.txt").write_text("weights 2")
+    assert "Running stage" not in _repro(plain, env)
+    assert (plain / "result.txt").read_text() == "weights 1"
+
+
+# --- the plan's per-preset cost ----------------------------------------------------------
+
+CPU = Rates(1e9, 5e8, "test")
+
+
+def test_preset_cost_of_a_planted_shape_is_the_flop_count_by_hand():
+    shape = GroupShape(9, 2, 64, 32, 100, 16)
+    assert shape.pairs == 36  # 9 * 8 / 2
+    tokens = 1000
+    cost = preset_cost(shape, tokens, CPU, cuda=False, samples=2)
+    n, params = 128, 2 * (4 * 32**2 + 2 * 32 * 64) + (100 + 16) * 32
+    forward = 9 * 2 * params * tokens  # one pass: each model once
+    products = 36 * 2 * tokens * n * n
+    rotations = 36 * 2 * 4 * n * n * 64 + 9 * 2 * 2 * 3 * 64**3
+    assert cost["seconds"] == pytest.approx((forward + products) / 1e9 + rotations / 5e8)
+    doubled = preset_cost(shape, 2 * tokens, CPU, cuda=False, samples=2)
+    assert doubled["seconds"] - cost["seconds"] == pytest.approx((forward + products) / 1e9)
+
+
+def test_every_preset_has_a_row_with_its_members_and_pairs():
+    models = {name: len(members) for name, members in PRESETS.items()}
+    rows = {row["preset"]: row for row in preset_costs(models, 10**8, CPU)}
+    assert set(rows) == set(PRESET_SHAPES) == set(PRESETS)
+    assert rows["polypythia-14m"]["pairs"] == 36 and rows["polypythia-14m"]["neurons"] == 3072
+    assert rows["polypythia-160m-data-seed"]["pairs"] == 3
+    # same shape, 9 vs 3 seeds: 36 vs 3 pairs of products, the CPU time within the pairs' ratio
+    big, small = rows["polypythia-160m"]["cpu"], rows["pythia-160m"]["cpu"]
+    assert 3 < big["seconds"] / small["seconds"] <= 12
+    # the GPU unit fits in 80 GiB: the 410m model is split into blocks of whole layers
+    assert rows["polypythia-410m"]["gpu"]["block"] % 4096 == 0
+    assert rows["polypythia-410m"]["gpu"]["memory"] <= 80 * 1024**3
+    gpu = rows["polypythia-410m"]["gpu"]
+    assert gpu["units"] == 36 * -(-98304 // gpu["block"]) == 108  # blocks of 10, 10, 4 layers
+
+
+def test_plan_presets_prints_every_preset_within_120_columns(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    result = invoke_command(
+        ["plan", "--presets", "--products-tflops", "0.05", "--float64-tflops", "0.025"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    for preset in PRESETS:
+        assert any(line.startswith(preset + " ") for line in lines), preset
+    assert textwrap.dedent(result.output).count("GiB") >= 2 * len(PRESETS)
+
+
+def test_fetching_an_unchanged_local_model_again_writes_the_same_bytes(tmp_path, tiny_tokens_dir):
+    """What ``always_changed`` relies on: a refetch of an unchanged member is byte-identical,
+    so DVC sees the same output hash and the later stages stay cached."""
+    from conftest import save_tiny_neox
+    from transformers import PreTrainedTokenizerFast
+
+    from universal_neurons.models.group import fetch_model
+
+    source = tmp_path / "checkpoint"
+    save_tiny_neox(source, seed=1)
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(tiny_tokens_dir / "tokenizer.json"), eos_token="<|endoftext|>"
+    ).save_pretrained(source)
+    first, second = tmp_path / "first", tmp_path / "second"
+    fetch_model("m1", str(source), first)
+    fetch_model("m1", str(source), second)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert "model.safetensors" in {str(f) for f in files}
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
