@@ -88,6 +88,14 @@ def _models(data: Any, path: Path) -> dict[str, dict]:
     return models
 
 
+def threshold_of(universality_metrics: Path) -> float:
+    """τ of the universality test as ``results/universality.json`` gives it (default 0.5)."""
+    data = _read_json(universality_metrics)
+    if not isinstance(data, dict) or data.get("threshold") is None:
+        return DEFAULT_THRESHOLD
+    return float(data["threshold"])
+
+
 def percent(value: Any) -> str:
     """``4.1621`` -> ``4.16%``; missing -> ``–``."""
     return "–" if value is None else f"{float(value):.2f}%"
@@ -489,7 +497,9 @@ def _read_tables(*choices: Mapping[str, Path], models: Sequence[str]) -> dict[st
     return tables
 
 
-def _universal_neurons_section(sources: ReportSources, out: Path, result: ReportResult) -> str:
+def _universal_neurons_section(
+    sources: ReportSources, out: Path, result: ReportResult, threshold: float
+) -> str:
     """The most universal neurons of every model, each linked to its page when the report
     stage wrote the pages (``neurons/<model>/<layer>.<index>.html``, ``outputs.neuron_page``)."""
     models = sources.models
@@ -505,7 +515,7 @@ def _universal_neurons_section(sources: ReportSources, out: Path, result: Report
     if linked:
         note += f'; <a href="{folder}/index.html">all of them</a>. Each links to its page'
     result.sections.append("Universal neuron table")
-    table = neuron_page.index_html(shown, f"{folder}/" if linked else None)
+    table = neuron_page.index_html(shown, f"{folder}/" if linked else None, threshold)
     return f"<h2>Universal neuron table</h2>{note}.</p>{table}"
 
 
@@ -519,7 +529,7 @@ def _result_sections(sources: ReportSources, out: Path, result: ReportResult) ->
         body.append(_headline_section(universality, sources.universality_metrics, result))
         body.append(_per_layer_section(universality, sources.universality_metrics, out, result))
     body.append(_distribution_section(sources, threshold, out, result))
-    body.append(_universal_neurons_section(sources, out, result))
+    body.append(_universal_neurons_section(sources, out, result, threshold))
     stats = _read_json(sources.stats_metrics)
     if stats is not None:
         body.append(_stats_section(stats, sources.stats_metrics, out, result))
