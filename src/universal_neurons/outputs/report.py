@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from universal_neurons.description.families import FAMILIES, UNEXPLAINED, VOCAB_FAMILIES
 from universal_neurons.description.neuron_profile import universal_rows
 from universal_neurons.errors import UserError
 from universal_neurons.outputs import neuron_page, plots
@@ -322,7 +324,7 @@ def _per_layer_section(universality: dict, path: Path, out: Path, result: Report
     }
     if not per_layer:
         return ""
-    plots.per_layer_lines(
+    plots.per_layer_bars(
         per_layer,
         "% universal",
         "Universal neurons per layer",
@@ -437,33 +439,70 @@ def _examples(path: Path) -> str:
     return _table(shown, rows)
 
 
+def family_stack(models: Mapping[str, dict]) -> dict[str, list[float]]:
+    """The stacked bars of the families figure: per activation family (``unexplained``
+    included) its universal neurons in each model. A neuron has exactly one activation family,
+    so each model's stack adds up to its universal neurons; the vocabulary families (a second
+    axis: a neuron can be ``unigram`` and ``partition``) stay out of it."""
+    counts = [m.get("counts") or {} for m in models.values()]
+    names = [f for f in FAMILIES if any(c.get(f) for c in counts)]
+    return {f: [float(c.get(f, 0)) for c in counts] for f in names}
+
+
+def explained_counts(entry: Mapping[str, Any]) -> tuple[int | None, float | None, int]:
+    """``(explained, % explained, with a vocabulary family)`` of one model's family metrics:
+    explained = universal neurons with an activation family (what they respond to), never
+    counting a vocabulary family (which nearly every neuron of a small vocabulary has)."""
+    counts = entry.get("counts") or {}
+    universal = entry.get("n_universal")
+    explained = entry.get("n_explained_by_activation")
+    if explained is None and universal is not None:
+        explained = int(universal) - int(counts.get(UNEXPLAINED, 0))
+    share = None if explained is None or not universal else 100.0 * explained / universal
+    return explained, share, int(sum(counts.get(v, 0) for v in VOCAB_FAMILIES))
+
+
+def _family_tables(models: Mapping[str, dict]) -> str:
+    """The summary per model and the counts per family (one row per family, one column per
+    model: as narrow as the group is large, however many families there are)."""
+    rows = []
+    for name, m in models.items():
+        explained, share, vocab = explained_counts(m)
+        rows.append(
+            [html.escape(name), count(m.get("n_universal")), count(explained), percent(share)]
+            + [count(vocab)]
+        )
+    head = ["model", "universal", "explained (activation family)", "% explained"]
+    summary = _table([*head, "with a vocabulary family"], rows)
+    known = [*FAMILIES, *VOCAB_FAMILIES]
+    present = {f for m in models.values() for f in (m.get("counts") or {})}
+    names = [f for f in known if f in present] + sorted(present - set(known))
+    per_family = [
+        [html.escape(f), "vocabulary" if f in VOCAB_FAMILIES else "activation"]
+        + [count((m.get("counts") or {}).get(f, 0)) for m in models.values()]
+        for f in names
+    ]
+    return summary + _table(["family", "axis", *models], per_family)
+
+
 def _families_section(
     families: dict, path: Path, tables: Mapping[str, Path], out: Path, result: ReportResult
 ) -> str:
     models = _models(families, path)
-    names = sorted({f for m in models.values() for f in (m.get("counts") or {})})
+    stack = family_stack(models)
     parts = []
-    if names:
+    if stack:
         plots.grouped_bars(
             list(models),
-            {f: [float((m.get("counts") or {}).get(f, 0)) for m in models.values()] for f in names},
+            stack,
             "universal neurons",
-            "Families of universal neurons",
+            "Activation families of universal neurons",
             out / FIGURES / "families.png",
             stacked=True,
         )
-        parts.append(_figure(result, "families.png", "Universal neurons per family and model"))
-    rows = [
-        [
-            html.escape(name),
-            count(m.get("n_universal")),
-            count(m.get("n_explained")),
-            percent(m.get("percent_explained")),
-        ]
-        + [count((m.get("counts") or {}).get(f, 0)) for f in names]
-        for name, m in models.items()
-    ]
-    parts.append(_table(["model", "universal", "explained", "% explained", *names], rows))
+        caption = "Universal neurons per activation family and model (one family each)"
+        parts.append(_figure(result, "families.png", caption))
+    parts.append(_family_tables(models))
     for name in models:
         table_path = tables.get(name)
         if table_path is not None and Path(table_path).is_file():
@@ -477,6 +516,7 @@ def _families_section(
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+table { display: block; max-width: 100%; overflow-x: auto; }  /* never wider than the page */
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f2f2f2; }
 td:first-child, th:first-child { text-align: left; }
@@ -545,6 +585,27 @@ def _result_sections(sources: ReportSources, out: Path, result: ReportResult) ->
     return [section for section in body if section]
 
 
+def anchor(title: str) -> str:
+    """The id of a section's heading: ``"Per layer"`` -> ``"per-layer"``."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+
+
+def linked_contents(sections: list[str], titles: list[str]) -> tuple[list[str], str]:
+    """The sections with an id on each heading ``<h2>title</h2>`` and the contents list, one
+    ``<a href="#id">`` per title whose heading is there (plain text otherwise)."""
+    body = "\n".join(sections)
+    items = []
+    for title in titles:
+        heading = f"<h2>{html.escape(title)}</h2>"
+        if heading not in body:
+            items.append(f"<li>{html.escape(title)}</li>")
+            continue
+        target = anchor(title)
+        body = body.replace(heading, f'<h2 id="{target}">{html.escape(title)}</h2>', 1)
+        items.append(f'<li><a href="#{target}">{html.escape(title)}</a></li>')
+    return [body], "".join(items)
+
+
 def build_report(sources: ReportSources, out: str | Path) -> ReportResult:
     """Render the report of the files of ``sources`` into the directory ``out``
     (``index.html``, ``figures/*.png``, ``curves/{model}.csv``)."""
@@ -555,7 +616,7 @@ def build_report(sources: ReportSources, out: str | Path) -> ReportResult:
     sections = _result_sections(sources, out, result)
     if not sections:
         sections = ["<p>No results yet: run the pipeline (<code>dvc repro</code>).</p>"]
-    contents = "".join(f"<li>{html.escape(title)}</li>" for title in result.sections)
+    sections, contents = linked_contents(sections, result.sections)
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Universal neurons report</title><style>{_STYLE}</style></head><body>"
