@@ -18,9 +18,10 @@ from synthetic_results import write_results
 from stages.report import report_sources
 from universal_neurons.description.neuron_profile import NeuronPage
 from universal_neurons.outputs import neuron_page, plots
+from universal_neurons.outputs.family_summary import explained_counts, family_stack
 from universal_neurons.outputs.neuron_view import key_values
 from universal_neurons.outputs.number_format import beside_threshold
-from universal_neurons.outputs.report import build_report, explained_counts, family_stack
+from universal_neurons.outputs.report import build_report
 from universal_neurons.pipeline.layout import Layout
 
 # seed1 as the default group has it: 4 universal neurons, 3 unexplained, all 4 "partition"

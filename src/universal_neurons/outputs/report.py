@@ -24,8 +24,7 @@ from __future__ import annotations
 import csv
 import html
 import json
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from universal_neurons.description.families import FAMILIES, UNEXPLAINED, VOCAB_FAMILIES
 from universal_neurons.description.neuron_profile import universal_rows
 from universal_neurons.errors import UserError
 from universal_neurons.outputs import neuron_page, plots
+from universal_neurons.outputs.family_summary import family_stack, family_tables
+from universal_neurons.outputs.report_html import (
+    count,
+    linked_contents,
+    number,
+    percent,
+)
+from universal_neurons.outputs.report_html import html_table as _table
 
 FIGURES = "figures"
 CURVES = "curves"
@@ -96,34 +102,6 @@ def threshold_of(universality_metrics: Path) -> float:
     if not isinstance(data, dict) or data.get("threshold") is None:
         return DEFAULT_THRESHOLD
     return float(data["threshold"])
-
-
-def percent(value: Any) -> str:
-    """``4.1621`` -> ``4.16%``; missing -> ``–``."""
-    return "–" if value is None else f"{float(value):.2f}%"
-
-
-def count(value: Any) -> str:
-    """``36864`` -> ``36,864``; missing -> ``–``."""
-    return "–" if value is None else f"{int(value):,}"
-
-
-def number(value: Any, digits: int = 3) -> str:
-    """A float with ``digits`` significant digits; small p-values in scientific notation."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool | str):
-        return html.escape(str(value))
-    value = float(value)
-    if value != 0 and abs(value) < 1e-3:
-        return f"{value:.2e}"
-    return f"{value:.{digits}g}"
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _figure(result: ReportResult, name: str, caption: str) -> str:
@@ -439,52 +417,6 @@ def _examples(path: Path) -> str:
     return _table(shown, rows)
 
 
-def family_stack(models: Mapping[str, dict]) -> dict[str, list[float]]:
-    """The stacked bars of the families figure: per activation family (``unexplained``
-    included) its universal neurons in each model. A neuron has exactly one activation family,
-    so each model's stack adds up to its universal neurons; the vocabulary families (a second
-    axis: a neuron can be ``unigram`` and ``partition``) stay out of it."""
-    counts = [m.get("counts") or {} for m in models.values()]
-    names = [f for f in FAMILIES if any(c.get(f) for c in counts)]
-    return {f: [float(c.get(f, 0)) for c in counts] for f in names}
-
-
-def explained_counts(entry: Mapping[str, Any]) -> tuple[int | None, float | None, int]:
-    """``(explained, % explained, with a vocabulary family)`` of one model's family metrics:
-    explained = universal neurons with an activation family (what they respond to), never
-    counting a vocabulary family (which nearly every neuron of a small vocabulary has)."""
-    counts = entry.get("counts") or {}
-    universal = entry.get("n_universal")
-    explained = entry.get("n_explained_by_activation")
-    if explained is None and universal is not None:
-        explained = int(universal) - int(counts.get(UNEXPLAINED, 0))
-    share = None if explained is None or not universal else 100.0 * explained / universal
-    return explained, share, int(sum(counts.get(v, 0) for v in VOCAB_FAMILIES))
-
-
-def _family_tables(models: Mapping[str, dict]) -> str:
-    """The summary per model and the counts per family (one row per family, one column per
-    model: as narrow as the group is large, however many families there are)."""
-    rows = []
-    for name, m in models.items():
-        explained, share, vocab = explained_counts(m)
-        rows.append(
-            [html.escape(name), count(m.get("n_universal")), count(explained), percent(share)]
-            + [count(vocab)]
-        )
-    head = ["model", "universal", "explained (activation family)", "% explained"]
-    summary = _table([*head, "with a vocabulary family"], rows)
-    known = [*FAMILIES, *VOCAB_FAMILIES]
-    present = {f for m in models.values() for f in (m.get("counts") or {})}
-    names = [f for f in known if f in present] + sorted(present - set(known))
-    per_family = [
-        [html.escape(f), "vocabulary" if f in VOCAB_FAMILIES else "activation"]
-        + [count((m.get("counts") or {}).get(f, 0)) for m in models.values()]
-        for f in names
-    ]
-    return summary + _table(["family", "axis", *models], per_family)
-
-
 def _families_section(
     families: dict, path: Path, tables: Mapping[str, Path], out: Path, result: ReportResult
 ) -> str:
@@ -502,7 +434,7 @@ def _families_section(
         )
         caption = "Universal neurons per activation family and model (one family each)"
         parts.append(_figure(result, "families.png", caption))
-    parts.append(_family_tables(models))
+    parts.append(family_tables(models))
     for name in models:
         table_path = tables.get(name)
         if table_path is not None and Path(table_path).is_file():
@@ -583,27 +515,6 @@ def _result_sections(sources: ReportSources, out: Path, result: ReportResult) ->
     body.append(_emergence_section(sources.emergence_curve, out, result))
     body.append(_training_section(sources, out, result))
     return [section for section in body if section]
-
-
-def anchor(title: str) -> str:
-    """The id of a section's heading: ``"Per layer"`` -> ``"per-layer"``."""
-    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
-
-
-def linked_contents(sections: list[str], titles: list[str]) -> tuple[list[str], str]:
-    """The sections with an id on each heading ``<h2>title</h2>`` and the contents list, one
-    ``<a href="#id">`` per title whose heading is there (plain text otherwise)."""
-    body = "\n".join(sections)
-    items = []
-    for title in titles:
-        heading = f"<h2>{html.escape(title)}</h2>"
-        if heading not in body:
-            items.append(f"<li>{html.escape(title)}</li>")
-            continue
-        target = anchor(title)
-        body = body.replace(heading, f'<h2 id="{target}">{html.escape(title)}</h2>', 1)
-        items.append(f'<li><a href="#{target}">{html.escape(title)}</a></li>')
-    return [body], "".join(items)
 
 
 def build_report(sources: ReportSources, out: str | Path) -> ReportResult:
