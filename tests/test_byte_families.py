@@ -173,6 +173,8 @@ def test_contexts_show_the_character_a_lead_byte_opens(byte_set):
     assert texts[0] == ("Ö", "'Ö' (lead byte 0xC3)")
     assert texts[1] == ("", "'Ö' (continuation byte 0x96)")
     assert texts[2] == ("l", "l")
+    # a character crossing the window's right edge: the tokens after it finish it
+    assert window_texts(ids[:1], display_pieces(byte_set["tokenizer"]), ids[1:])[0][0] == "Ö"
     split = [b"Gr", b" \xe2", b"\x80", b"\x94x"]  # ' —' split over three tokens
     assert context_token_text(split, 1) == (" —", "' —' (lead byte 0xE2)")
     assert context_token_text(split, 3) == ("x", "'—' (continuation byte 0x94) then 'x'")

@@ -235,7 +235,8 @@ def test_contexts_equal_a_direct_forward_pass(state, tiny_group, tiny_tokens_dir
             assert len(spans) == stop - start
             shown = [float(s.get("data-act")) for s in spans]
             np.testing.assert_allclose(shown, acts[seq, start:stop], atol=1e-5)
-            texts = token_display.window_texts([int(t) for t in tokens[seq, start:stop]], pieces)
+            window, after = tokens[seq, start:stop], tokens[seq, stop : stop + 3]
+            texts = token_display.window_texts([int(t) for t in window], pieces, list(after))
             for offset, span in enumerate(spans):
                 token = int(tokens[seq, start + offset])
                 short, long = texts[offset]  # split characters joined: 'Ö' (lead byte 0xC3)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +255,8 @@ def activation_pass(
 @dataclass(frozen=True)
 class Context:
     """One top-activating context: ``tokens[sequence, start:start + len(token_ids)]``, the
-    neuron's activation on each token, whether each position is kept; the max at ``position``."""
+    neuron's activation on each token, whether each position is kept; the max at ``position``;
+    ``following``: up to 3 tokens after the window (to finish a character split at its edge)."""
 
     value: float
     sequence: int
@@ -264,6 +265,7 @@ class Context:
     token_ids: list[int]
     activations: list[float]
     kept: list[bool]
+    following: list[int] = field(default_factory=list)
 
 
 def neuron_contexts(
@@ -294,6 +296,7 @@ def neuron_contexts(
                 ids,
                 [float(a) for a in rows[n, rank, start:stop]],
                 [bool(t not in excluded_ids) for t in ids],
+                [int(t) for t in tokens[seq, stop : stop + 3]],
             )
         )
     return contexts

@@ -93,7 +93,7 @@ def context_html(context: Context, pieces: Sequence[str], scale: float) -> str:
     its activation, the value in its ``title`` and ``data-act``, the max token marked; a byte
     of a split character shows the character (its ``title``: ``'Ö' (lead byte 0xC3)``)."""
     spans = []
-    texts = window_texts(context.token_ids, pieces)
+    texts = window_texts(context.token_ids, pieces, context.following)
     for offset, ((text, long), tid, act, kept) in enumerate(
         zip(texts, context.token_ids, context.activations, context.kept, strict=True)
     ):

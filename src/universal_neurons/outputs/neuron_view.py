@@ -119,7 +119,8 @@ def context_line(
     a split character as ``['Ö' (lead byte 0xC3)]``: ``token_display.window_texts``)."""
     row = tokens[sequence]
     start, stop = context_window(len(row), position, before, after)
-    texts = window_texts([int(t) for t in row[start:stop]], pieces)
+    ids = [int(t) for t in row]
+    texts = window_texts(ids[start:stop], pieces, ids[stop : stop + 3])
     at = position - start
     left = "".join(short for short, _ in texts[:at])
     right = "".join(short for short, _ in texts[at + 1 :])

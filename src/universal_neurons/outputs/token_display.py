@@ -70,17 +70,22 @@ def display_pieces(tokenizer) -> DisplayPieces:
     return DisplayPieces(shown, data)
 
 
-def window_texts(token_ids: Sequence[int], pieces: Sequence[str]) -> list[tuple[str, str]]:
+def window_texts(
+    token_ids: Sequence[int],
+    pieces: Sequence[str],
+    after: Sequence[int] = (),
+) -> list[tuple[str, str]]:
     """``(short, long)`` display text of each token of a context window: ``render_piece`` of its
     piece, except where ``pieces`` (a ``DisplayPieces``) knows its bytes and the token opens
     or finishes a character with its neighbours: short ``Ö``, long ``'Ö' (lead byte 0xC3)``
     (``token_bytes.context_token_text``; short ``""`` for a token of continuation bytes only,
-    whose character the token before it shows)."""
+    whose character the token before it shows). ``after``: the tokens after the window (up to
+    3), read only to finish a character its last token opens."""
     data = getattr(pieces, "data", None)
     plain = [render_piece(piece_of(pieces, t)) for t in token_ids]
     if data is None:
         return [(text, text) for text in plain]
-    window = [data[t] if t < len(data) else None for t in token_ids]
+    window = [data[t] if t < len(data) else None for t in [*token_ids, *after]]
     out = []
     for i, text in enumerate(plain):
         own = window[i]
