@@ -16,6 +16,7 @@ import pandas as pd
 
 from universal_neurons.description.families import (
     FAMILIES,
+    STORED_TOP_CONTEXTS,
     VOCAB_FAMILIES,
     classify_model,
     family_metrics,
@@ -23,6 +24,7 @@ from universal_neurons.description.families import (
     parse_neurons,
     per_layer_rows,
     universal_mask,
+    with_top_contexts,
 )
 from universal_neurons.description.features import FeatureSet, load_analysis_features
 from universal_neurons.errors import MissingInputError
@@ -52,15 +54,15 @@ def classify_seed(
     seed: int,
     analysis_set: tuple[np.ndarray, FeatureSet, np.ndarray],
 ) -> tuple[pd.DataFrame, dict]:
-    """The family table and the family counts of the model of ``seed``; ``analysis_set``:
-    ``(tokens, features, excluded ids)``."""
+    """The family table (with each neuron's top contexts, for the ``neuron`` command) and the
+    family counts of the model of ``seed``; ``analysis_set``: ``(tokens, features, excluded ids)``."""
     config, label = params.families, model_name(seed)
     tokens, features, excluded = analysis_set
     stats = read_parquet(layout.table("stats", label), "stats")
     model = load_model(str(layout.model(seed)), device=params.analysis.device)
     n_layers, d_mlp = model_shape(model)
     neurons = parse_neurons(config.neurons, n_layers, d_mlp, universal_mask(stats, n_layers, d_mlp))
-    table, _ = classify_model(
+    table, top = classify_model(
         model,
         tokens,
         features,
@@ -70,7 +72,10 @@ def classify_seed(
         config,
         stats,
         desc=f"classify {label}",
+        top_k=STORED_TOP_CONTEXTS,
     )
+    if top is not None:
+        table = with_top_contexts(table, top)
     return table, family_metrics(table, stats, n_layers, config)
 
 

@@ -19,6 +19,7 @@ from universal_neurons.outputs.neuron_page import NEURONS_DIR, write_group_pages
 from universal_neurons.outputs.report import (
     ReportSources,
     build_report,
+    threshold_of,
     training_headline,
     training_summary,
 )
@@ -72,7 +73,10 @@ def write_neuron_pages(params: Params, layout: Layout, sources: ReportSources, o
         if path.is_file()
     }
     tables = (stats, families, pd.read_parquet(max_corr), pd.read_parquet(baseline))
-    rows = write_group_pages(out, sources.model_dirs, layout.tokens, params.analysis, *tables)
+    threshold = threshold_of(sources.universality_metrics)
+    rows = write_group_pages(
+        out, sources.model_dirs, layout.tokens, params.analysis, *tables, threshold
+    )
     return len(rows)
 
 

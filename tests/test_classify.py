@@ -232,6 +232,24 @@ def test_neuron_command_shows_tables_and_top_contexts(classified, stored):
     assert values == pytest.approx(sorted(acts, reverse=True)[:3], abs=1e-4)
 
 
+def test_neuron_command_reads_the_top_contexts_classify_stored(classified, stored, tmp_path):
+    """A classified neuron's page needs no model pass: with the model's weights gone (only its
+    config.json left) the command shows the same top contexts, read from the family table."""
+    table = pd.read_parquet(classified["data"] / "families" / "seed1.parquet")
+    row = table[(table["layer"] == 0) & (table["index"] == 5)].iloc[0]
+    acts = np.sort(stored["acts"][:, 0, 5])[::-1]
+    assert row["top_activations"][:4] == pytest.approx(acts[:4], abs=1e-6)
+    for seed in classified["params"].train.seeds:
+        (tmp_path / f"seed{seed}").mkdir()
+        config = classified["models_dir"] / f"seed{seed}" / "config.json"
+        (tmp_path / f"seed{seed}" / "config.json").write_bytes(config.read_bytes())
+    result = _invoke({**classified, "models_dir": tmp_path}, "seed1", "0.5", "--top", "4")
+    assert result.exit_code == 0, result.output
+    lines = [x for x in result.output.splitlines() if " seq " in x and " pos " in x]
+    assert [float(x.split()[0]) for x in lines] == pytest.approx(acts[:4], abs=1e-4)
+    assert "found by the classify stage" in result.output
+
+
 def test_neuron_command_computes_an_unclassified_neuron(classified, stored):
     result = _invoke(classified, "2", "0.40", "--top", "2")  # seed2, not universal
     assert result.exit_code == 0, result.output

@@ -412,7 +412,8 @@ HEADLINE_FILES = {
     "metrics/universality.json": {"mean_percent_universal", "median_corr", "median_baseline"},
     "metrics/training.json": {"mean_heldout_loss"},
     "metrics/families.json": {
-        "unigram", "alphabet", "previous_token", "position", "syntax", "semantic", "unexplained"
+        "unigram", "byte", "alphabet", "previous_token", "position", "syntax", "semantic",
+        "unexplained"
     },
     "metrics/findings.json": {"l2_penalty", "input_bias", "skew", "kurt", "sparsity"},
 }  # fmt: skip

@@ -4,8 +4,11 @@ family table and counts of the classify stage.
 Family rules (thresholds in ``params.families``): each group's score is its best
 eligible binary feature's VR (position: eta^2 over positions; see ``variance``); a group
 passes when its score exceeds its threshold, ``previous_token`` must also beat the
-``unigram`` group's score; the neuron gets the passing group with the highest score, else
-``unexplained``. Vocabulary composition (from the output weights, ``vocab_*`` of the
+current-token score (the best of the ``unigram`` and ``byte`` groups); the neuron gets the passing group with the highest score, else
+``unexplained``. The ``byte`` group (the UTF-8 class of a token's bytes: ``features``,
+``token_bytes``) has no parameter of its own: a byte class is a class of tokens, held to the
+bar of the other token-level features, ``families.unigram_vr`` (``GroupThresholds.byte``).
+Vocabulary composition (from the output weights, ``vocab_*`` of the
 stats table) is a separate axis: prediction / suppression / partition / none.
 """
 
@@ -25,6 +28,11 @@ from universal_neurons.errors import UserError
 UNEXPLAINED = "unexplained"
 VOCAB_FAMILIES = ("prediction", "suppression", "partition")
 FAMILIES = (*GROUPS, UNEXPLAINED)
+CURRENT_TOKEN_GROUPS = ("unigram", "byte")  # what previous_token must beat
+STORED_TOP_CONTEXTS = 10
+"""Top activations the classify stage keeps per neuron (``with_top_contexts``), so that the
+``neuron`` command shows them without a pass over the token set (it asks for 8 by default)."""
+TOP_COLUMNS = ("top_activations", "top_sequences", "top_positions")
 
 
 class FamiliesError(UserError):
@@ -75,6 +83,7 @@ class GroupThresholds:
     """The score a group's best feature must exceed to make it a neuron's family."""
 
     unigram: float
+    byte: float
     alphabet: float
     previous_token: float
     position: float
@@ -83,9 +92,10 @@ class GroupThresholds:
 
     @classmethod
     def from_config(cls, config: FamiliesConfig) -> GroupThresholds:
-        """The thresholds of ``params.families``."""
+        """The thresholds of ``params.families`` (``byte``: ``unigram_vr``, the token-level bar)."""
         return cls(
             unigram=config.unigram_vr,
+            byte=config.unigram_vr,
             alphabet=config.alphabet_vr,
             previous_token=config.previous_token_vr,
             position=config.position_eta2,
@@ -101,9 +111,8 @@ def assign_family(scores: dict[str, float], thresholds: GroupThresholds) -> str:
         for group, score in scores.items()
         if group in GROUPS and np.isfinite(score) and score > getattr(thresholds, group)
     }
-    if "previous_token" in passing and not passing["previous_token"] > np.nan_to_num(
-        scores.get("unigram", np.nan), nan=-np.inf
-    ):
+    current = max(np.nan_to_num(scores.get(g, np.nan), nan=-np.inf) for g in CURRENT_TOKEN_GROUPS)
+    if "previous_token" in passing and not passing["previous_token"] > current:
         del passing["previous_token"]
     if not passing:
         return UNEXPLAINED
@@ -312,6 +321,19 @@ def classify_model(
     if stats is not None:
         table = add_vocab_families(table, stats, config)
     return table, top
+
+
+def with_top_contexts(table: pd.DataFrame, top: TopActivations) -> pd.DataFrame:
+    """``table`` (one row per neuron of ``top``, same order) with ``TOP_COLUMNS``: each neuron's
+    top activations (float, descending; -inf past the last kept position) and where they are
+    (sequence of the analysis token set, position; -1 past the last)."""
+    if len(table) != top.values.shape[0]:
+        raise FamiliesError(f"top activations of {top.values.shape[0]} neurons, {len(table)} rows")
+    return table.assign(
+        top_activations=[row.tolist() for row in top.values.numpy()],
+        top_sequences=[row.tolist() for row in top.sequence.numpy()],
+        top_positions=[row.tolist() for row in top.position.numpy()],
+    )
 
 
 def _vocab_families(frame: pd.DataFrame, config: FamiliesConfig) -> list[str]:

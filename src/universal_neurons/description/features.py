@@ -9,8 +9,9 @@ takes category c" against the rest. Variables and the family group they belong t
 | ``token`` | unigram | token id |
 | ``unigram`` | unigram | normalised unigram: the token string stripped and lower-cased (covers several ids: ``" The"``, ``"the"``, ``" THE"``) |
 | ``token_class`` | unigram | special, whitespace, numeric, punctuation, capitalized, lowercase, other |
+| ``byte_class`` | byte | the UTF-8 class of the token's bytes: ascii, multi-byte-char, utf8-lead-2/3/4 (ends in the lead byte of a character), continuation, ... (``token_bytes.BYTE_CLASSES``) |
 | ``first_letter`` | alphabet | a-z or none: the first letter of the word the token belongs to |
-| ``prev_token``, ``prev_unigram``, ``prev_token_class``, ``prev_first_letter`` | previous_token | the same, of the previous position (``<start>`` at position 0) |
+| ``prev_token``, ``prev_unigram``, ``prev_token_class``, ``prev_byte_class``, ``prev_first_letter`` | previous_token | the same, of the previous position (``<start>`` at position 0) |
 | ``position`` | position | position in the context (only its eta^2 is used) |
 | ``pos``, ``dep`` | syntax | spaCy part of speech / dependency label of the word the token belongs to |
 | ``domain`` | semantic | the sequence's corpus domain |
@@ -18,6 +19,10 @@ takes category c" against the rest. Variables and the family group they belong t
 
 Placeholder categories (``none`` of first_letter / pos / dep / topic, ``<start>`` of the
 previous-token variables) count in eta^2 but are not binary features.
+
+Labels of tokens that are no text on their own (a byte of a multi-byte character) describe
+their bytes (``token_bytes.readable_bytes``: ``token='⟨0xC3: lead byte of À–ÿ⟩'``), and
+their normalised unigram keeps the bytes apart instead of merging them into one U+FFFD.
 
 Words: a token continues the word of the previous token when it starts with a letter
 (no leading space) and the previous token ends with a letter; otherwise it starts a word.
@@ -35,11 +40,17 @@ from tokenizers import Tokenizer
 
 from universal_neurons.config import AnalysisConfig, FamiliesConfig
 from universal_neurons.description.syntax import NONE_LABEL, SyntaxLabels
+from universal_neurons.description.token_bytes import (
+    BYTE_CLASSES,
+    byte_class,
+    readable_pieces,
+    token_bytes,
+)
 from universal_neurons.errors import UserError
 from universal_neurons.matching.activations import analysis_tokens, excluded_token_ids, kept_mask
 from universal_neurons.text.tokens import load_domains, load_tokenizer, load_tokens
 
-GROUPS = ("unigram", "alphabet", "previous_token", "position", "syntax", "semantic")
+GROUPS = ("unigram", "byte", "alphabet", "previous_token", "position", "syntax", "semantic")
 TOKEN_CLASSES = (
     "special",
     "whitespace",
@@ -160,20 +171,34 @@ class TokenTable:
     unigram_labels: tuple[str, ...]
     token_class: np.ndarray  # int32 code into TOKEN_CLASSES
     letter: np.ndarray  # int32 code into LETTERS
+    byte_class: np.ndarray  # int32 code into BYTE_CLASSES
     starts_with_letter: np.ndarray  # bool: first char is a letter (no leading space)
     ends_with_letter: np.ndarray  # bool
 
 
-def token_table(pieces: list[str]) -> TokenTable:
-    """Lookups for every token id from the token strings (see ``token_pieces``)."""
+def token_table(
+    pieces: list[str], shown: list[str] | None = None, data: list[bytes | None] | None = None
+) -> TokenTable:
+    """Lookups for every token id from the token strings (see ``token_pieces``); ``shown``:
+    their labels (the unigram normalises these; default ``pieces``); ``data``: their bytes
+    (``token_bytes.token_bytes``; default the UTF-8 of ``pieces``, None for ``""``)."""
+    shown = pieces if shown is None else shown
+    data = [p.encode("utf-8") if p else None for p in pieces] if data is None else data
     labels: dict[str, int] = {}
-    unigram = np.array([labels.setdefault(normalise(p), len(labels)) for p in pieces], np.int32)
+    unigram = np.array(
+        [
+            labels.setdefault(normalise(p) if p == raw else p.strip(), len(labels))
+            for p, raw in zip(shown, pieces, strict=True)
+        ],
+        np.int32,
+    )  # a byte's description is stripped, not lower-cased ("0xC3")
     return TokenTable(
         pieces=list(pieces),
         unigram=unigram,
         unigram_labels=tuple(labels),
         token_class=np.array([TOKEN_CLASSES.index(token_class(p)) for p in pieces], np.int32),
         letter=np.array([LETTERS.index(first_letter(p)) for p in pieces], np.int32),
+        byte_class=np.array([BYTE_CLASSES.index(byte_class(b)) for b in data], np.int32),
         starts_with_letter=np.array([p[:1].isalpha() for p in pieces], bool),
         ends_with_letter=np.array([p[-1:].isalpha() for p in pieces], bool),
     )
@@ -289,20 +314,23 @@ def _check_feature_inputs(tokens: np.ndarray, pieces: list[str], domains: np.nda
 
 
 def _token_variables(
-    tokens: np.ndarray, pieces: list[str], table: TokenTable, start: np.ndarray
+    tokens: np.ndarray, shown: list[str], table: TokenTable, start: np.ndarray
 ) -> list[tuple[Variable, np.ndarray]]:
-    """The token-level variables (unigram and alphabet groups) and their previous-token versions."""
+    """The token-level variables (unigram, byte and alphabet groups) and their previous-token
+    versions; ``shown``: the label of every token id."""
     word_first = np.take_along_axis(tokens, start, axis=1)
     current = {
-        "token": (tuple(pieces), tokens),
+        "token": (tuple(shown), tokens),
         "unigram": (table.unigram_labels, table.unigram[tokens]),
         "token_class": (TOKEN_CLASSES, table.token_class[tokens]),
+        "byte_class": (BYTE_CLASSES, table.byte_class[tokens]),
         "first_letter": (LETTERS, table.letter[word_first]),
     }
     letter_none = (LETTERS.index(NONE_LABEL),)
+    groups = {"first_letter": "alphabet", "byte_class": "byte"}
     out = []
     for name, (labels, values) in current.items():
-        group = "alphabet" if name == "first_letter" else "unigram"
+        group = groups.get(name, "unigram")
         out.append(
             _variable(name, group, labels, values, letter_none if group == "alphabet" else ())
         )
@@ -361,21 +389,26 @@ def build_features(
     syntax: SyntaxLabels | None = None,
     topic_words: int = 50,
     topic_min_count: int = 20,
+    piece_bytes: list[bytes | None] | None = None,
 ) -> FeatureSet:
     """Every variable of the module docstring for a token set.
 
     ``tokens``: ``[sequences, context]`` ids; ``pieces``: text of each id
-    (``token_pieces``); ``domains``: ``[sequences]`` index into ``domain_names``;
+    (``token_pieces``); ``piece_bytes``: the bytes of each id (``token_bytes.token_bytes``;
+    default: the UTF-8 of ``pieces``, which loses the bytes of a piece holding U+FFFD); ``domains``: ``[sequences]`` index into ``domain_names``;
     ``kept``: bool ``[sequences, context]`` positions that count (topic words are
     counted there); ``syntax``: labels of the same shape, or None to leave syntax out.
     """
     tokens = np.asarray(tokens, dtype=np.int64)
     _check_feature_inputs(tokens, pieces, domains)
-    table = token_table(pieces)
+    if piece_bytes is None:
+        piece_bytes = [p.encode("utf-8") if p else None for p in pieces]
+    shown = readable_pieces(pieces, piece_bytes)
+    table = token_table(pieces, shown, piece_bytes)
     start = word_starts(tokens, table)
     context = tokens.shape[1]
     positions = np.broadcast_to(np.arange(context), tokens.shape)
-    parts = _token_variables(tokens, pieces, table, start)
+    parts = _token_variables(tokens, shown, table, start)
     parts.append(_variable("position", "position", [str(p) for p in range(context)], positions))
     if syntax is not None:
         parts += _syntax_variables(syntax, tokens.shape)
@@ -439,5 +472,6 @@ def load_analysis_features(
         syntax=syntax,
         topic_words=families.topic_words,
         topic_min_count=families.topic_min_count,
+        piece_bytes=token_bytes(tokenizer, pieces),
     )
     return tokens, features, excluded, pieces

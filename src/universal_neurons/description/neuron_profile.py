@@ -2,7 +2,9 @@
 terminal; ``outputs.neuron_page``, the report's HTML page per universal neuron).
 
 **One neuron** (``neuron_profile``): its family (the family table's row, or ``classify_model``
-now over the analysis token set) and its top activations over that token set.
+now over the analysis token set) and its top activations over that token set: those the
+classify stage stored in the family table's row (``families.with_top_contexts``) when they
+cover what is asked, else one pass over the token set.
 
 **The universal neurons of a group** (``group_pages``, one model loaded at a time):
 
@@ -22,15 +24,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from universal_neurons.config import AnalysisConfig, FamiliesConfig
-from universal_neurons.description.families import FamiliesError, classify_model, parse_neuron
-from universal_neurons.description.features import FeatureSet, load_analysis_features
+from universal_neurons.description.families import (
+    TOP_COLUMNS,
+    FamiliesError,
+    classify_model,
+    parse_neuron,
+)
+from universal_neurons.description.features import (
+    FeatureSet,
+    load_analysis_features,
+    token_pieces,
+)
 from universal_neurons.description.histogram import StreamingHistogram
 from universal_neurons.description.variance import (
     TopActivations,
@@ -38,7 +50,9 @@ from universal_neurons.description.variance import (
     iter_neuron_activations,
 )
 from universal_neurons.errors import UserError
+from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.models.loading import load_model, processed_weights
+from universal_neurons.text.tokens import load_tokenizer
 
 TOP_CONTEXTS = 10
 BEFORE, AFTER = 20, 4
@@ -98,13 +112,18 @@ def table_row(path: Path, layer: int, index: int) -> pd.Series | None:
 @dataclass(frozen=True)
 class PageSettings:
     """How much of the token set the page shows: ``top`` contexts of ``before`` / ``after``
-    tokens around the activating one, found in the analysis token set of ``analysis``."""
+    tokens around the activating one, found in the analysis token set of ``analysis``;
+    ``precomputed``: the family table's stored top contexts were found over this token set
+    (False when ``analysis`` differs from the pipeline's: they are then looked for again);
+    ``threshold``: τ of the universality test (the excess is printed to show its side of it)."""
 
     analysis: AnalysisConfig
     families: FamiliesConfig
     top: int = 8
     before: int = 12
     after: int = 4
+    precomputed: bool = True
+    threshold: float = 0.5
 
 
 def _top_activations(
@@ -123,7 +142,8 @@ def _top_activations(
 class NeuronProfile:
     """What one pass finds about a neuron: its family (``family``: the family table's row, or,
     ``computed_now``, the row ``classify_model`` gives; ``no_syntax``: computed without syntax
-    labels), its ``top`` activations and the token set they index (``tokens``, ``pieces``)."""
+    labels), its ``top`` activations and the token set they index (``tokens``, ``pieces``);
+    ``stored_top``: the top activations are the classify stage's, read from the family table."""
 
     family: pd.Series
     computed_now: bool
@@ -131,6 +151,38 @@ class NeuronProfile:
     top: TopActivations
     tokens: np.ndarray
     pieces: list[str]
+    stored_top: bool = False
+
+
+def stored_top(family: pd.Series, k: int) -> TopActivations | None:
+    """The ``k`` best activations the classify stage stored in a family-table row
+    (``families.TOP_COLUMNS``), or None when the row has none or fewer than ``k``."""
+    if not all(column in family.index for column in TOP_COLUMNS):
+        return None
+    values, sequences, positions = (np.asarray(family[c]) for c in TOP_COLUMNS)
+    if len(values) < k:
+        return None
+    return TopActivations(
+        torch.as_tensor(values[None, :k].astype(np.float64)),
+        torch.as_tensor(sequences[None, :k].astype(np.int64)),
+        torch.as_tensor(positions[None, :k].astype(np.int64)),
+    )
+
+
+def _known_family_profile(
+    sources: NeuronSources, neuron: tuple[int, int], settings: PageSettings, family: pd.Series
+) -> NeuronProfile:
+    """The profile of a neuron in the family table: no features; its stored top contexts when
+    they cover ``settings`` (no model loaded), else one pass for them."""
+    tokens, excluded, _ = load_analysis_set(sources.tokens_dir, settings.analysis)
+    pieces = token_pieces(load_tokenizer(sources.tokens_dir))
+    best = stored_top(family, settings.top) if settings.precomputed else None
+    if best is not None:
+        return NeuronProfile(family, False, False, best, tokens, pieces, stored_top=True)
+    model = load_model(str(sources.model_dir), device=settings.analysis.device)
+    desc = f"{sources.label} L{neuron[0]}.N{neuron[1]}"
+    best = _top_activations(model, (tokens, excluded), neuron, settings, desc)
+    return NeuronProfile(family, False, False, best, tokens, pieces)
 
 
 def neuron_profile(
@@ -139,15 +191,14 @@ def neuron_profile(
     """The family of ``neuron`` ``(layer, index)`` (from the family table, or computed now)
     and its top activations over the analysis token set."""
     family = table_row(sources.family_table, *neuron)
+    if family is not None:  # the family is known: at most a pass for the top contexts
+        return _known_family_profile(sources, neuron, settings, family)
     analysis = settings.analysis
     tokens, features, excluded, pieces = load_analysis_features(
         sources.tokens_dir, analysis, settings.families, sources.syntax_dir, syntax_prefix=True
     )
     model = load_model(str(sources.model_dir), device=analysis.device)
     desc = f"{sources.label} L{neuron[0]}.N{neuron[1]}"
-    if family is not None:  # the family is known: the pass only looks for top contexts
-        best = _top_activations(model, (tokens, excluded), neuron, settings, desc)
-        return NeuronProfile(family, False, False, best, tokens, pieces)
     stats = pd.read_parquet(sources.stats_table) if sources.stats_table.is_file() else None
     table, best = classify_model(
         model,
@@ -204,7 +255,8 @@ def activation_pass(
 @dataclass(frozen=True)
 class Context:
     """One top-activating context: ``tokens[sequence, start:start + len(token_ids)]``, the
-    neuron's activation on each token, whether each position is kept; the max at ``position``."""
+    neuron's activation on each token, whether each position is kept; the max at ``position``;
+    ``following``: up to 3 tokens after the window (to finish a character split at its edge)."""
 
     value: float
     sequence: int
@@ -213,6 +265,7 @@ class Context:
     token_ids: list[int]
     activations: list[float]
     kept: list[bool]
+    following: list[int] = field(default_factory=list)
 
 
 def neuron_contexts(
@@ -243,6 +296,7 @@ def neuron_contexts(
                 ids,
                 [float(a) for a in rows[n, rank, start:stop]],
                 [bool(t not in excluded_ids) for t in ids],
+                [int(t) for t in tokens[seq, stop : stop + 3]],
             )
         )
     return contexts

@@ -31,16 +31,18 @@ from universal_neurons.description.neuron_profile import (
 )
 from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.outputs import plots
+from universal_neurons.outputs.number_format import beside_threshold
 from universal_neurons.outputs.token_display import (
     display_pieces,
     piece_of,
-    render_piece,
     visible_token,
+    window_texts,
 )
 from universal_neurons.text.tokens import load_tokenizer
 
 NEURONS_DIR = "neurons"
 INDEX_ROWS_PER_MODEL = 25
+DEFAULT_THRESHOLD = 0.5  # τ of the universality test where no results document gives it
 
 
 def page_name(layer: int, index: int) -> str:
@@ -88,12 +90,15 @@ def token_colour(activation: float, scale: float) -> str:
 
 def context_html(context: Context, pieces: Sequence[str], scale: float) -> str:
     """One context: the max activation, where it is, then every token as a span coloured by
-    its activation, the value in its ``title`` and ``data-act``, the max token marked."""
+    its activation, the value in its ``title`` and ``data-act``, the max token marked; a byte
+    of a split character shows the character (its ``title``: ``'Ö' (lead byte 0xC3)``)."""
     spans = []
-    for offset, (tid, act, kept) in enumerate(
-        zip(context.token_ids, context.activations, context.kept, strict=True)
+    texts = window_texts(context.token_ids, pieces, context.following)
+    for offset, ((text, long), tid, act, kept) in enumerate(
+        zip(texts, context.token_ids, context.activations, context.kept, strict=True)
     ):
-        text = render_piece(piece_of(pieces, tid))
+        label = visible_token(piece_of(pieces, tid)) if text == long else long
+        text = text or "◌"  # continuation bytes only: their character is the lead token's
         classes = ["tok"]
         if context.start + offset == context.position:
             classes.append("max")
@@ -102,7 +107,7 @@ def context_html(context: Context, pieces: Sequence[str], scale: float) -> str:
         note = "" if kept else " (excluded position)"
         spans.append(
             f'<span class="{" ".join(classes)}" data-act="{act:.6g}" '
-            f'title="{_e(visible_token(piece_of(pieces, tid)))}: {act:.4f}{note}" '
+            f'title="{_e(label)}: {act:.4f}{note}" '
             f'style="{token_colour(act, scale)}">{_e(text)}</span>'
         )
     return (
@@ -201,8 +206,9 @@ code { background: #f6f6f6; padding: 0 0.2em; white-space: pre; }
 """
 
 
-def summary_html(page: NeuronPage) -> str:
-    """One paragraph: excess correlation, mean correlation and baseline, family."""
+def summary_html(page: NeuronPage, threshold: float = DEFAULT_THRESHOLD) -> str:
+    """One paragraph: excess correlation (digits enough to show it exceeds ``threshold``, τ),
+    mean correlation and baseline, family."""
     s = page.stats
     family = "" if page.family is None else f"; family <b>{_e(page.family['family'])}</b>"
     emerged = s.get("first_universal_tokens")
@@ -210,16 +216,21 @@ def summary_html(page: NeuronPage) -> str:
         "" if emerged is None or pd.isna(emerged) else f"; universal from {_num(emerged)} tokens"
     )
     return (
-        f'<p class="summary">Universal: excess correlation <b>{_num(s["excess_corr"], 3)}</b> '
-        f"(mean over partners of the max correlation {_num(s['mean_corr'], 3)} − rotation "
+        f'<p class="summary">Universal: excess correlation '
+        f"<b>{beside_threshold(s['excess_corr'], threshold)}</b> (τ = {_num(threshold)}; "
+        f"mean over partners of the max correlation {_num(s['mean_corr'], 3)} − rotation "
         f"baseline {_num(s['mean_baseline'], 3)}){family}{since}.</p>"
     )
 
 
 def render_page(
-    page: NeuronPage, pieces: Sequence[str], universal: Mapping[str, set[tuple[int, int]]]
+    page: NeuronPage,
+    pieces: Sequence[str],
+    universal: Mapping[str, set[tuple[int, int]]],
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> str:
-    """The HTML of one neuron's page (its histogram is ``<layer>.<index>.png`` beside it)."""
+    """The HTML of one neuron's page (its histogram is ``<layer>.<index>.png`` beside it;
+    ``threshold``: τ of the universality test)."""
     title = f"{page.model} L{page.layer}.N{page.index}"
     scale = max((c.value for c in page.contexts), default=0.0)
     contexts = "".join(context_html(c, pieces, scale) for c in page.contexts)
@@ -230,7 +241,7 @@ def render_page(
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
         f'<nav><a href="../../index.html">report</a> · <a href="../index.html">all universal '
-        f"neurons</a></nav><h1>{_e(title)}</h1>{summary_html(page)}"
+        f"neurons</a></nav><h1>{_e(title)}</h1>{summary_html(page, threshold)}"
         f'<section id="contexts"><h2>Top-activating contexts</h2><p>The {len(page.contexts)} '
         f"sequences of the analysis token set where the neuron fires most (one per sequence); "
         f"colour: activation (orange positive, blue negative; the title of a token gives its "
@@ -268,9 +279,10 @@ def histogram_png(edges: np.ndarray, counts: np.ndarray, title: str, path: Path)
     return plots.save(fig, path)
 
 
-def index_html(rows: pd.DataFrame, prefix: str | None) -> str:
+def index_html(rows: pd.DataFrame, prefix: str | None, threshold: float = DEFAULT_THRESHOLD) -> str:
     """A table of universal neurons (``universal_rows``), each linked to its page
-    (``prefix``: the path from the page holding the table to ``neurons/``; None: no links)."""
+    (``prefix``: the path from the page holding the table to ``neurons/``; None: no links;
+    ``threshold``: τ, the excess printed with the digits to show it above)."""
     cells = []
     for r in rows.itertuples(index=False):
         neuron = f"L{r.layer}.N{r.index}"
@@ -280,7 +292,7 @@ def index_html(rows: pd.DataFrame, prefix: str | None) -> str:
             [
                 _e(r.model),
                 neuron,
-                _num(r.excess_corr, 3),
+                beside_threshold(r.excess_corr, threshold),
                 _e(r.family) if isinstance(r.family, str) else "–",
                 f"<code>{_e(r.best_feature)}</code> ({_num(r.best_vr, 2)})"
                 if isinstance(r.best_feature, str)
@@ -292,24 +304,30 @@ def index_html(rows: pd.DataFrame, prefix: str | None) -> str:
     return _table([*headers, "first universal (tokens)"], cells, "universal")
 
 
-def write_page(page: NeuronPage, pieces: Sequence[str], universal, folder: Path) -> Path:
+def write_page(
+    page: NeuronPage,
+    pieces: Sequence[str],
+    universal,
+    folder: Path,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Path:
     """Write ``folder/<layer>.<index>.html`` and its histogram ``.png``; return the HTML path."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{page.layer}.{page.index}"
     title = f"{page.model} L{page.layer}.N{page.index}: {int(page.histogram[1].sum()):,} positions"
     histogram_png(*page.histogram, title, folder / f"{stem}.png")
     path = folder / page_name(page.layer, page.index)
-    path.write_text(render_page(page, pieces, universal), encoding="utf-8")
+    path.write_text(render_page(page, pieces, universal, threshold), encoding="utf-8")
     return path
 
 
-def index_page(rows: pd.DataFrame) -> str:
+def index_page(rows: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> str:
     """``neurons/index.html``: every universal neuron (``universal_rows``), linked to its page."""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Universal neurons</title><style>{_STYLE}</style></head><body>"
         '<nav><a href="../index.html">report</a></nav>'
-        f"<h1>Universal neurons ({len(rows):,})</h1>{index_html(rows, '')}</body></html>\n"
+        f"<h1>Universal neurons ({len(rows):,})</h1>{index_html(rows, '', threshold)}</body></html>\n"
     )
 
 
@@ -322,6 +340,7 @@ def write_group_pages(
     family_tables: Mapping[str, pd.DataFrame],
     max_corr: pd.DataFrame,
     baseline: pd.DataFrame,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> pd.DataFrame:
     """Write the page of every universal neuron of every model into ``out_dir/<model>/`` and
     the list of them all into ``out_dir/index.html``; return ``universal_rows``.
@@ -329,7 +348,7 @@ def write_group_pages(
     ``analysis``: ``params.analysis`` (the token set, excluded positions, batch size,
     device); ``model_dirs``: per model name its Hugging Face directory; the tables as in
     ``analysis.neuron_profile.model_pages``. One streaming pass per model with universal
-    neurons.
+    neurons. ``threshold``: τ of the universality test (``results/universality.json``).
     """
     out_dir = Path(out_dir)
     universal = {name: set(universal_neurons(table)) for name, table in stats_tables.items()}
@@ -338,8 +357,8 @@ def write_group_pages(
     pieces = display_pieces(load_tokenizer(tokens_dir))
     tables = (stats_tables, family_tables, max_corr, baseline)
     for page in group_pages(model_dirs, token_set, analysis, *tables):
-        write_page(page, pieces, universal, out_dir / page.model)
+        write_page(page, pieces, universal, out_dir / page.model, threshold)
     rows = universal_rows(stats_tables, family_tables)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "index.html").write_text(index_page(rows), encoding="utf-8")
+    (out_dir / "index.html").write_text(index_page(rows, threshold), encoding="utf-8")
     return rows

@@ -26,7 +26,9 @@ from universal_neurons.description.neuron_profile import (
 )
 from universal_neurons.description.variance import TopActivations
 from universal_neurons.matching.universality import CONTRACT_COLUMNS
-from universal_neurons.outputs.token_display import render_piece
+from universal_neurons.outputs.number_format import beside_threshold
+from universal_neurons.outputs.token_display import display_pieces, window_texts
+from universal_neurons.text.tokens import load_tokenizer
 
 Style = Callable[[str, str], str]
 UNIVERSALITY_COLUMNS = [c for c in CONTRACT_COLUMNS if c not in ("layer", "index")]
@@ -46,15 +48,25 @@ def format_value(value) -> str:
     return str(value)
 
 
-def key_values(row: pd.Series, keys: list[str] | None = None, per_line: int = 3) -> list[str]:
-    """``key = value`` lines, a few per line."""
+def key_values(
+    row: pd.Series, keys: list[str] | None = None, per_line: int = 3, threshold: float = 0.5
+) -> list[str]:
+    """``key = value`` lines, a few per line; ``excess_corr`` with the digits that show its
+    side of ``threshold`` (τ)."""
     keys = [k for k in (keys or list(row.index)) if k in row.index and k not in ("layer", "index")]
-    items = [f"{k} = {format_value(row[k])}" for k in keys]
+    items = [
+        f"{k} = "
+        + (beside_threshold(row[k], threshold, 4) if k == "excess_corr" else format_value(row[k]))
+        for k in keys
+    ]
     return ["  " + "   ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)]
 
 
-def table_lines(sources: NeuronSources, layer: int, index: int, style: Style) -> list[str]:
-    """The universality and statistics sections, from the pipeline's tables."""
+def table_lines(
+    sources: NeuronSources, layer: int, index: int, style: Style, threshold: float = 0.5
+) -> list[str]:
+    """The universality and statistics sections, from the pipeline's tables (``threshold``:
+    τ of the universality test)."""
     stats = table_row(sources.stats_table, layer, index)
     universality = table_row(sources.universality_table, layer, index)
     if universality is None and stats is not None:
@@ -63,7 +75,7 @@ def table_lines(sources: NeuronSources, layer: int, index: int, style: Style) ->
     if universality is None:
         lines.append(f"  (no {sources.universality_table}: run the universality stage)")
     else:
-        lines += key_values(universality, UNIVERSALITY_COLUMNS)
+        lines += key_values(universality, UNIVERSALITY_COLUMNS, threshold=threshold)
     lines.append(style("statistics", "heading"))
     if stats is None:
         lines.append(f"  (no {sources.stats_table}: run the stats stage)")
@@ -103,21 +115,30 @@ def context_line(
     after: int,
     style: Style = plain,
 ) -> str:
-    """The text around ``tokens[sequence, position]`` with that token highlighted."""
+    """The text around ``tokens[sequence, position]`` with that token highlighted (a byte of
+    a split character as ``['Ö' (lead byte 0xC3)]``: ``token_display.window_texts``)."""
     row = tokens[sequence]
     start, stop = context_window(len(row), position, before, after)
-    left = "".join(render_piece(pieces[t]) for t in row[start:position])
-    right = "".join(render_piece(pieces[t]) for t in row[position + 1 : stop])
-    token = style(f"[{render_piece(pieces[row[position]])}]", "token")
+    ids = [int(t) for t in row]
+    texts = window_texts(ids[start:stop], pieces, ids[stop : stop + 3])
+    at = position - start
+    left = "".join(short for short, _ in texts[:at])
+    right = "".join(short for short, _ in texts[at + 1 :])
+    token = style(f"[{texts[at][1]}]", "token")
     return f"{left}{token}{right}"
 
 
 def context_lines(
-    best: TopActivations, tokens: np.ndarray, pieces: list[str], window: tuple[int, int], style
+    best: TopActivations,
+    tokens: np.ndarray,
+    pieces: list[str],
+    window: tuple[int, int],
+    style,
+    note: str = "",
 ) -> list[str]:
     """One line per top activation of the (single) neuron of ``best``: value, where, context;
-    ``window``: tokens shown (before, after)."""
-    lines = [style(f"top-activating contexts ({len(tokens)} sequences)", "heading")]
+    ``window``: tokens shown (before, after); ``note``: added to the heading."""
+    lines = [style(f"top-activating contexts ({len(tokens)} sequences{note})", "heading")]
     for rank in range(best.values.shape[1]):
         value = float(best.values[0, rank])
         if not math.isfinite(value):
@@ -148,8 +169,10 @@ def neuron_page(
     lines = [
         style(f"{sources.label} neuron L{layer}.N{index}", "heading") + f"   ({sources.model_dir})"
     ]
-    lines += table_lines(sources, layer, index, style)
+    lines += table_lines(sources, layer, index, style, settings.threshold)
     profile = neuron_profile(sources, neuron, settings)
     window = (settings.before, settings.after)
-    context = context_lines(profile.top, profile.tokens, profile.pieces, window, style)
+    pieces = display_pieces(load_tokenizer(sources.tokens_dir))
+    note = "; found by the classify stage" if profile.stored_top else ""
+    context = context_lines(profile.top, profile.tokens, pieces, window, style, note)
     return lines + family_section(profile, style) + context

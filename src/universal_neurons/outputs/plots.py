@@ -3,7 +3,7 @@
 Every function takes plain numbers or tables, draws one figure, writes it to ``path`` and
 closes it, so a long run does not pile up open figures.
 
-- The report (``report/figures``): ``per_layer_lines``, ``correlation_vs_baseline``,
+- The report (``report/figures``): ``per_layer_bars``, ``correlation_vs_baseline``,
   ``grouped_bars``, ``training_curves``, ``emergence_curves``; saved without a timestamp
   (``save``).
 - The neuron statistics (``data/stats/plots``): ``plot_percentile_boxen``, the paper's
@@ -48,19 +48,26 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
-def per_layer_lines(
+def draw_per_layer(ax: plt.Axes, values: Mapping[str, Sequence[float]]) -> None:
+    """Bars per layer on ``ax``, one per model side by side (dodged, so that equal values of
+    two models both show): ``values[model][layer]``."""
+    n_layers = max((len(v) for v in values.values()), default=0)
+    groups = {
+        model: [*per_layer, *([np.nan] * (n_layers - len(per_layer)))]
+        for model, per_layer in values.items()
+    }
+    draw_bars(ax, [f"layer {i}" for i in range(n_layers)], groups)
+
+
+def per_layer_bars(
     values: Mapping[str, Sequence[float]], ylabel: str, title: str, path: str | Path
 ) -> Path:
-    """One line per model over layers: ``values[model][layer]``."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for model, per_layer in values.items():
-        ax.plot(range(len(per_layer)), per_layer, marker="o", label=model)
-    ax.set_xlabel("layer")
+    """The figure of ``draw_per_layer``: ``values[model][layer]``."""
+    n_layers = max((len(v) for v in values.values()), default=0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * n_layers + 2), 3.6))
+    draw_per_layer(ax, values)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
     return save(fig, path)
 
 
@@ -91,6 +98,31 @@ def correlation_vs_baseline(
     return save(fig, path)
 
 
+def draw_bars(
+    ax: plt.Axes,
+    categories: Sequence[str],
+    groups: Mapping[str, Sequence[float]],
+    stacked: bool = False,
+) -> None:
+    """Bars per category on ``ax``, one bar (or one stacked segment) per group:
+    ``groups[g][category]``; side by side (dodged) unless ``stacked``."""
+    x = np.arange(len(categories))
+    names = list(groups)
+    width = 0.8 if stacked else 0.8 / max(1, len(names))
+    bottom = np.zeros(len(categories))
+    for i, name in enumerate(names):
+        heights = np.asarray(groups[name], dtype=float)
+        if stacked:
+            ax.bar(x, heights, width, bottom=bottom, label=name)
+            bottom += np.nan_to_num(heights)
+        else:
+            ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=name)
+    ax.set_xticks(x, categories, rotation=30, ha="right")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+
+
 def grouped_bars(
     categories: Sequence[str],
     groups: Mapping[str, Sequence[float]],
@@ -101,23 +133,11 @@ def grouped_bars(
 ) -> Path:
     """Bars per category, one bar (or one stacked segment) per group: ``groups[g][category]``."""
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(categories) + 2), 3.8))
-    x = np.arange(len(categories))
-    names = list(groups)
-    width = 0.8 if stacked else 0.8 / max(1, len(names))
-    bottom = np.zeros(len(categories))
-    for i, name in enumerate(names):
-        heights = np.asarray(groups[name], dtype=float)
-        if stacked:
-            ax.bar(x, heights, width, bottom=bottom, label=name)
-            bottom += heights
-        else:
-            ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=name)
-    ax.set_xticks(x, categories, rotation=30, ha="right")
+    draw_bars(ax, categories, groups, stacked)
+    if stacked:  # counts
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
     return save(fig, path)
 
 

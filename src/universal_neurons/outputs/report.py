@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import html
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,14 @@ import pandas as pd
 from universal_neurons.description.neuron_profile import universal_rows
 from universal_neurons.errors import UserError
 from universal_neurons.outputs import neuron_page, plots
+from universal_neurons.outputs.family_summary import family_stack, family_tables
+from universal_neurons.outputs.report_html import (
+    count,
+    linked_contents,
+    number,
+    percent,
+)
+from universal_neurons.outputs.report_html import html_table as _table
 
 FIGURES = "figures"
 CURVES = "curves"
@@ -88,32 +96,12 @@ def _models(data: Any, path: Path) -> dict[str, dict]:
     return models
 
 
-def percent(value: Any) -> str:
-    """``4.1621`` -> ``4.16%``; missing -> ``–``."""
-    return "–" if value is None else f"{float(value):.2f}%"
-
-
-def count(value: Any) -> str:
-    """``36864`` -> ``36,864``; missing -> ``–``."""
-    return "–" if value is None else f"{int(value):,}"
-
-
-def number(value: Any, digits: int = 3) -> str:
-    """A float with ``digits`` significant digits; small p-values in scientific notation."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool | str):
-        return html.escape(str(value))
-    value = float(value)
-    if value != 0 and abs(value) < 1e-3:
-        return f"{value:.2e}"
-    return f"{value:.{digits}g}"
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def threshold_of(universality_metrics: Path) -> float:
+    """τ of the universality test as ``results/universality.json`` gives it (default 0.5)."""
+    data = _read_json(universality_metrics)
+    if not isinstance(data, dict) or data.get("threshold") is None:
+        return DEFAULT_THRESHOLD
+    return float(data["threshold"])
 
 
 def _figure(result: ReportResult, name: str, caption: str) -> str:
@@ -314,7 +302,7 @@ def _per_layer_section(universality: dict, path: Path, out: Path, result: Report
     }
     if not per_layer:
         return ""
-    plots.per_layer_lines(
+    plots.per_layer_bars(
         per_layer,
         "% universal",
         "Universal neurons per layer",
@@ -433,29 +421,20 @@ def _families_section(
     families: dict, path: Path, tables: Mapping[str, Path], out: Path, result: ReportResult
 ) -> str:
     models = _models(families, path)
-    names = sorted({f for m in models.values() for f in (m.get("counts") or {})})
+    stack = family_stack(models)
     parts = []
-    if names:
+    if stack:
         plots.grouped_bars(
             list(models),
-            {f: [float((m.get("counts") or {}).get(f, 0)) for m in models.values()] for f in names},
+            stack,
             "universal neurons",
-            "Families of universal neurons",
+            "Activation families of universal neurons",
             out / FIGURES / "families.png",
             stacked=True,
         )
-        parts.append(_figure(result, "families.png", "Universal neurons per family and model"))
-    rows = [
-        [
-            html.escape(name),
-            count(m.get("n_universal")),
-            count(m.get("n_explained")),
-            percent(m.get("percent_explained")),
-        ]
-        + [count((m.get("counts") or {}).get(f, 0)) for f in names]
-        for name, m in models.items()
-    ]
-    parts.append(_table(["model", "universal", "explained", "% explained", *names], rows))
+        caption = "Universal neurons per activation family and model (one family each)"
+        parts.append(_figure(result, "families.png", caption))
+    parts.append(family_tables(models))
     for name in models:
         table_path = tables.get(name)
         if table_path is not None and Path(table_path).is_file():
@@ -469,6 +448,7 @@ def _families_section(
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+table { display: block; max-width: 100%; overflow-x: auto; }  /* never wider than the page */
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f2f2f2; }
 td:first-child, th:first-child { text-align: left; }
@@ -489,7 +469,9 @@ def _read_tables(*choices: Mapping[str, Path], models: Sequence[str]) -> dict[st
     return tables
 
 
-def _universal_neurons_section(sources: ReportSources, out: Path, result: ReportResult) -> str:
+def _universal_neurons_section(
+    sources: ReportSources, out: Path, result: ReportResult, threshold: float
+) -> str:
     """The most universal neurons of every model, each linked to its page when the report
     stage wrote the pages (``neurons/<model>/<layer>.<index>.html``, ``outputs.neuron_page``)."""
     models = sources.models
@@ -505,7 +487,7 @@ def _universal_neurons_section(sources: ReportSources, out: Path, result: Report
     if linked:
         note += f'; <a href="{folder}/index.html">all of them</a>. Each links to its page'
     result.sections.append("Universal neuron table")
-    table = neuron_page.index_html(shown, f"{folder}/" if linked else None)
+    table = neuron_page.index_html(shown, f"{folder}/" if linked else None, threshold)
     return f"<h2>Universal neuron table</h2>{note}.</p>{table}"
 
 
@@ -519,7 +501,7 @@ def _result_sections(sources: ReportSources, out: Path, result: ReportResult) ->
         body.append(_headline_section(universality, sources.universality_metrics, result))
         body.append(_per_layer_section(universality, sources.universality_metrics, out, result))
     body.append(_distribution_section(sources, threshold, out, result))
-    body.append(_universal_neurons_section(sources, out, result))
+    body.append(_universal_neurons_section(sources, out, result, threshold))
     stats = _read_json(sources.stats_metrics)
     if stats is not None:
         body.append(_stats_section(stats, sources.stats_metrics, out, result))
@@ -545,7 +527,7 @@ def build_report(sources: ReportSources, out: str | Path) -> ReportResult:
     sections = _result_sections(sources, out, result)
     if not sections:
         sections = ["<p>No results yet: run the pipeline (<code>dvc repro</code>).</p>"]
-    contents = "".join(f"<li>{html.escape(title)}</li>" for title in result.sections)
+    sections, contents = linked_contents(sections, result.sections)
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Universal neurons report</title><style>{_STYLE}</style></head><body>"

@@ -1,6 +1,9 @@
 """Tokens for display, shared by a neuron's text view and its HTML page: special tokens
 named (``render_piece``), spaces, tabs and newlines as visible marks (``visible_token``),
-split multi-byte characters and control characters as escapes (``display_pieces``).
+bytes of split multi-byte characters in words and control characters as escapes
+(``display_pieces``: ``⟨0xC3: lead byte of À–ÿ⟩`` rather than ``'\ufffd'``), and in a
+context the character such bytes form with their neighbours (``window_texts``:
+``'Ö' (lead byte 0xC3)``).
 """
 
 from __future__ import annotations
@@ -9,6 +12,11 @@ import unicodedata
 from collections.abc import Sequence
 
 from universal_neurons.description.features import token_pieces
+from universal_neurons.description.token_bytes import (
+    context_token_text,
+    readable_pieces,
+    token_bytes,
+)
 
 SPACE, NEWLINE, TAB = "\u2423", "\u23ce", "\u21e5"
 INVISIBLE = {"Cc", "Cf", "Co", "Cn", "Zl", "Zp"}  # Unicode categories shown as escapes
@@ -32,15 +40,6 @@ def piece_of(pieces: Sequence[str], token_id: int) -> str:
     return pieces[token_id] if token_id < len(pieces) else f"<id {token_id}>"
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet inverted: the byte each printable character stands for."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    others = [b for b in range(256) if b not in printable]  # stand-ins from U+0100 on
-    decoder = {chr(b): b for b in printable}
-    decoder.update({chr(256 + n): b for n, b in enumerate(others)})
-    return decoder
-
-
 def escape_invisible(text: str) -> str:
     """Control and format characters (except newline and tab) as escapes: ``\\x14``, ``\\u200b``."""
     return "".join(
@@ -51,17 +50,48 @@ def escape_invisible(text: str) -> str:
     )
 
 
-def display_pieces(tokenizer) -> list[str]:
+class DisplayPieces(list):
+    """The display text of every token id (a ``list[str]``) and, in ``data``, its bytes
+    (None for special tokens), so that a context can join split characters."""
+
+    def __init__(self, pieces: Sequence[str], data: Sequence[bytes | None]):
+        super().__init__(pieces)
+        self.data = list(data)
+
+
+def display_pieces(tokenizer) -> DisplayPieces:
     """The text of every token id for display: its decoded text (``""`` for special tokens),
     or, for a byte-level BPE token that is no valid UTF-8 on its own (a piece of a multi-byte
-    character), its bytes as escapes, e.g. ``\\xe2\\x80`` instead of ``\ufffd``; control
-    characters escaped too (``escape_invisible``)."""
+    character), its bytes in words (``token_bytes.readable_bytes``: ``⟨0xC3: lead byte of
+    À–ÿ⟩``) instead of ``\ufffd``; control characters escaped (``escape_invisible``)."""
     pieces = token_pieces(tokenizer)
-    decoder = _byte_decoder()
-    for token_id, piece in enumerate(pieces):
-        raw = tokenizer.id_to_token(token_id) if "\ufffd" in piece else None
-        if raw and all(char in decoder for char in raw):
-            data = bytes(decoder[char] for char in raw)
-            piece = data.decode("utf-8", errors="backslashreplace")
-        pieces[token_id] = escape_invisible(piece)
-    return pieces
+    data = token_bytes(tokenizer, pieces)
+    shown = [escape_invisible(piece) for piece in readable_pieces(pieces, data)]
+    return DisplayPieces(shown, data)
+
+
+def window_texts(
+    token_ids: Sequence[int],
+    pieces: Sequence[str],
+    after: Sequence[int] = (),
+) -> list[tuple[str, str]]:
+    """``(short, long)`` display text of each token of a context window: ``render_piece`` of its
+    piece, except where ``pieces`` (a ``DisplayPieces``) knows its bytes and the token opens
+    or finishes a character with its neighbours: short ``Ö``, long ``'Ö' (lead byte 0xC3)``
+    (``token_bytes.context_token_text``; short ``""`` for a token of continuation bytes only,
+    whose character the token before it shows). ``after``: the tokens after the window (up to
+    3), read only to finish a character its last token opens."""
+    data = getattr(pieces, "data", None)
+    plain = [render_piece(piece_of(pieces, t)) for t in token_ids]
+    if data is None:
+        return [(text, text) for text in plain]
+    window = [data[t] if t < len(data) else None for t in [*token_ids, *after]]
+    out = []
+    for i, text in enumerate(plain):
+        own = window[i]
+        if own is not None and not own.isascii():
+            short, long = context_token_text(window, i)
+            out.append((escape_invisible(short).replace("\n", NEWLINE), escape_invisible(long)))
+        else:
+            out.append((text, text))
+    return out

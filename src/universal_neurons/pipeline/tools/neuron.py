@@ -2,7 +2,8 @@
 
 Its statistics, universality and family (from the pipeline's tables, or computed
 now), top features with their variance reduction, and its top-activating contexts
-in the analysis token set with the token highlighted.
+in the analysis token set with the token highlighted (stored by the classify stage
+for a classified neuron; otherwise found by one pass over the token set).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def run(
     after: int,
     max_sequences: int | None,
 ) -> str:
-    """The page of NEURON of MODEL, from the pipeline's tables and one pass over the tokens."""
+    """The page of NEURON of MODEL from the pipeline's tables (its top contexts from the family
+    table when the classify stage stored them), else one pass over the tokens."""
     layout = Layout.at(
         layout.root, params=layout.params, tokens=tokens_dir, models=models_dir, data=data_dir
     )
@@ -109,7 +111,16 @@ def run(
     analysis = params.analysis
     if max_sequences is not None:
         analysis = analysis.model_copy(update={"max_sequences": max_sequences})
-    settings = PageSettings(analysis, params.families, top, before, after)
+    precomputed = max_sequences is None  # the classify stage's token set: its top contexts hold
+    settings = PageSettings(
+        analysis,
+        params.families,
+        top,
+        before,
+        after,
+        precomputed,
+        params.universality.threshold,
+    )
     return "\n".join(neuron_page(sources, (layer, index), settings, terminal_style))
 
 
