@@ -9,7 +9,7 @@ models and the stages' analysis set it gives the universality stage's numbers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from transformers import GPT2LMHeadModel
 
 from universal_neurons.config import BaselineConfig
 from universal_neurons.matching.baseline import group_baselines
-from universal_neurons.matching.collect import collect_model
+from universal_neurons.matching.collect import collect_model, moments_table
 from universal_neurons.matching.pairs import correlate_group, pair_maxima
 from universal_neurons.matching.universality import (
     mean_percent_universal,
@@ -36,12 +36,14 @@ class GroupUniversality:
 
     ``tables``: per model, the neuron table (``universality.TABLE_COLUMNS``, one row per
     neuron); ``summaries``: per model, ``universality.model_summary``; ``kept_positions``:
-    token positions the statistics are taken over.
+    token positions the statistics are taken over; ``moments``: per model, the collect
+    stage's ``moments_table`` (pre- and post-activation moments, one row per neuron).
     """
 
     tables: dict[str, pd.DataFrame]
     summaries: dict[str, dict]
     kept_positions: int
+    moments: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def mean_percent_universal(self) -> float:
         """Mean over the models of the percentage of (live) neurons that are universal."""
@@ -72,12 +74,12 @@ def group_universality(
     ``models``: ``{name: loaded model}`` in the group's order; ``partner_ids``: the integer
     that seeds each model's baseline matrices (its training seed), as in the baseline stage.
     """
-    within = {
-        name: collect_model(
+    within, moments = {}, {}
+    for name, model in models.items():
+        collected = collect_model(
             model, name, tokens, excluded_ids, batch_size, device=device, progress=progress
-        ).within_layer_covariance()
-        for name, model in models.items()
-    }
+        )
+        within[name], moments[name] = collected.within_layer_covariance(), moments_table(collected)
     stats = correlate_group(
         models, tokens, excluded_ids, batch_size, products, device=device, progress=progress
     )
@@ -85,7 +87,7 @@ def group_universality(
     baselines = group_baselines(stats.pairs.items(), partner_ids, within, baseline, dead_variance)
     tables = {name: universality_table(maxima, baselines, name, threshold) for name in models}
     summaries = {name: model_summary(table, stats.n_layers) for name, table in tables.items()}
-    return GroupUniversality(tables, summaries, stats.kept_positions)
+    return GroupUniversality(tables, summaries, stats.kept_positions, moments)
 
 
 def heldout_losses(model_dirs: Mapping[str, Path], heldout: np.ndarray, device: str) -> dict:
