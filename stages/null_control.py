@@ -141,16 +141,14 @@ def null_result(params: Params, layout: Layout, tables: dict, kept: int) -> dict
     the pooled null findings and each finding against the null."""
     counts = {name: int(table[SELECTED_COLUMN].sum()) for name, table in tables.items()}
     u = params.uncertainty
-    pooled = pooled_findings(tables, u.confidence, u.seed, selected=SELECTED_COLUMN)
+    pooled = pooled_findings(tables, selected=SELECTED_COLUMN)  # as the stats stage pools
     return {
         "run": True,
         "null_group": u.null_group,
         "sequences": null_params(params).analysis.max_sequences,
         "kept_positions": int(kept),
         "threshold": params.universality.threshold,
-        "models": {
-            name: null_model_summary(table, counts[name]) for name, table in tables.items()
-        },
+        "models": {name: null_model_summary(table, counts[name]) for name, table in tables.items()},
         "pooled": pooled,
         "against_null": against_null(real_pooled(layout), pooled, params.stats.alpha),
     }
@@ -205,8 +203,6 @@ COMMAND = Stage(
         "train.seeds",
         "universality",
         "stats",
-        "uncertainty.seed",
-        "uncertainty.confidence",
         "uncertainty.null_group",
         "uncertainty.null_max_sequences",
     ),

@@ -121,7 +121,7 @@ def run(params: Params, layout: Layout) -> dict:
     }
     comparison = {
         "models": {model: compare_universal(table) for model, table in tables.items()},
-        "pooled": pooled_findings(tables, params.uncertainty.confidence, params.uncertainty.seed),
+        "pooled": pooled_findings(tables),
     }
     with atomic_outputs() as outputs:  # the stage's outputs change together or not at all
         _write_tables(outputs, tables, layout, inputs)
@@ -142,7 +142,7 @@ def _wrote(comparison: dict) -> str:
 
 COMMAND = Stage(
     name="stats",
-    params=("train.seeds", "stats", "uncertainty.seed", "uncertainty.confidence"),
+    params=("train.seeds", "stats"),
     inputs=lambda layout: [
         layout.models,
         layout.stage_dir("collect"),

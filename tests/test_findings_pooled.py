@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import invoke_command, tiny_params_dict
 from scipy import stats as scipy_stats
 
-from conftest import invoke_command, tiny_params_dict
 from universal_neurons.description import findings
 from universal_neurons.description.findings import (
     Stratum,
@@ -34,9 +34,7 @@ def test_mann_whitney_u_counts_pairs_with_ties_as_halves():
     rng = np.random.default_rng(0)
     universal = rng.integers(0, 6, 17).astype(np.float64)  # many ties
     other = rng.integers(0, 6, 41).astype(np.float64)
-    by_hand = sum(
-        1.0 if u > o else 0.5 if u == o else 0.0 for u in universal for o in other
-    )
+    by_hand = sum(1.0 if u > o else 0.5 if u == o else 0.0 for u in universal for o in other)
     assert mann_whitney_u(universal, other) == by_hand
     assert mann_whitney_u(universal, other) == scipy_stats.mannwhitneyu(universal, other).statistic
 
@@ -134,7 +132,9 @@ def _table(universal: np.ndarray, other: np.ndarray, dead: int = 0) -> pd.DataFr
             "layer": 0,
             "index": np.arange(len(values)),
             "dead": np.r_[np.zeros(len(values) - dead, bool), np.ones(dead, bool)],
-            "is_universal": np.r_[np.ones(len(universal), bool), np.zeros(len(values) - len(universal), bool)],
+            "is_universal": np.r_[
+                np.ones(len(universal), bool), np.zeros(len(values) - len(universal), bool)
+            ],
         }
     )
     for _, metric, _ in PAPER_FINDINGS:
@@ -175,7 +175,9 @@ def test_findings_tool_shows_the_pooled_table_against_the_null(tmp_path):
     per_model = {m: {"median_universal": 1.0, "median_other": 0.0, "effect_size": 0.5,
                      "p_value": 0.2, "n_universal": 3, "n_other": 50}
                  for _, m, _ in PAPER_FINDINGS}  # fmt: skip
-    real = {m: _pooled_entry(0.6 * s, 1e-4, *sorted((0.4 * s, 0.8 * s))) for _, m, s in PAPER_FINDINGS}
+    real = {
+        m: _pooled_entry(0.6 * s, 1e-4, *sorted((0.4 * s, 0.8 * s))) for _, m, s in PAPER_FINDINGS
+    }
     null = {m: _pooled_entry(0.1 * s, 0.5, -0.1, 0.3) for _, m, s in PAPER_FINDINGS}
     null["sparsity"] = _pooled_entry(-0.55, 1e-3, -0.7, -0.45)  # selection alone: as strong
     stats_path, null_path = tmp_path / "stats.json", tmp_path / "null_control.json"

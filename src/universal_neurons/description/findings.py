@@ -17,7 +17,8 @@ model (a metric's scale may differ from model to model):
   ``effect_size`` of ``statistics.compare_groups``.
 - **interval**: percentile interval of ``r`` over ``BOOTSTRAP_RESAMPLES`` stratified
   bootstrap resamples (within each model, the universal and the other neurons are each
-  drawn with replacement), from a generator seeded with ``uncertainty.seed``.
+  drawn with replacement), at ``POOLED_CONFIDENCE`` from generators seeded with
+  ``POOLED_SEED`` (module constants: the stats stage's parameters do not name them).
 
 A model without a universal (or without another) live neuron is left out of the pool.
 """
@@ -25,7 +26,6 @@ A model without a universal (or without another) live neuron is left out of the 
 from __future__ import annotations
 
 import zlib
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,16 +35,19 @@ import pandas as pd
 from scipy import stats as scipy_stats
 from tqdm import tqdm
 
-from universal_neurons.description.null_control import null_verdict
-from universal_neurons.description.statistics import (
-    OUTCOME_CELLS,
-    PAPER_FINDINGS,
-    finding_outcome,
-)
+from universal_neurons.description.statistics import PAPER_FINDINGS
 
 BOOTSTRAP_RESAMPLES = 1000
 """Stratified bootstrap resamples of the pooled effect's interval (a module constant: the
 parameters are frozen; 1000 keeps the 2.5 % tail's percentile within about +-0.01 of r)."""
+
+POOLED_CONFIDENCE = 0.95
+"""Level of the pooled effect's percentile interval (the default of ``uncertainty.confidence``;
+a constant so that the preset pipelines, whose parameter files have no ``uncertainty``
+section, need none)."""
+
+POOLED_SEED = 0
+"""Seed of the pooled effect's bootstrap (the default of ``uncertainty.seed``)."""
 
 POOLED_KEYS = (
     "effect_size",
@@ -181,8 +184,8 @@ def finding_metrics() -> tuple[str, ...]:
 
 def pooled_findings(
     tables: Mapping[str, pd.DataFrame],
-    confidence: float,
-    seed: int,
+    confidence: float = POOLED_CONFIDENCE,
+    seed: int = POOLED_SEED,
     metrics: Sequence[str] | None = None,
     selected: str = "is_universal",
     progress: bool = True,
@@ -200,73 +203,3 @@ def pooled_findings(
         )
         for metric in tqdm(metrics, desc="pooled findings", unit="metric", disable=not progress)
     }
-
-
-def _signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
-
-
-def pooled_cell(entry: Mapping[str, Any] | None, sign: int, alpha: float) -> str:
-    """A pooled entry as ``holds +0.54 [+0.15,+0.85]`` (outcome, r, interval); ``n/a``."""
-    if not entry:
-        return "n/a"
-    outcome = finding_outcome(entry, sign, alpha)
-    if outcome == "undefined":
-        return OUTCOME_CELLS[outcome]
-    interval = f" [{_signed(entry.get('ci_low'))},{_signed(entry.get('ci_high'))}]"
-    return f"{OUTCOME_CELLS[outcome]} {_signed(entry['effect_size'])}" + interval
-
-
-def _p_cell(entry: Mapping[str, Any] | None) -> str:
-    p_value = (entry or {}).get("p_value")
-    return "n/a" if p_value is None else f"p={p_value:.2g}"
-
-
-def null_pooled(null_result: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """The null control's pooled findings (``results/null_control.json``), or None when the
-    control is missing or was not run."""
-    if not null_result or not null_result.get("run"):
-        return None
-    return null_result.get("pooled") or {}
-
-
-def pooled_rows(
-    stats: Mapping[str, Any], null_result: Mapping[str, Any] | None, alpha: float
-) -> list[list[str]]:
-    """The pooled table as strings: header ``finding, pooled, p, selection alone, against
-    null`` and one row per paper finding; ``[]`` when ``stats`` has no ``pooled`` entry."""
-    pooled = stats.get("pooled")
-    if not isinstance(pooled, Mapping):
-        return []
-    null = null_pooled(null_result)
-    rows = [["finding", "pooled over the group", "p", "selection alone", "against null"]]
-    for finding, metric, sign in PAPER_FINDINGS:
-        real = pooled.get(metric) or {}
-        null_entry = None if null is None else (null.get(metric) or {})
-        null_cell = "not run" if null is None else pooled_cell(null_entry, sign, alpha)
-        verdict = null_verdict(real, null_entry, sign, alpha)
-        rows.append([f"{finding} ({metric})", pooled_cell(real, sign, alpha), _p_cell(real)])
-        rows[-1] += [null_cell.split(" [")[0], verdict]
-    return rows
-
-
-def pooled_lines(
-    stats: Mapping[str, Any], null_result: Mapping[str, Any] | None, alpha: float
-) -> list[str]:
-    """README sentences of the pooled table: per finding the pooled outcome, ``r`` [interval],
-    ``z`` and ``p``, what selection alone gives and the verdict against it."""
-    rows = pooled_rows(stats, null_result, alpha)
-    if not rows:
-        return []
-    pooled, null = stats["pooled"], null_pooled(null_result)
-    lines = [f"Pooled over the group (van Elteren's stratified test, p < {alpha}):"]
-    for (finding, metric, sign), row in zip(PAPER_FINDINGS, rows[1:], strict=True):
-        entry = pooled.get(metric) or {}
-        z = entry.get("z")
-        selection = "not run" if null is None else row[3]
-        lines.append(
-            f"- {finding} ({metric}): {row[1]}, z = {'n/a' if z is None else f'{z:.2f}'}, "
-            f"{row[2].replace('=', ' = ')}, over {len(entry.get('models') or [])} models; "
-            f"selection alone: {selection}; {row[4]}."
-        )
-    return lines

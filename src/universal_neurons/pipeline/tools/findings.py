@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from universal_neurons.description.findings import pooled_lines, pooled_rows
+from universal_neurons.description.null_control import pooled_lines, pooled_rows
 from universal_neurons.description.statistics import PAPER_FINDINGS, findings_rows, findings_verdict
 from universal_neurons.errors import UserError
 from universal_neurons.io import read_json
