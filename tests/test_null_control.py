@@ -193,6 +193,7 @@ def test_stage_on_a_tiny_layout(tiny_tokens_dir, tmp_path, monkeypatch):
         expected = null_verdict(real, stored["pooled"][metric], sign, params.stats.alpha)
         assert entry["verdict"] == expected
     assert result["against_null"] == stored["against_null"]
+    _check_null_moments(params, layout, tokens, tmp_path / "again")
     assert stored["pooled"]["input_bias"]["p_value"] is None  # all-zero biases: no test
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(
@@ -204,6 +205,26 @@ def test_stage_on_a_tiny_layout(tiny_tokens_dir, tmp_path, monkeypatch):
         "run": False,
         "reason": "uncertainty.null_group is none",
     }
+
+
+def _check_null_moments(params, layout, tokens, scratch) -> None:
+    """The null table's pre-activation mean, variance and sparsity of seed1 equal a float64
+    reference over the kept positions, from the bridge's own (unfused) forward pass."""
+    from stages import null_control
+    from universal_neurons.matching.activations import excluded_token_ids, kept_mask
+    from universal_neurons.models.loading import capture_mlp
+    from universal_neurons.text.tokens import load_tokenizer
+
+    model = null_control.untrained_models(params, layout, scratch)["seed1"]
+    excluded = excluded_token_ids(load_tokenizer(layout.tokens), params.analysis)
+    with torch.no_grad():
+        pre = capture_mlp(model, torch.as_tensor(tokens.astype(np.int64)), ("pre",), fused=False)
+    kept = pre["pre"][:, kept_mask(tokens, excluded)].double().numpy()  # [layers, kept, d_mlp]
+    values = kept.transpose(0, 2, 1).reshape(-1, kept.shape[1])  # [neurons, kept]
+    table = pd.read_parquet(layout.stage_dir("null_control") / "seed1.parquet")
+    assert np.allclose(table["mean"], values.mean(axis=1), rtol=1e-4, atol=1e-6)
+    assert np.allclose(table["var"], values.var(axis=1), rtol=1e-3, atol=1e-7)
+    assert np.allclose(table["sparsity"], (values > 0).mean(axis=1), atol=1e-3)
 
 
 def null_params_of(params, n):
