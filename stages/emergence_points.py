@@ -21,7 +21,12 @@ from tqdm import tqdm
 
 from universal_neurons.io import atomic_outputs, read_json
 from universal_neurons.matching.activations import load_analysis_set
-from universal_neurons.matching.emergence import GroupMeasures, group_measures, heldout_losses
+from universal_neurons.matching.emergence import (
+    MEASURE_COLUMNS,
+    GroupMeasures,
+    group_measures,
+    heldout_losses,
+)
 from universal_neurons.matching.pairs import resolve_products
 from universal_neurons.models.loading import (
     check_device,
@@ -106,8 +111,7 @@ def point_losses(params: Params, layout: Layout, below: str) -> dict[str, float]
 def measures_table(measures: GroupMeasures) -> pd.DataFrame:
     """``model`` + ``MEASURE_COLUMNS``: every model's neurons, in the group's order."""
     frames = [table.assign(model=name) for name, table in measures.tables.items()]
-    table = pd.concat(frames, ignore_index=True)
-    return table[["model", *measures.tables[next(iter(measures.tables))].columns]]
+    return pd.concat(frames, ignore_index=True)[["model", *MEASURE_COLUMNS]]
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:

@@ -1,8 +1,10 @@
 """Stage stats: the neuron table of every model and universal vs other neurons.
 
 Universality table + activation moments + processed weights -> the neuron table per model,
-the universal-vs-other comparison (``results/stats.json``; headline: in how many models each
-of the paper's findings holds, ``metrics/findings.json``) and its figures.
+the universal-vs-other comparison (``results/stats.json``: per model, and ``pooled``: each of
+the paper's findings over the whole group, a stratified test and an effect-size interval,
+``description.findings``; headline: in how many models each finding holds,
+``metrics/findings.json``) and its figures.
 
 Writes ``data/stats/``: ``seed{s}.parquet`` (the neuron tables), ``per_layer.csv`` (medians per
 layer and group) and ``plots/*.png``; ``results/stats.json``, ``metrics/findings.json`` and
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from tqdm import tqdm
 
+from universal_neurons.description.findings import pooled_findings
 from universal_neurons.description.statistics import (
     METRICS,
     activation_statistics,
@@ -109,13 +112,17 @@ def checked_inputs(params: Params, layout: Layout) -> Provenance:
 
 
 def run(params: Params, layout: Layout) -> dict:
-    """Write every model's neuron table and figures; return ``{"models": {name: comparison}}``."""
+    """Write every model's neuron table and figures; return ``{"models": {name: comparison},
+    "pooled": {metric: pooled comparison}}``."""
     inputs = checked_inputs(params, layout)
     tables = {
         model_name(seed): model_table(params, layout, seed)
         for seed in tqdm(params.train.seeds, desc="stats", unit="model")
     }
-    comparison = {"models": {model: compare_universal(table) for model, table in tables.items()}}
+    comparison = {
+        "models": {model: compare_universal(table) for model, table in tables.items()},
+        "pooled": pooled_findings(tables),
+    }
     with atomic_outputs() as outputs:  # the stage's outputs change together or not at all
         _write_tables(outputs, tables, layout, inputs)
         outputs.write_json(layout.result("stats.json"), comparison)

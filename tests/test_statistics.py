@@ -382,6 +382,29 @@ def test_comparison_equals_mannwhitneyu_on_live_neurons(stage_outputs):
     assert "NaN" not in stage_outputs["metrics_path"].read_text()
 
 
+def test_pooled_findings_by_brute_force_over_the_stage_tables(stage_outputs):
+    """results/stats.json's pooled entry of each finding: r = the mean over every (universal,
+    other) pair of live neurons of the same model of sign(u - o), in float64 by brute force;
+    seed3 (no universal neuron) is left out of the pool; the interval holds r."""
+    stored = json.loads(stage_outputs["metrics_path"].read_text())
+    tables = {
+        name: pd.read_parquet(stage_outputs["output_dir"] / f"{name}.parquet")
+        for name in ("seed1", "seed2", "seed3")
+    }
+    for _, metric, _ in statistics.PAPER_FINDINGS:
+        entry = stored["pooled"][metric]
+        signs, n_universal = [], 0
+        for table in tables.values():
+            live = table[~table["dead"]]
+            u = live.loc[live["is_universal"], metric].dropna().to_numpy(np.float64)
+            o = live.loc[~live["is_universal"], metric].dropna().to_numpy(np.float64)
+            signs.append(np.sign(u[:, None] - o[None, :]).ravel())
+            n_universal += len(u)
+        assert entry["effect_size"] == pytest.approx(np.concatenate(signs).mean(), abs=1e-12)
+        assert entry["models"] == ["seed1", "seed2"] and entry["n_universal"] == n_universal
+        assert entry["ci_low"] <= entry["effect_size"] <= entry["ci_high"]
+
+
 def test_findings_headline_counts_the_models_where_each_finding_holds(stage_outputs):
     """metrics/findings.json, against a count by hand from the comparison: a finding holds in
     a model when its effect has the paper's sign and p < stats.alpha (seed3 has no universal
@@ -677,7 +700,10 @@ def test_findings_cli_reads_the_stage_metrics(stage_outputs, tmp_path):
     long = _invoke("findings", "--long", "--metrics", str(metrics_path), "--params", str(params))
     assert long.exit_code == 0, long.output
     assert long.output.startswith("Universal vs other live neurons, 3 models;")
-    assert len(long.output.strip().splitlines()) == 1 + len(statistics.PAPER_FINDINGS)
+    per_model, pooled = long.output.strip().split("\n\n")
+    assert len(per_model.splitlines()) == 1 + len(statistics.PAPER_FINDINGS)
+    assert pooled.startswith("Pooled over the group")  # the stats stage pools every finding
+    assert len(pooled.splitlines()) == 1 + len(statistics.PAPER_FINDINGS)
     assert "seed3: median n/a vs" in long.output
 
 

@@ -9,7 +9,7 @@ models and the stages' analysis set it gives the universality stage's numbers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from transformers import GPT2LMHeadModel
 
 from universal_neurons.config import BaselineConfig
 from universal_neurons.matching.baseline import group_baselines
-from universal_neurons.matching.collect import collect_model
+from universal_neurons.matching.collect import collect_model, moments_table
 from universal_neurons.matching.pairs import correlate_group, pair_maxima
 from universal_neurons.matching.universality import (
     mean_percent_universal,
@@ -36,12 +36,14 @@ class GroupUniversality:
 
     ``tables``: per model, the neuron table (``MEASURE_COLUMNS`` and ``is_universal``, one
     row per neuron); ``summaries``: per model, ``universality.model_summary``; ``kept_positions``:
-    token positions the statistics are taken over.
+    token positions the statistics are taken over; ``moments``: per model, the collect
+    stage's ``moments_table`` (pre- and post-activation moments, one row per neuron).
     """
 
     tables: dict[str, pd.DataFrame]
     summaries: dict[str, dict]
     kept_positions: int
+    moments: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def mean_percent_universal(self) -> float:
         """Mean over the models of the percentage of (live) neurons that are universal."""
@@ -61,13 +63,16 @@ MEASURE_COLUMNS = ["layer", "index", "dead", "mean_corr", "mean_baseline", "exce
 class GroupMeasures:
     """The τ-independent part of the universality test of one group of models.
 
-    ``tables``: per model, ``MEASURE_COLUMNS`` (one row per neuron, layer-major);
-    ``n_layers``: MLP layers per model; ``kept_positions``: token positions measured.
+    ``tables``: per model, the universality table without ``is_universal`` (one row per
+    neuron, layer-major; ``MEASURE_COLUMNS`` are what the emergence stages keep);
+    ``n_layers``: MLP layers per model; ``kept_positions``: token positions measured;
+    ``moments``: per model, the collect stage's ``moments_table`` (when measured here).
     """
 
     tables: dict[str, pd.DataFrame]
     n_layers: int
     kept_positions: int
+    moments: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def at_threshold(self, threshold: float) -> GroupUniversality:
         """The universality test at ``threshold``: ``is_universal`` = excess > threshold
@@ -79,7 +84,7 @@ class GroupMeasures:
             for name, table in self.tables.items()
         }
         summaries = {name: model_summary(t, self.n_layers) for name, t in tables.items()}
-        return GroupUniversality(tables, summaries, self.kept_positions)
+        return GroupUniversality(tables, summaries, self.kept_positions, self.moments)
 
 
 @torch.no_grad()
@@ -101,22 +106,22 @@ def group_measures(
     ``models``: ``{name: loaded model}`` in the group's order; ``partner_ids``: the integer
     that seeds each model's baseline matrices (its training seed), as in the baseline stage.
     """
-    within = {
-        name: collect_model(
+    within, moments = {}, {}
+    for name, model in models.items():
+        collected = collect_model(
             model, name, tokens, excluded_ids, batch_size, device=device, progress=progress
-        ).within_layer_covariance()
-        for name, model in models.items()
-    }
+        )
+        within[name], moments[name] = collected.within_layer_covariance(), moments_table(collected)
     stats = correlate_group(
         models, tokens, excluded_ids, batch_size, products, device=device, progress=progress
     )
     maxima, _ = pair_maxima(stats, dead_variance)
     baselines = group_baselines(stats.pairs.items(), partner_ids, within, baseline, dead_variance)
-    tables = {
-        name: universality_table(maxima, baselines, name, np.inf)[MEASURE_COLUMNS]
+    tables = {  # no threshold yet: every column of the universality table but is_universal
+        name: universality_table(maxima, baselines, name, np.inf).drop(columns="is_universal")
         for name in models
     }
-    return GroupMeasures(tables, stats.n_layers, stats.kept_positions)
+    return GroupMeasures(tables, stats.n_layers, stats.kept_positions, moments)
 
 
 def group_universality(
