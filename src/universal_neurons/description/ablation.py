@@ -167,8 +167,8 @@ def _downstream_sums(clean: _Clean, out: TailOutput, start: int, copies: int) ->
     kept = clean.kept.reshape(-1).to(out.logits.dtype)  # [batch * pos]
     for offset, (post, first) in enumerate(zip(out.posts, out.attention_to_first, strict=True)):
         layer = start + offset
-        ablated = torch.matmul(kept, post.abs().view(copies, kept.shape[0], -1))
-        clean_sum = kept @ clean.out.posts[layer].abs().view(kept.shape[0], -1)
+        ablated = torch.matmul(kept, post.abs().reshape(copies, kept.shape[0], -1))
+        clean_sum = kept @ clean.out.posts[layer].abs().reshape(kept.shape[0], -1)
         neurons[layer] = (ablated - clean_sum).double().cpu().numpy()
         change = _by_copy(first, copies) - clean.out.attention_to_first[layer][None]
         heads[layer] = _masked_sum(change.transpose(2, 3), clean.kept)
