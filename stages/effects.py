@@ -50,7 +50,7 @@ def model_inputs(params: Params, layout: Layout, seed: int) -> ModelInputs:
         directory=str(layout.model(seed)),
         stats=read_parquet(layout.table("stats", model_name(seed)), "stats"),
         moments=read_parquet(layout.model_dir("collect", seed) / "moments.parquet", "collect"),
-        tokens=np.asarray(tokens),
+        tokens=np.asarray(tokens, dtype=np.int64),
         excluded=excluded,
     )
 

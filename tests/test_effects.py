@@ -275,6 +275,7 @@ def test_controls_share_the_deciles_are_deterministic_and_widen_when_needed():
     assert list(third["widening"]) == [1] * 5 and set(third["index"]) <= set(range(1, 8))
 
 
+@pytest.mark.slow
 def test_the_stage_writes_tables_that_agree_with_the_library(
     tiny_analysis, tiny_group, tiny_tokens_dir, tmp_path
 ):
