@@ -254,7 +254,9 @@ def _control_stats() -> pd.DataFrame:
     stats = pd.DataFrame(
         {"layer": layer, "index": index, "sparsity": index / 40.0, "w_out_norm": index + 1.0}
     )
-    stats["is_universal"] = [(lay, i) in {(0, 5), (1, 0)} for lay, i in zip(layer, index, strict=True)]
+    stats["is_universal"] = [
+        (lay, i) in {(0, 5), (1, 0)} for lay, i in zip(layer, index, strict=True)
+    ]
     stats["dead"] = [(lay, i) == (0, 6) for lay, i in zip(layer, index, strict=True)]
     return stats
 
@@ -319,6 +321,24 @@ def test_the_stage_writes_tables_that_agree_with_the_library(
     (effect,) = _measure(tiny_group[1], inputs.tokens, inputs.excluded, [ablation])
     assert row["delta_loss"] == pytest.approx(effect.delta_loss, abs=1e-5)
     assert len(json.loads(row["top_tokens"])) == params.effects.top_tokens
+    _check_views(layout, summary, row)
+
+
+def _check_views(layout, summary: dict, row: pd.Series) -> None:
+    """The report's summary rows and the terminal view show the stage's numbers."""
+    from universal_neurons.description.effects import effects_summary_rows
+    from universal_neurons.description.neuron_profile import NeuronSources
+    from universal_neurons.outputs.neuron_view import effects_lines
+
+    rows = effects_summary_rows(summary)
+    assert {(r["model"], r["layer"]) for r in rows} == {
+        (f"seed{s}", layer) for s in (1, 2, 3) for layer in (0, 1)
+    }
+    path = layout.stage_dir("effects") / "seed1.parquet"
+    sources = NeuronSources("seed1", path, path, path, path, path, path, effects_table=path)
+    lines = effects_lines(sources, int(row["layer"]), int(row["index"]))
+    assert any(f"Δloss {row['delta_loss']:+.5f}" in line for line in lines)
+    assert lines[1].strip() == "as universal:"
 
 
 def _tables(layout) -> list[pd.DataFrame]:
