@@ -218,7 +218,7 @@ def model_roles(
     processed weights, the position-0 keys and LayerNorm scales of ``tokens [batch, pos]``
     and the activation standard deviations of ``moments`` (``post_var``)."""
     weights = processed_weights(model)
-    context = attention_context(model, tokens, kept_mask(tokens, excluded))
+    context = attention_context(model, tokens, kept_mask(tokens.cpu(), excluded).to(tokens.device))
     n_layers, d_mlp = weights["W_out"].shape[:2]
     variance = moments.sort_values(["layer", "index"])["post_var"].to_numpy()
     std = np.sqrt(np.clip(variance, 0, None)).reshape(n_layers, d_mlp)
