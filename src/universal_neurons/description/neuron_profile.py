@@ -75,7 +75,8 @@ class NeuronPageError(UserError):
 @dataclass(frozen=True)
 class NeuronSources:
     """What the page of one neuron reads. ``label``: the model's name in the tables
-    (``seed1``); the tables and ``syntax_dir`` may be missing (their sections say so)."""
+    (``seed1``); the tables and ``syntax_dir`` may be missing (their sections say so);
+    ``effects_table``: the effects stage's table, shown where it exists."""
 
     label: str
     model_dir: Path
@@ -84,6 +85,7 @@ class NeuronSources:
     universality_table: Path
     family_table: Path
     syntax_dir: Path
+    effects_table: Path | None = None
 
 
 def check_neuron(text: str, n_layers: int, d_mlp: int, label: str) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from universal_neurons.description.effects import effects_section
 from universal_neurons.description.neuron_profile import (
     NeuronProfile,
     NeuronSources,
@@ -158,6 +159,24 @@ def family_section(profile: NeuronProfile, style: Style = plain) -> list[str]:
     return lines + family_lines(profile.family, profile.computed_now, style)
 
 
+def effects_lines(
+    sources: NeuronSources, layer: int, index: int, style: Style = plain
+) -> list[str]:
+    """The effects section: every row of the effects table for the neuron (as a universal
+    neuron, a control or a partner); nothing where the effects stage has not run."""
+    path = sources.effects_table
+    if path is None or not path.is_file():
+        return []
+    table = pd.read_parquet(path)
+    rows = table[(table["layer"] == layer) & (table["index"] == index)]
+    lines = [style("effects (ablation on the held-out tokens)", "heading")] if len(rows) else []
+    for row in rows.to_dict("records"):
+        of = f" of {row['of']}" if row["of"] else ""
+        lines.append(f"  as {row['kind']}{of}:")
+        lines += ["    " + line for line in effects_section(row)]
+    return lines
+
+
 def neuron_page(
     sources: NeuronSources,
     neuron: tuple[int, int],
@@ -175,4 +194,5 @@ def neuron_page(
     pieces = display_pieces(load_tokenizer(sources.tokens_dir))
     note = "; found by the classify stage" if profile.stored_top else ""
     context = context_lines(profile.top, profile.tokens, pieces, window, style, note)
-    return lines + family_section(profile, style) + context
+    effects = effects_lines(sources, layer, index, style)
+    return lines + family_section(profile, style) + effects + context

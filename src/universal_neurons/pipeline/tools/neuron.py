@@ -72,8 +72,9 @@ def check_tables(sources: NeuronSources) -> None:
         (sources.stats_table, "stats"),
         (sources.universality_table, "universality"),
         (sources.family_table, "classify"),
+        (sources.effects_table, "effects"),
     ):
-        if path.is_file():
+        if path is not None and path.is_file():
             read_parquet(path, stage)
 
 
@@ -106,6 +107,7 @@ def run(
         universality_table=layout.table("universality", label),
         family_table=layout.table("families", label),
         syntax_dir=layout.stage_dir("syntax"),
+        effects_table=layout.table("effects", label),
     )
     check_tables(sources)
     analysis = params.analysis
@@ -147,7 +149,7 @@ COMMAND = Command(
             type=click.Path(path_type=Path),
             default=Layout().data,
             show_default=True,
-            help="Holds stats/, universality/, families/ and syntax/.",
+            help="Holds stats/, universality/, families/, syntax/ and effects/.",
         ),
         click.option(
             "--top",
