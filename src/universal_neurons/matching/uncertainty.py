@@ -1,0 +1,153 @@
+"""The uncertainty stage's tables and documents, from the resampled universality test.
+
+Per model: the neuron table (whole-set excess, its percentile interval, stability), the
+percentile intervals of % universal (whole model and per layer) and % universal in every
+resample; for the group, the interval of the mean over the models (the models share the
+resampled blocks, so the mean is resampled as one statistic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from universal_neurons.matching.resampling import (
+    CandidateSums,
+    neuron_stability,
+    percent_intervals,
+    percent_per_resample,
+    percentile_interval,
+    resampled_excess,
+    whole_set_excess,
+)
+
+TABLE_COLUMNS = [
+    "layer",
+    "index",
+    "dead",
+    "is_universal",
+    "excess",
+    "excess_lo",
+    "excess_hi",
+    "stability",
+]
+"""``data/uncertainty/seed{s}.parquet``: ``is_universal`` from the universality stage,
+``excess`` on the whole set with this stage's draws, the rest over the resamples."""
+
+
+@dataclass(frozen=True)
+class ModelUncertainty:
+    """One model's result: ``table`` (``TABLE_COLUMNS``), ``intervals`` (``percent_intervals``),
+    ``percent [resamples]`` (% universal of its live neurons per resample), ``point`` (% of
+    the universality stage) and ``whole_set`` (% with the whole-set excess of this stage)."""
+
+    table: pd.DataFrame
+    intervals: dict
+    percent: np.ndarray
+    point: float
+    whole_set: float
+
+
+def model_uncertainty(
+    sums: CandidateSums,
+    model: str,
+    partners: list[str],
+    weights: np.ndarray,
+    universality: pd.DataFrame,
+    *,
+    draws: int,
+    threshold: float,
+    confidence: float,
+    dead_variance: float = 0.0,
+) -> ModelUncertainty:
+    """Resample ``model``'s universality test (``weights [resamples, blocks]``) against its
+    ``partners``; ``universality``: its neuron table (layer-major, as the sums), whose dead
+    neurons stay out of every percentage."""
+    excess = resampled_excess(sums, model, partners, draws, weights, dead_variance)
+    whole = whole_set_excess(sums, model, partners, draws, dead_variance)
+    dead = universality["dead"].to_numpy(bool)
+    layers = universality["layer"].to_numpy(np.int64)
+    live = ~dead
+    with np.errstate(invalid="ignore"):
+        universal = excess > threshold
+        whole_universal = whole > threshold
+    stability = neuron_stability(excess, threshold, confidence)
+    table = pd.DataFrame(
+        {
+            "layer": layers,
+            "index": universality["index"].to_numpy(np.int64),
+            "dead": dead,
+            "is_universal": universality["is_universal"].to_numpy(bool),
+            "excess": whole,
+            **stability,
+        }
+    )[TABLE_COLUMNS]
+    point = universality["is_universal"].to_numpy(bool)[live].mean() * 100 if live.any() else 0.0
+    return ModelUncertainty(
+        table=table,
+        intervals=percent_intervals(universal, layers, live, confidence),
+        percent=percent_per_resample(universal, live),
+        point=float(point),
+        whole_set=float(whole_universal[live].mean() * 100) if live.any() else 0.0,
+    )
+
+
+def _model_document(result: ModelUncertainty) -> dict:
+    """A model's entry of ``results/uncertainty.json``."""
+    table = result.table
+    live = ~table["dead"].to_numpy(bool)
+    universal = table["is_universal"].to_numpy(bool)
+    return {
+        "percent_universal": result.point,
+        "percent_universal_whole_set": result.whole_set,
+        "percent_universal_lo": result.intervals["lo"],
+        "percent_universal_hi": result.intervals["hi"],
+        "percent_universal_median": result.intervals["median"],
+        "per_layer": result.intervals["per_layer"],
+        "n_live": int(live.sum()),
+        "n_universal": int(universal.sum()),
+        "mean_stability_of_universal": (
+            float(table["stability"].to_numpy()[universal].mean()) if universal.any() else None
+        ),
+    }
+
+
+def uncertainty_results(
+    models: dict[str, ModelUncertainty], sums: CandidateSums, settings: dict, confidence: float
+) -> dict:
+    """The ``results/uncertainty.json`` document: ``settings``, kept positions per block, per
+    model its entry, and the interval of the mean % universal over the models."""
+    mean = np.mean([m.percent for m in models.values()], axis=0)
+    lo, hi = percentile_interval(mean, confidence)
+    return {
+        "settings": settings,
+        "kept_positions_per_block": [int(c) for c in sums.count],
+        "models": {name: _model_document(result) for name, result in models.items()},
+        "mean_percent_universal": float(np.mean([m.point for m in models.values()])),
+        "mean_percent_universal_lo": float(lo),
+        "mean_percent_universal_hi": float(hi),
+    }
+
+
+def uncertainty_headline(results: dict) -> dict:
+    """``metrics/uncertainty.json``: the interval of the mean and of each model."""
+    keys = ("percent_universal_lo", "percent_universal_hi")
+    return {
+        "mean_percent_universal_lo": results["mean_percent_universal_lo"],
+        "mean_percent_universal_hi": results["mean_percent_universal_hi"],
+        **{name: {k: entry[k] for k in keys} for name, entry in results["models"].items()},
+    }
+
+
+def per_layer_interval_rows(results: dict) -> pd.DataFrame:
+    """``model, layer, lo, hi, median`` (the DVC plot's table)."""
+    return pd.DataFrame(
+        [
+            {"model": model, **row}
+            for model, entry in results["models"].items()
+            for row in entry["per_layer"]
+        ],
+        columns=["model", "layer", "lo", "hi", "median"],
+    )
