@@ -256,3 +256,21 @@ def test_stage_agrees_with_the_universality_stage_and_the_library(
         == results["models"]["seed1"]["percent_universal_lo"]
     )
     assert (root / "metrics" / "uncertainty_per_layer.csv").is_file()
+
+
+def test_interval_plot_reads_the_results_document(tmp_path):
+    from universal_neurons.matching.uncertainty import interval_plot_inputs
+    from universal_neurons.outputs.plots import percent_with_intervals
+
+    row = {"layer": 0, "percent_universal": 2.0, "lo": 1.0, "hi": 3.5, "median": 2.0}
+    results = {
+        "models": {
+            "seed1": {"per_layer": [row, {**row, "layer": 1, "percent_universal": None}]},
+            "seed2": {"per_layer": [{**row, "lo": 0.5}, {**row, "layer": 1}]},
+        }
+    }
+    points, intervals = interval_plot_inputs(results)
+    assert points == {"seed1": [2.0, None], "seed2": [2.0, 2.0]}
+    assert intervals["seed2"] == [(0.5, 3.5), (1.0, 3.5)]
+    path = percent_with_intervals(points, intervals, tmp_path / "intervals.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -84,10 +84,15 @@ def model_uncertainty(
             **stability,
         }
     )[TABLE_COLUMNS]
-    point = universality["is_universal"].to_numpy(bool)[live].mean() * 100 if live.any() else 0.0
+    flags = universality["is_universal"].to_numpy(bool)
+    point = flags[live].mean() * 100 if live.any() else 0.0
+    intervals = percent_intervals(universal, layers, live, confidence)
+    for row in intervals["per_layer"]:
+        in_layer = live & (layers == row["layer"])
+        row["percent_universal"] = float(flags[in_layer].mean() * 100) if in_layer.any() else None
     return ModelUncertainty(
         table=table,
-        intervals=percent_intervals(universal, layers, live, confidence),
+        intervals=intervals,
         percent=percent_per_resample(universal, live),
         point=float(point),
         whole_set=float(whole_universal[live].mean() * 100) if live.any() else 0.0,
@@ -142,12 +147,24 @@ def uncertainty_headline(results: dict) -> dict:
 
 
 def per_layer_interval_rows(results: dict) -> pd.DataFrame:
-    """``model, layer, lo, hi, median`` (the DVC plot's table)."""
+    """``model, layer, percent_universal, lo, hi, median`` (the DVC plot's table;
+    ``percent_universal``: the universality stage's)."""
     return pd.DataFrame(
         [
             {"model": model, **row}
             for model, entry in results["models"].items()
             for row in entry["per_layer"]
         ],
-        columns=["model", "layer", "lo", "hi", "median"],
+        columns=["model", "layer", "percent_universal", "lo", "hi", "median"],
     )
+
+
+def interval_plot_inputs(results: dict) -> tuple[dict, dict]:
+    """From ``results/uncertainty.json``: ``(points, intervals)`` for
+    ``outputs.plots.percent_with_intervals`` (per model and layer, the universality stage's
+    % universal and the bootstrap ``(lo, hi)``)."""
+    points, intervals = {}, {}
+    for model, entry in results["models"].items():
+        points[model] = [row["percent_universal"] for row in entry["per_layer"]]
+        intervals[model] = [(row["lo"], row["hi"]) for row in entry["per_layer"]]
+    return points, intervals
