@@ -18,6 +18,7 @@ from universal_neurons.matching.resampling import (
     CandidateSums,
     block_bounds,
     block_weights,
+    draw_per_resample,
     neuron_stability,
     percent_intervals,
     resampled_excess,
@@ -145,7 +146,8 @@ def test_stability_is_one_for_a_copied_neuron_and_zero_without_partner():
     draws = [mixing_matrices("rotation", 1, n, 0, 2, d) for d in range(2)]
     rotated = [rotate_layers(torch.as_tensor(y), torch.as_tensor(m)).numpy() for m in draws]
     sums = _planted_sums(x, y, rotated, blocks=20, k=4)
-    excess = resampled_excess(sums, "a", ["b"], 2, block_weights(20, 100, seed=0))
+    weights = block_weights(20, 100, seed=0)
+    excess = resampled_excess(sums, "a", ["b"], weights, draw_per_resample(2, 100))
     stability = neuron_stability(excess, threshold=0.5, confidence=0.9)["stability"]
     np.testing.assert_array_equal(stability[:16], 1.0)
     np.testing.assert_array_equal(stability[16:32], 0.0)
@@ -172,7 +174,8 @@ def _coverage(confidence: float, replicates: int, truth: float = 50.0) -> float:
     covered = 0
     for replicate in range(replicates):
         sums = _planted_replicate(rng)
-        excess = resampled_excess(sums, "a", ["b"], 2, block_weights(20, 200, seed=replicate))
+        weights = block_weights(20, 200, seed=replicate)
+        excess = resampled_excess(sums, "a", ["b"], weights, draw_per_resample(2, 200))
         n = excess.shape[1]
         universal = excess > 0.5
         interval = percent_intervals(universal, np.zeros(n, int), np.ones(n, bool), confidence)

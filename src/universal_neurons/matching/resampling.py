@@ -152,6 +152,12 @@ def block_weights(blocks: int, resamples: int, seed: int) -> np.ndarray:
     return rng.multinomial(blocks, np.full(blocks, 1.0 / blocks), size=resamples)
 
 
+def draw_per_resample(draws: int, resamples: int) -> np.ndarray:
+    """``[resamples, draws]``: resample r takes baseline draw ``r mod draws`` alone (weight 1),
+    the draws in turn (the ``draw_weights`` of ``resampled_excess``)."""
+    return np.eye(draws, dtype=np.int64)[np.arange(resamples) % draws]
+
+
 def _best(correlations: torch.Tensor) -> torch.Tensor:
     """``[resamples, n]``: max over candidates ignoring NaN (NaN if all are NaN)."""
     finite = torch.nan_to_num(correlations, nan=-torch.inf).amax(dim=-1)
@@ -168,23 +174,25 @@ def resampled_excess(
     sums: CandidateSums,
     model: str,
     partners: list[str],
-    draws: int,
     weights: np.ndarray,
+    draw_weights: np.ndarray,
     dead_variance: float = 0.0,
 ) -> np.ndarray:
     """``[resamples, n]`` float64: each neuron of ``model``'s excess correlation in every
-    resample (rows of ``weights [resamples, blocks]``): mean over ``partners`` of its best
-    candidate correlation minus the mean over partners of its best rotated direction of draw
-    ``r mod draws`` (keys ``rotated_key``). NaN where the neuron is dead in the resample."""
+    resample: mean over ``partners`` of its best candidate correlation on the blocks weighted
+    by ``weights [resamples, blocks]``, minus its baseline there: the mean over the draws,
+    weighted by ``draw_weights [resamples, draws]`` (``draw_per_resample``: one draw each), of the
+    mean over partners of its best rotated direction (keys ``rotated_key``). NaN where the
+    neuron is dead in the resample."""
+    draw_weights = np.asarray(draw_weights, dtype=np.float64)
     with np.errstate(invalid="ignore"), torch.no_grad():
-        excess = np.empty((len(weights), sums.first[model].shape[1]))
         corr = _mean_best(sums, model, partners, weights, dead_variance)
-        for draw in range(draws):
-            rows = np.arange(draw, len(weights), draws)
+        base = np.zeros_like(corr)
+        for draw in range(draw_weights.shape[1]):
             rotated = [rotated_key(partner, draw) for partner in partners]
-            base = _mean_best(sums, model, rotated, weights[rows], dead_variance)
-            excess[rows] = corr[rows] - base
-    return excess
+            best = _mean_best(sums, model, rotated, weights, dead_variance)
+            base += draw_weights[:, draw, None] * best
+        return corr - base / draw_weights.sum(axis=1, keepdims=True)
 
 
 def whole_set_excess(
@@ -193,13 +201,7 @@ def whole_set_excess(
     """``[n]``: the excess on the whole set (every block once), the baseline averaged over the
     ``draws`` draws, as the universality stage averages its baseline draws."""
     ones = np.ones((1, sums.blocks))
-    with np.errstate(invalid="ignore"), torch.no_grad():
-        corr = _mean_best(sums, model, partners, ones, dead_variance)[0]
-        base = [
-            _mean_best(sums, model, [rotated_key(p, d) for p in partners], ones, dead_variance)[0]
-            for d in range(draws)
-        ]
-    return corr - np.mean(base, axis=0)
+    return resampled_excess(sums, model, partners, ones, np.ones((1, draws)), dead_variance)[0]
 
 
 def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from universal_neurons.matching.resampling import (
     CandidateSums,
+    draw_per_resample,
     neuron_stability,
     percent_intervals,
     percent_per_resample,
@@ -65,7 +66,8 @@ def model_uncertainty(
     """Resample ``model``'s universality test (``weights [resamples, blocks]``) against its
     ``partners``; ``universality``: its neuron table (layer-major, as the sums), whose dead
     neurons stay out of every percentage."""
-    excess = resampled_excess(sums, model, partners, draws, weights, dead_variance)
+    draw_weights = draw_per_resample(draws, len(weights))
+    excess = resampled_excess(sums, model, partners, weights, draw_weights, dead_variance)
     whole = whole_set_excess(sums, model, partners, draws, dead_variance)
     dead = universality["dead"].to_numpy(bool)
     layers = universality["layer"].to_numpy(np.int64)
