@@ -277,3 +277,12 @@ def test_interval_plot_reads_the_results_document(tmp_path):
     assert intervals["seed2"] == [(0.5, 3.5), (1.0, 3.5)]
     path = percent_with_intervals(points, intervals, tmp_path / "intervals.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_block_bounds_cover_the_sequences_and_name_the_parameter_when_too_many():
+    bounds = block_bounds(10, 4)
+    assert bounds == [(0, 2), (2, 5), (5, 8), (8, 10)]  # contiguous, sizes differ by <= 1
+    from universal_neurons.errors import UserError
+
+    with pytest.raises(UserError, match=r"uncertainty\.blocks: 11 blocks .* has 10"):
+        block_bounds(10, 11)
