@@ -29,6 +29,7 @@ from universal_neurons.matching.block_products import accumulate_blocks
 from universal_neurons.matching.correlation import CrossMoments
 from universal_neurons.matching.resampling import (
     CandidateSums,
+    block_bounds,
     block_weights,
     candidate_links,
     rotated_key,
@@ -44,6 +45,7 @@ from universal_neurons.models.loading import check_device, load_model
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.inputs import (
     check_same_inputs,
+    collect_summaries,
     correlate_summary,
     summary_of,
     write_summary,
@@ -90,6 +92,7 @@ def _block_sums(params: Params, layout: Layout, summary, progress: bool) -> Cand
         )
     check_device(cfg.device)
     tokens, excluded, _ = load_analysis_set(layout.tokens, cfg)
+    block_bounds(len(tokens), params.uncertainty.blocks)  # enough sequences, before any work
     names = [model_name(seed) for seed in params.train.seeds]
     sums, rotations = _candidate_sums(params, layout, summary, names)
     models = {
@@ -131,6 +134,7 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
         {
             layout.summary("correlate"): summary.provenance,
             universality_path: summary_of(universality_path),
+            **collect_summaries(params, layout),
         }
     )
     sums = _block_sums(params, layout, summary, progress)

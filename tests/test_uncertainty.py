@@ -260,6 +260,12 @@ def test_stage_agrees_with_the_universality_stage_and_the_library(
     )
     assert (root / "metrics" / "uncertainty_per_layer.csv").is_file()
 
+    from universal_neurons.errors import UserError
+
+    too_many = tiny_params(uncertainty={"blocks": 201})  # the tiny set has 200 sequences
+    with pytest.raises(UserError, match=r"uncertainty\.blocks"):
+        uncertainty.run(too_many, layout, progress=False)
+
 
 def test_interval_plot_reads_the_results_document(tmp_path):
     from universal_neurons.matching.uncertainty import interval_plot_inputs
