@@ -200,6 +200,44 @@ def emergence_curves(
     return save(fig, path)
 
 
+def percent_with_intervals(
+    points: Mapping[str, Sequence[float | None]],
+    intervals: Mapping[str, Sequence[tuple[float | None, float | None]]],
+    path: str | Path,
+    title: str = "Universal neurons per layer, with the bootstrap interval",
+) -> Path:
+    """% universal per layer with its interval: ``points[model][layer]`` (a marker) and
+    ``intervals[model][layer] = (lo, hi)`` (an error bar), the models dodged side by side
+    within each layer so that no model hides behind another; None is left out."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    names = list(points)
+    width = 0.7 / max(1, len(names))
+    for i, model in enumerate(names):
+        offset = -0.35 + width * (i + 0.5)
+        for layer, (point, (lo, hi)) in enumerate(
+            zip(points[model], intervals[model], strict=True)
+        ):
+            if point is None or lo is None or hi is None:
+                continue
+            below, above = max(0.0, point - lo), max(0.0, hi - point)
+            ax.errorbar(
+                layer + offset,
+                point,
+                yerr=[[below], [above]],
+                fmt="o",
+                color=f"C{i % 10}",
+                capsize=3,
+                label=model if layer == 0 else None,
+            )
+    ax.set_xticks(range(max((len(v) for v in points.values()), default=0)))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("% universal (of live neurons)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return save(fig, path)
+
+
 # ----------------------------------------------------------------------------- neuron statistics
 
 
