@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from universal_neurons.config import Params
 
 
-def report_sources(layout: Layout, seeds: list[int]) -> ReportSources:
-    """The files the report of the group of ``seeds`` reads."""
+def report_sources(layout: Layout, seeds: list[int], alpha: float = 0.05) -> ReportSources:
+    """The files the report of the group of ``seeds`` reads (``alpha``: ``stats.alpha``)."""
     names = tuple(model_name(seed) for seed in seeds)
     return ReportSources(
         models=names,
@@ -46,7 +46,20 @@ def report_sources(layout: Layout, seeds: list[int]) -> ReportSources:
         model_dirs={model_name(seed): layout.model(seed) for seed in seeds},
         emergence_curve=layout.metric("emergence.csv"),
         stats_tables={name: layout.table("stats", name) for name in names},
+        effects_tables={name: layout.table("effects", name) for name in names},
+        effects_results=layout.result("effects.json"),
+        uncertainty_results=layout.result("uncertainty.json"),
+        one_to_one_results=layout.result("one_to_one.json"),
+        null_results=layout.result("null_control.json"),
+        alpha=alpha,
     )
+
+
+def extra_inputs(layout: Layout) -> list[Path]:
+    """The newer stages' outputs the report shows: effects, uncertainty, one-to-one, null."""
+    stages = ("effects", "uncertainty")
+    names = ("effects.json", "uncertainty.json", "one_to_one.json", "null_control.json")
+    return [layout.stage_dir(s) for s in stages] + [layout.result(name) for name in names]
 
 
 def page_inputs(layout: Layout) -> list[Path]:
@@ -74,10 +87,32 @@ def write_neuron_pages(params: Params, layout: Layout, sources: ReportSources, o
     }
     tables = (stats, families, pd.read_parquet(max_corr), pd.read_parquet(baseline))
     threshold = threshold_of(sources.universality_metrics)
+    extras = page_extras(layout, list(stats))
     rows = write_group_pages(
-        out, sources.model_dirs, layout.tokens, params.analysis, *tables, threshold
+        out, sources.model_dirs, layout.tokens, params.analysis, *tables, threshold, extras
     )
     return len(rows)
+
+
+def _rows_by_neuron(path: Path, **match) -> dict[tuple[int, int], dict]:
+    """``{(layer, index): row}`` of a table's rows whose columns equal ``match`` ({} if absent)."""
+    if not path.is_file():
+        return {}
+    table = pd.read_parquet(path)
+    for column, value in match.items():
+        table = table[table[column] == value]
+    return {(int(r["layer"]), int(r["index"])): r for r in table.to_dict("records")}
+
+
+def page_extras(layout: Layout, names: list[str]) -> dict:
+    """Per model, per neuron: its effects row (universal) and uncertainty row, or None."""
+    extras = {}
+    for name in names:
+        effects = _rows_by_neuron(layout.table("effects", name), kind="universal")
+        sure = _rows_by_neuron(layout.table("uncertainty", name))
+        keys = set(effects) | set(sure)
+        extras[name] = {key: (effects.get(key), sure.get(key)) for key in keys}
+    return extras
 
 
 def check_documents(sources: ReportSources) -> None:
@@ -90,7 +125,7 @@ def check_documents(sources: ReportSources) -> None:
 
 def run(params: Params, layout: Layout) -> dict:
     """Render the report (with the neuron pages) and write the training summary metrics."""
-    sources = report_sources(layout, params.train.seeds)
+    sources = report_sources(layout, params.train.seeds, params.stats.alpha)
     check_documents(sources)
     with atomic_outputs() as outputs:  # the three outputs change together or not at all
         summary = training_summary(sources.model_dirs)
@@ -110,12 +145,13 @@ def run(params: Params, layout: Layout) -> dict:
 
 COMMAND = Stage(
     name="report",
-    params=("analysis", "train.seeds"),
+    params=("analysis", "stats.alpha", "train.seeds"),
     inputs=lambda layout: [
         layout.models,
         *page_inputs(layout),
         layout.metric("emergence.csv"),
         *layout.analysis_results(),
+        *extra_inputs(layout),
     ],
     outputs=lambda layout: [
         Out(layout.report),

@@ -14,14 +14,17 @@ the terminal view's (``outputs.token_display``).
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from universal_neurons.config import AnalysisConfig
+from universal_neurons.description.effects import effects_section
 from universal_neurons.description.neuron_profile import (
     Context,
     NeuronPage,
@@ -223,14 +226,46 @@ def summary_html(page: NeuronPage, threshold: float = DEFAULT_THRESHOLD) -> str:
     )
 
 
+def effects_html(row: Mapping[str, Any] | None, pieces: Sequence[str]) -> str:
+    """The "What it does" section: the effects stage's row of this neuron (None: not run)."""
+    if row is None:
+        return ""
+    lines = [line for line in effects_section(dict(row)) if not line.startswith("tokens moved")]
+    moved = ", ".join(
+        f"<code>{_e(pieces[t] if 0 <= t < len(pieces) else t)}</code> {d:+.4f}"
+        for t, d in json.loads(row["top_tokens"])
+    )
+    items = "".join(f"<li>{_e(line)}</li>" for line in lines)
+    return (
+        '<section id="effects"><h2>What it does</h2><p>Ablated on the held-out tokens '
+        "(docs/effects.md): loss, KL and entropy changes, its role, and the later neurons "
+        f"and heads it drives.</p><ul>{items}<li>tokens whose log-probability moves most: "
+        f"{moved}</li></ul></section>"
+    )
+
+
+def stability_html(row: Mapping[str, Any] | None) -> str:
+    """The "How sure" section: the neuron's bootstrap stability (None: not run)."""
+    if row is None:
+        return ""
+    return (
+        '<section id="sure"><h2>How sure</h2><p>Universal in '
+        f"<b>{100 * float(row['stability']):.0f}%</b> of the block-bootstrap resamples; "
+        f"excess correlation interval [{_num(row['excess_lo'])}, {_num(row['excess_hi'])}] "
+        "(docs/uncertainty.md).</p></section>"
+    )
+
+
 def render_page(
     page: NeuronPage,
     pieces: Sequence[str],
     universal: Mapping[str, set[tuple[int, int]]],
     threshold: float = DEFAULT_THRESHOLD,
+    extras: tuple[Mapping | None, Mapping | None] = (None, None),
 ) -> str:
     """The HTML of one neuron's page (its histogram is ``<layer>.<index>.png`` beside it;
-    ``threshold``: τ of the universality test)."""
+    ``threshold``: τ of the universality test; ``extras``: its rows of the effects and the
+    uncertainty tables, or None)."""
     title = f"{page.model} L{page.layer}.N{page.index}"
     scale = max((c.value for c in page.contexts), default=0.0)
     contexts = "".join(context_html(c, pieces, scale) for c in page.contexts)
@@ -242,6 +277,7 @@ def render_page(
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
         f'<nav><a href="../../index.html">report</a> · <a href="../index.html">all universal '
         f"neurons</a></nav><h1>{_e(title)}</h1>{summary_html(page, threshold)}"
+        f"{stability_html(extras[1])}"
         f'<section id="contexts"><h2>Top-activating contexts</h2><p>The {len(page.contexts)} '
         f"sequences of the analysis token set where the neuron fires most (one per sequence); "
         f"colour: activation (orange positive, blue negative; the title of a token gives its "
@@ -253,6 +289,7 @@ def render_page(
         f'<section id="partners"><h2>Best match in each partner model</h2>'
         f"{partners_html(page.partners, universal)}</section>"
         f'<section id="family"><h2>Family</h2>{family_html(page.family)}</section>'
+        f"{effects_html(extras[0], pieces)}"
         f'<section id="vocab"><h2>Output weights: vocabulary</h2><p>Tokens whose logit the '
         f"neuron raises (top) and lowers (bottom) most: W_out[{page.index}] · W_U of layer "
         f"{page.layer} on the processed weights.</p>"
@@ -310,6 +347,7 @@ def write_page(
     universal,
     folder: Path,
     threshold: float = DEFAULT_THRESHOLD,
+    extras: tuple[Mapping | None, Mapping | None] = (None, None),
 ) -> Path:
     """Write ``folder/<layer>.<index>.html`` and its histogram ``.png``; return the HTML path."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -317,7 +355,7 @@ def write_page(
     title = f"{page.model} L{page.layer}.N{page.index}: {int(page.histogram[1].sum()):,} positions"
     histogram_png(*page.histogram, title, folder / f"{stem}.png")
     path = folder / page_name(page.layer, page.index)
-    path.write_text(render_page(page, pieces, universal, threshold), encoding="utf-8")
+    path.write_text(render_page(page, pieces, universal, threshold, extras), encoding="utf-8")
     return path
 
 
@@ -341,6 +379,7 @@ def write_group_pages(
     max_corr: pd.DataFrame,
     baseline: pd.DataFrame,
     threshold: float = DEFAULT_THRESHOLD,
+    extras: Mapping[str, Mapping[tuple[int, int], tuple]] | None = None,
 ) -> pd.DataFrame:
     """Write the page of every universal neuron of every model into ``out_dir/<model>/`` and
     the list of them all into ``out_dir/index.html``; return ``universal_rows``.
@@ -348,7 +387,8 @@ def write_group_pages(
     ``analysis``: ``params.analysis`` (the token set, excluded positions, batch size,
     device); ``model_dirs``: per model name its Hugging Face directory; the tables as in
     ``analysis.neuron_profile.model_pages``. One streaming pass per model with universal
-    neurons. ``threshold``: τ of the universality test (``results/universality.json``).
+    neurons. ``threshold``: τ of the universality test (``results/universality.json``);
+    ``extras``: per model, per ``(layer, index)``, its effects and uncertainty rows.
     """
     out_dir = Path(out_dir)
     universal = {name: set(universal_neurons(table)) for name, table in stats_tables.items()}
@@ -357,7 +397,8 @@ def write_group_pages(
     pieces = display_pieces(load_tokenizer(tokens_dir))
     tables = (stats_tables, family_tables, max_corr, baseline)
     for page in group_pages(model_dirs, token_set, analysis, *tables):
-        write_page(page, pieces, universal, out_dir / page.model, threshold)
+        found = (extras or {}).get(page.model, {}).get((page.layer, page.index), (None, None))
+        write_page(page, pieces, universal, out_dir / page.model, threshold, found)
     rows = universal_rows(stats_tables, family_tables)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "index.html").write_text(index_page(rows, threshold), encoding="utf-8")

@@ -11,6 +11,7 @@ each rendered only when its inputs exist:
 | Universal neuron table | ``data/stats/seed{s}.parquet`` (else ``data/universality/``), ``data/families/seed{s}.parquet``; links to ``neurons/`` when the report stage wrote the pages |
 | Neuron statistics | ``results/stats.json`` |
 | Families | ``results/families.json``, examples from ``data/families/seed{s}.parquet`` |
+| How sure, One-to-one matching, Findings over the group, What they do | ``outputs.report_sections`` |
 | Across training | ``metrics/emergence.csv`` (the emergence stage) |
 | Training | ``models/seed{s}/curve.csv``, ``models/seed{s}/training.json`` |
 
@@ -34,7 +35,7 @@ import pandas as pd
 
 from universal_neurons.description.neuron_profile import universal_rows
 from universal_neurons.errors import UserError
-from universal_neurons.outputs import neuron_page, plots
+from universal_neurons.outputs import neuron_page, plots, report_sections
 from universal_neurons.outputs.family_summary import family_stack, family_tables
 from universal_neurons.outputs.report_html import (
     count,
@@ -58,7 +59,9 @@ class ReportSources:
     holding ``curve.csv`` and ``training.json``; ``universality_tables`` / ``family_tables``:
     per model, the universality and family stages' tables; ``emergence_curve``: the
     emergence stage's ``metrics/emergence.csv``; ``stats_tables``: per model, the stats
-    stage's table (the universal neuron table prefers it: it adds ``first_universal_tokens``).
+    stage's table (the universal neuron table prefers it: it adds ``first_universal_tokens``);
+    ``effects_tables`` and the ``*_results`` documents: the sections of
+    ``outputs.report_sections``; ``alpha``: the findings' significance level.
     """
 
     models: tuple[str, ...]
@@ -70,6 +73,12 @@ class ReportSources:
     model_dirs: Mapping[str, Path]
     emergence_curve: Path
     stats_tables: Mapping[str, Path] = field(default_factory=dict)
+    effects_tables: Mapping[str, Path] = field(default_factory=dict)
+    effects_results: Path | None = None
+    uncertainty_results: Path | None = None
+    one_to_one_results: Path | None = None
+    null_results: Path | None = None
+    alpha: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -491,6 +500,25 @@ def _universal_neurons_section(
     return f"<h2>Universal neuron table</h2>{note}.</p>{table}"
 
 
+def _new_documents(sources: ReportSources) -> list[Any]:
+    """The uncertainty, one-to-one, null-control and effects documents (None if missing)."""
+    paths = (
+        sources.uncertainty_results,
+        sources.one_to_one_results,
+        sources.null_results,
+        sources.effects_results,
+    )
+    return [None if path is None else _read_json(path) for path in paths]
+
+
+def _extra(section: report_sections.Section, result: ReportResult) -> str:
+    """A section of ``outputs.report_sections`` as HTML, its title and figures recorded."""
+    title, body = report_sections.render(section, lambda name, cap: _figure(result, name, cap))
+    if title:
+        result.sections.append(title)
+    return body
+
+
 def _result_sections(sources: ReportSources, out: Path, result: ReportResult) -> list[str]:
     """Every section whose inputs exist, in the order of the page."""
     body = []
@@ -500,11 +528,16 @@ def _result_sections(sources: ReportSources, out: Path, result: ReportResult) ->
         threshold = float(universality.get("threshold", DEFAULT_THRESHOLD))
         body.append(_headline_section(universality, sources.universality_metrics, result))
         body.append(_per_layer_section(universality, sources.universality_metrics, out, result))
+    documents = _new_documents(sources)
+    body.append(_extra(report_sections.uncertainty_section(documents[0], out / FIGURES), result))
     body.append(_distribution_section(sources, threshold, out, result))
     body.append(_universal_neurons_section(sources, out, result, threshold))
+    body.append(_extra(report_sections.one_to_one_section(documents[1]), result))
     stats = _read_json(sources.stats_metrics)
     if stats is not None:
         body.append(_stats_section(stats, sources.stats_metrics, out, result))
+    pooled = report_sections.pooled_section(stats, documents[2], sources.alpha)
+    body.append(_extra(pooled, result))
     families = _read_json(sources.families_metrics)
     if families is not None:
         body.append(
@@ -512,6 +545,8 @@ def _result_sections(sources: ReportSources, out: Path, result: ReportResult) ->
                 families, sources.families_metrics, sources.family_tables, out, result
             )
         )
+    effects = report_sections.effects_section(documents[3], sources.effects_tables, out / FIGURES)
+    body.append(_extra(effects, result))
     body.append(_emergence_section(sources.emergence_curve, out, result))
     body.append(_training_section(sources, out, result))
     return [section for section in body if section]
