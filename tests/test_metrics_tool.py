@@ -12,8 +12,11 @@ from universal_neurons.pipeline.tools.metrics import declared_metrics, flat_item
 def test_the_declared_metrics_files_are_dvc_yamls():
     assert declared_metrics(REPO_ROOT / "dvc.yaml") == [
         "metrics/universality.json",
+        "metrics/uncertainty.json",
+        "metrics/one_to_one.json",
         "metrics/findings.json",
         "metrics/families.json",
+        "metrics/effects.json",
         "metrics/training.json",
     ]
 
