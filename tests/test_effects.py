@@ -351,3 +351,20 @@ def _stage_mean(tiny_analysis, row) -> float:
     moments = pd.read_parquet(tiny_analysis / "collect" / "seed1" / "moments.parquet")
     key = (int(row["layer"]), int(row["index"]))
     return float(moments.set_index(["layer", "index"]).loc[key, "post_mean"])
+
+
+def test_moved_tokens_are_ranked_beyond_the_shift_of_the_normaliser():
+    """An ablation that raises one token's logit by 0.5 and leaves the rest: every other
+    token's log-probability falls by the same log-normaliser shift; the moved tokens are the
+    raised one, then the lowered ones (ties by id), with the change relative to that shift."""
+    from universal_neurons.description.ablation import top_changes
+    from universal_neurons.description.effects import relative_changes
+
+    logits = np.log(np.full(6, 1 / 6))
+    after = logits.copy()
+    after[4] += 0.5
+    delta = (after - np.logaddexp.reduce(after)) - (logits - np.logaddexp.reduce(logits))
+    relative = relative_changes(delta)
+    np.testing.assert_allclose(relative, np.where(np.arange(6) == 4, 0.5, 0.0), atol=1e-12)
+    assert top_changes(relative, 2) == [[4, pytest.approx(0.5)], [0, pytest.approx(0.0)]]
+    assert top_changes(delta, 1)[0][0] == 4  # raw changes: the shift alone would tie the rest

@@ -9,7 +9,9 @@ The effects table of a model (``data/effects/seed{s}.parquet``) has one row per 
 universal neuron ``"seedX:L.I"`` a control or partner belongs to; "" for a universal row),
 ``control_widening`` (controls: decile distance of the cell drawn from, 0 = exact; else -1),
 ``delta_loss, kl, delta_entropy`` (nats/token), ``top_tokens`` (JSON ``[[token_id,
-delta_logprob], ...]``), ``downstream_neurons`` (JSON ``{later layer: [[index, delta mean
+delta_logprob], ...]``: the mean change of the token's log-probability relative to the
+vocabulary's median change, i.e. beyond the shift of the normaliser that moves every token
+alike; the largest first), ``downstream_neurons`` (JSON ``{later layer: [[index, delta mean
 |activation|], ...]}``), ``downstream_heads`` (JSON ``{later layer: [[head, delta mean
 attention to position 0], ...]}``), ``null_fraction``, ``attention_score`` (signed score of
 largest magnitude), ``attention_layer, attention_head``, ``vocab_family``, ``role``,
@@ -118,7 +120,7 @@ def effect_cells(effect: NeuronEffect, config: EffectsConfig) -> dict:
         "delta_loss": effect.delta_loss,
         "kl": effect.kl,
         "delta_entropy": effect.delta_entropy,
-        "top_tokens": _json(top_changes(effect.token_delta, config.top_tokens)),
+        "top_tokens": _json(top_changes(relative_changes(effect.token_delta), config.top_tokens)),
         "downstream_neurons": _json(
             {str(layer): top_changes(v, k) for layer, v in effect.downstream_neurons.items()}
         ),
@@ -376,7 +378,14 @@ def per_layer_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return table.reset_index()
 
 
-def effects_section(row: dict) -> list[str]:
+def relative_changes(token_delta: np.ndarray) -> np.ndarray:
+    """``[vocab]``: each token's mean log-probability change minus the vocabulary's median
+    change (an ablation that only rescales the normaliser moves every token alike: that shift
+    says nothing about which tokens the neuron promotes)."""
+    return token_delta - np.median(token_delta)
+
+
+def effects_section(row: dict, pieces=None) -> list[str]:
     """A neuron's effects as text lines (terminal view and neuron pages): ``row`` is one row
     of the effects table, as a dict."""
     lines = [
@@ -392,7 +401,8 @@ def effects_section(row: dict) -> list[str]:
             f"{row['partner_same_role']:.2f}"
         )
     tokens = json.loads(row["top_tokens"])
-    lines.append("tokens moved most: " + ", ".join(f"{t}:{d:+.4f}" for t, d in tokens))
+    shown = (lambda t: repr(pieces[t])) if pieces is not None else str
+    lines.append("tokens moved most: " + ", ".join(f"{shown(t)} {d:+.4f}" for t, d in tokens))
     for name in ("downstream_neurons", "downstream_heads"):
         for layer, changes in json.loads(row[name]).items():
             listed = ", ".join(f"{i}:{d:+.4f}" for i, d in changes)

@@ -160,21 +160,23 @@ def family_section(profile: NeuronProfile, style: Style = plain) -> list[str]:
 
 
 def effects_lines(
-    sources: NeuronSources, layer: int, index: int, style: Style = plain
+    sources: NeuronSources, layer: int, index: int, style: Style = plain, pieces=None
 ) -> list[str]:
-    """The effects section: every row of the effects table for the neuron (as a universal
-    neuron, a control or a partner); nothing where the effects stage has not run."""
+    """The effects section: the neuron's effects (measured once, whether as a universal
+    neuron, a control or a partner) and the neurons it was measured for; nothing where the
+    effects stage has not run. ``pieces``: each token id as shown (ids when None)."""
     path = sources.effects_table
     if path is None or not path.is_file():
         return []
     table = pd.read_parquet(path)
     rows = table[(table["layer"] == layer) & (table["index"] == index)]
-    lines = [style("effects (ablation on the held-out tokens)", "heading")] if len(rows) else []
-    for row in rows.to_dict("records"):
-        of = f" of {row['of']}" if row["of"] else ""
-        lines.append(f"  as {row['kind']}{of}:")
-        lines += ["    " + line for line in effects_section(row)]
-    return lines
+    if not len(rows):
+        return []
+    rows = rows.sort_values("kind", key=lambda kinds: kinds != "universal", kind="stable")
+    roles = [f"{r['kind']} of {r['of']}" if r["of"] else r["kind"] for r in rows.to_dict("records")]
+    lines = [style("effects (ablation on the held-out tokens)", "heading")]
+    lines.append("  measured as: " + ", ".join(roles))
+    return lines + ["  " + line for line in effects_section(rows.iloc[0].to_dict(), pieces)]
 
 
 def neuron_page(
@@ -194,5 +196,5 @@ def neuron_page(
     pieces = display_pieces(load_tokenizer(sources.tokens_dir))
     note = "; found by the classify stage" if profile.stored_top else ""
     context = context_lines(profile.top, profile.tokens, pieces, window, style, note)
-    effects = effects_lines(sources, layer, index, style)
+    effects = effects_lines(sources, layer, index, style, pieces)
     return lines + family_section(profile, style) + effects + context
