@@ -166,3 +166,20 @@ def test_fetching_an_unchanged_local_model_again_writes_the_same_bytes(tmp_path,
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_effects_estimate_counts_every_ablation_by_hand():
+    """3 models of 2 x 100 neurons, 10 % universal: 20 universal each, 4 controls and 2
+    partners each -> 3 * 20 * 7 = 420 ablations; each a forward pass of 2 FLOP per weight over
+    8 sequences of the context; twice the sequences, twice the time."""
+    from universal_neurons.matching.preset_plan import effects_cost
+
+    shape = GroupShape(3, 2, 100, 16, 50, 32)
+    rates = Rates(1e9, 1e8, "test")
+    cost = effects_cost(shape, rates, sequences=8, controls=4, universal_fraction=0.1)
+    weights = 2 * (4 * 16**2 + 2 * 16 * 100) + (50 + 32) * 16
+    assert shape.model_parameters() == weights
+    assert cost["universal"] == 60 and cost["ablations"] == 420
+    assert cost["seconds"] == pytest.approx(2 * weights * 8 * 32 * 420 / 1e9)
+    doubled = effects_cost(shape, rates, sequences=16, controls=4, universal_fraction=0.1)
+    assert doubled["seconds"] == pytest.approx(2 * cost["seconds"])

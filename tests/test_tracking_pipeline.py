@@ -467,10 +467,23 @@ def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
     assert loss["old"] != loss["new"] and loss["diff"] == pytest.approx(loss["new"] - loss["old"])
 
 
-TAU_STAGES = {"validate", "universality", "emergence", "stats", "classify", "report", "log"}
-"""The stages a new universality threshold reruns: those listing ``universality`` among their
-params and those downstream of their outputs. Never the measurement (collect, correlate,
-baseline, emergence_points) or the training."""
+TAU_STAGES = {
+    "validate",
+    "universality",
+    "emergence",
+    "uncertainty",
+    "one_to_one",
+    "stats",
+    "null_control",
+    "classify",
+    "effects",
+    "report",
+    "log",
+}
+"""The stages a new universality threshold reruns: those applying τ (universality, emergence,
+uncertainty, one_to_one, null_control) and those describing the universal set (stats, classify,
+effects, report, log). Never a measurement (collect, correlate, baseline, emergence_points,
+uncertainty_resamples, null_measures) or the training."""
 
 
 def test_a_new_threshold_reruns_only_what_depends_on_it(tiny_repo, tmp_path):
@@ -483,4 +496,5 @@ def test_a_new_threshold_reruns_only_what_depends_on_it(tiny_repo, tmp_path):
     ran = set(re.findall(r"Running stage '([^']+)'", output))
     skipped = set(re.findall(r"Stage '([^']+)' didn't change, skipping", output))
     assert ran == TAU_STAGES, output
-    assert {"collect@1", "correlate", "baseline", "emergence_points", "train"} <= skipped, output
+    measurements = {"collect@1", "correlate", "baseline", "emergence_points", "train"}
+    assert measurements | {"uncertainty_resamples", "null_measures"} <= skipped, output

@@ -77,7 +77,7 @@ def preset_costs(
     """One row per preset of ``ALL_PRESET_SHAPES`` (``models``: its member count): ``preset``,
     ``models``, ``neurons`` (per model), ``pairs``, ``tokens``, and ``cpu`` / ``gpu``:
     ``preset_cost`` at the ``cpu`` rates (float32, whole-model units) and at the ``gpu``
-    rates (bf16)."""
+    rates (bf16); ``effects``: ``effects_cost`` at each."""
     rows = []
     for preset, dims in ALL_PRESET_SHAPES.items():
         shape = GroupShape(models[preset], *dims)
@@ -90,6 +90,36 @@ def preset_costs(
                 "tokens": tokens,
                 "cpu": preset_cost(shape, tokens, cpu, cuda=False),
                 "gpu": preset_cost(shape, tokens, gpu, cuda=True),
+                "effects": {"cpu": effects_cost(shape, cpu), "gpu": effects_cost(shape, gpu)},
             }
         )
     return rows
+
+
+UNIVERSAL_FRACTION = 0.0416
+"""The share of universal neurons the effects estimate assumes: the paper's largest (GPT2-small,
+4.16 %), so the estimate is an upper bound for the groups it measured lower."""
+
+
+def effects_cost(
+    shape: GroupShape,
+    rates: Rates,
+    *,
+    sequences: int = 256,
+    controls: int = 4,
+    universal_fraction: float = UNIVERSAL_FRACTION,
+) -> dict:
+    """The effects stage's compute on a group of ``shape``: per model its universal neurons
+    (``universal_fraction`` of its neurons), ``controls`` controls each and a partner in every
+    other model are ablated, each ablation one forward pass over ``sequences`` held-out
+    sequences of ``shape.context`` tokens (counted as the whole model, 2 FLOP per weight and
+    token: an upper bound, the stage runs only the layers after the neuron's). Returns
+    ``universal`` (group), ``ablations`` (group) and ``seconds`` at ``rates.products``."""
+    universal = round(universal_fraction * shape.neurons)
+    ablations = shape.models * universal * (1 + controls + shape.models - 1)
+    flops = 2 * shape.model_parameters() * sequences * shape.context * ablations
+    return {
+        "universal": shape.models * universal,
+        "ablations": ablations,
+        "seconds": flops / rates.products,
+    }

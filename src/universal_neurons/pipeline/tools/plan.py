@@ -30,7 +30,11 @@ from universal_neurons.matching.plan import (
     unit_memory,
     work_plan,
 )
-from universal_neurons.matching.preset_plan import ALL_PRESET_SHAPES, preset_costs
+from universal_neurons.matching.preset_plan import (
+    ALL_PRESET_SHAPES,
+    UNIVERSAL_FRACTION,
+    preset_costs,
+)
 from universal_neurons.matching.units import check_token_shards
 from universal_neurons.models.group import PRESETS
 from universal_neurons.pipeline.command import Command
@@ -184,7 +188,24 @@ def render_presets(r: dict) -> str:
     lines.append(
         "compute estimate (a lower bound): measured, the GPT2-small group took 2.4x it on the H100"
     )
-    return wrapped(lines, r.get("width", TERMINAL_WIDTH))
+    return wrapped(lines + effects_lines(rows), r.get("width", TERMINAL_WIDTH))
+
+
+def effects_lines(rows: list[dict]) -> list[str]:
+    """The effects stage's estimate per preset (``preset_plan.effects_cost``)."""
+    lines = [
+        "",
+        f"effects stage: {UNIVERSAL_FRACTION:.2%} of neurons universal (the paper's largest), "
+        "4 controls and a partner per other model each, 256 sequences of the model's context",
+        f"{'preset':<28}{'universal':>10}{'ablations':>11}{'CPU time':>12}{'GPU time':>12}",
+    ]
+    for row in rows:
+        cpu, gpu = row["effects"]["cpu"], row["effects"]["gpu"]
+        lines.append(
+            f"{row['preset']:<28}{cpu['universal']:>10,}{cpu['ablations']:>11,}"
+            f"{_duration(cpu['seconds']):>12}{_duration(gpu['seconds']):>12}"
+        )
+    return lines
 
 
 def _duration(s: float) -> str:
