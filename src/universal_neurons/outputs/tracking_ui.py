@@ -4,8 +4,10 @@ What decides the page (MLflow 3.17.2's UI bundle, ``mlflow/server/js``; see docs
 
 - The experiment page without a tab (``#/experiments/<id>``) redirects by the browser's
   *workflow type*, not by the experiment: ``genai`` (the default of a fresh browser, kept in
-  ``localStorage['mlflow.workflowType']``) goes to the GenAI "Overview", ``machine_learning`` to
-  the runs table. A ``workflowType`` URL parameter overrides the stored one. The experiment tag
+  ``localStorage['mlflow.workflowType_v1']``) goes to the GenAI "Overview", ``machine_learning``
+  to the runs table. A ``workflowType`` URL parameter overrides the stored one; the UI's own
+  links (its Compare button) carry none, so ``ui`` serves a page that stores classic ML in a
+  fresh browser (``outputs.mlflow_app``). The experiment tag
   ``mlflow.experimentKind`` only feeds that choice when workflow navigation is switched off,
   which 3.17 never does; it is still set (``custom_model_development``), so that the UI does
   not infer and write it, and for tools that read it.
