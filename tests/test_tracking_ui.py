@@ -20,6 +20,7 @@ from universal_neurons.outputs.tracking_ui import (
     compare_runs_url,
     headline_metrics,
     local_experiment_url,
+    logging_order,
     run_name,
     runs_table_url,
     view_state,
@@ -234,6 +235,23 @@ def test_two_runs_compared(tmp_path, monkeypatch):
             "metrics.`seed2.percent_universal`",
         ]
     )
+
+
+def test_logging_order_puts_the_headline_first():
+    """Every key once: the headline metrics in their order, then the rest sorted, so the
+    compare page's default plot (the first shared metric) is a headline one, not ``detail.``."""
+    keys = ["detail.a.b", "seed2.percent_universal", "zeta", "mean.percent_universal", "alpha"]
+    keys += ["seed1.percent_universal", "families.unigram"]
+    assert logging_order(keys) == [
+        "mean.percent_universal",
+        "seed1.percent_universal",
+        "seed2.percent_universal",
+        "families.unigram",
+        "alpha",
+        "detail.a.b",
+        "zeta",
+    ]
+    assert logging_order([]) == []
 
 
 def test_the_served_page_stores_classic_ml_first():

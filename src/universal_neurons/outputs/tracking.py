@@ -275,7 +275,8 @@ def _log_contents(
 
     scalars, series = values
     now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, 0) for key, value in sorted(scalars.items())]
+    order = tracking_ui.logging_order(scalars)  # headline first: the compare page's plot
+    metrics = [Metric(key, scalars[key], now, 0) for key in order]
     for key, points in sorted(series.items()):
         metrics += [Metric(key, value, now, step) for step, value in points]
     for chunk in _chunks(metrics, 1000):

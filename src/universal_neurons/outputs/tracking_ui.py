@@ -85,6 +85,16 @@ def headline_metrics(keys: Iterable[str], patterns: Iterable[str] = HEADLINE_MET
     return chosen[:MAX_COLUMNS]
 
 
+def logging_order(keys: Iterable[str]) -> list[str]:
+    """``keys`` in the order to log them: the headline metrics first (:func:`headline_metrics`),
+    then the rest sorted. The UI keeps it: the compare page's parallel-coordinates plot shows
+    the first metric the runs share (``sharedMetricKeys.slice(0, 1)`` in MLflow 3.17's bundle),
+    which sorted would be a ``detail.`` one."""
+    keys = set(keys)
+    first = headline_metrics(keys, HEADLINE_METRICS)
+    return first + sorted(keys - set(first))
+
+
 def column_id(kind: str, key: str) -> str:
     """The runs table's id of a column: ``metrics.`key``` / ``params.`key```."""
     return f"{kind}.`{key}`"
