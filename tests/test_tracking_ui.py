@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 import urllib.parse
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import yaml
 from conftest import git
 from synthetic_results import write_results
 
-from universal_neurons.outputs.tracking import default_tracking_uri, log_run
+from universal_neurons.outputs import mlflow_app
+from universal_neurons.outputs.tracking import default_tracking_uri, log_run, ui_command
 from universal_neurons.outputs.tracking_ui import (
     HEADLINE_METRICS,
     MAX_COLUMNS,
@@ -18,6 +20,7 @@ from universal_neurons.outputs.tracking_ui import (
     compare_runs_url,
     headline_metrics,
     local_experiment_url,
+    logging_order,
     run_name,
     runs_table_url,
     view_state,
@@ -232,3 +235,49 @@ def test_two_runs_compared(tmp_path, monkeypatch):
             "metrics.`seed2.percent_universal`",
         ]
     )
+
+
+def test_logging_order_puts_the_headline_first():
+    """Every key once: the headline metrics in their order, then the rest sorted, so the
+    compare page's default plot (the first shared metric) is a headline one, not ``detail.``."""
+    keys = ["detail.a.b", "seed2.percent_universal", "zeta", "mean.percent_universal", "alpha"]
+    keys += ["seed1.percent_universal", "families.unigram"]
+    assert logging_order(keys) == [
+        "mean.percent_universal",
+        "seed1.percent_universal",
+        "seed2.percent_universal",
+        "families.unigram",
+        "alpha",
+        "detail.a.b",
+        "zeta",
+    ]
+    assert logging_order([]) == []
+
+
+def test_the_served_page_stores_classic_ml_first():
+    """MLflow's own index.html, served by the app ``ui`` names: the workflow script comes in
+    the head before the UI's bundle, and writes the key only when it is unset."""
+    from mlflow.server import app as flask_app
+
+    page = mlflow_app.create_app().test_client().get("/")  # no uvicorn: the Flask app itself
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    script = mlflow_app.workflow_script()
+    assert html.index("<head>") < html.index(script) < html.index("static/js/main.")
+    original = (Path(flask_app.static_folder) / "index.html").read_text(encoding="utf-8")
+    assert html.replace(script, "") == original
+    assert 'localStorage.getItem("mlflow.workflowType_v1")===null' in script
+    assert 'setItem("mlflow.workflowType_v1","\\"machine_learning\\"")' in script
+
+
+def test_mlflow_server_finds_the_app():
+    """pyproject.toml declares the ``mlflow.app`` entry point that ``mlflow server
+    --app-name`` resolves (mlflow.server._find_app), as a factory; ``ui`` names it."""
+    from mlflow.server import _is_factory
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    target = pyproject["project"]["entry-points"]["mlflow.app"][mlflow_app.APP_NAME]
+    assert target == "universal_neurons.outputs.mlflow_app:create_app"
+    assert _is_factory(target)  # uvicorn gets --factory
+    command = ui_command("127.0.0.1", 5000, "sqlite:///x.db", Path("."))
+    assert (mlflow_app.APP_NAME in command) == mlflow_app.app_installed()

@@ -3,8 +3,9 @@
 Two runs are logged into a project's SQLite store with the project's own logging, the real
 ``universal-neurons ui`` serves it over HTTP on a free port, and headless Chromium opens the
 address that ``ui`` prints: the runs table must show both runs with their % universal in the
-headline columns, and the compare page the changed parameter side by side. A screenshot of
-the runs table is written to the test's temporary folder for a person to look at.
+headline columns, and the compare page the changed parameter side by side, in the classic-ML
+view also when reached with the UI's own Compare button, its plot on the headline metric. A
+screenshot of the runs table is written to the test's temporary folder for a person to look at.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import pytest
 import yaml
 from conftest import git
 from headless_chromium import Chromium
+from mlflow.tracking import MlflowClient
 from synthetic_results import write_results
 
+from universal_neurons.outputs import mlflow_app
 from universal_neurons.outputs.tracking import default_tracking_uri, log_run
 from universal_neurons.outputs.tracking_ui import (
     column_id,
@@ -239,3 +242,77 @@ def test_compare_page_in_a_browser(project, ui, browser):
     names = browser.text()
     assert [cell.strip() for cell in cells] == ["universality.threshold", "0.5", "0.15"]
     assert first.run_name in names and second.run_name in names
+
+
+# The UI's workflow choice (genai / machine_learning) as MLflow 3.17's UI stores it, and the
+# left sidebar's entries: the classic-ML sidebar has "Runs", the GenAI one "Overview".
+WORKFLOW_KEY = "mlflow.workflowType_v1"
+_SIDEBAR_JS = "Array.from(document.querySelectorAll('nav a, aside a'), a => a.innerText.trim())"
+_COMPARE_BUTTON_JS = (
+    "Array.from(document.querySelectorAll('button')).find(b => b.innerText.trim() === 'Compare')"
+)
+_THRESHOLD_ROW_JS = "Array.from(document.querySelectorAll('tr')).find(r => r.innerText.startsWith('universality.threshold'))"
+
+
+def _fresh_page(browser, address: str, stored: str | None) -> None:
+    """Load ``address`` anew with the browser's stored workflow ``stored`` (None: unset, as in
+    a browser that never opened MLflow)."""
+    browser.goto(address)
+    if stored is None:
+        browser.evaluate(f"localStorage.removeItem({json.dumps(WORKFLOW_KEY)})")
+    else:
+        browser.evaluate(f"localStorage.setItem({json.dumps(WORKFLOW_KEY)}, {json.dumps(stored)})")
+    browser.goto("about:blank")  # the next address loads a new document (runs the page's scripts)
+    browser.goto(address)
+
+
+def _compare_with_the_button(project, ui, browser) -> list[str]:
+    """Select both runs in the printed runs table, press the UI's Compare button; the sidebar
+    entries of the compare page it opens."""
+    first, second = project["runs"]
+    browser.wait_for(_cell(second.run_id, column_id("metrics", MEAN)), timeout_s=RENDER_LIMIT_S)
+    for run in (first, second):
+        box = json.dumps(f'[row-id="{run.run_id}"] .ag-checkbox-input')
+        browser.evaluate(f"document.querySelector({box}).click()")
+    browser.wait_for(_COMPARE_BUTTON_JS)
+    browser.evaluate(f"{_COMPARE_BUTTON_JS}.click()")
+    browser.wait_for("location.hash.startsWith('#/compare-runs?')")
+    browser.wait_for(_THRESHOLD_ROW_JS, timeout_s=RENDER_LIMIT_S)
+    assert "workflowType" not in browser.evaluate("location.hash")  # the button's own link
+    return browser.evaluate(_SIDEBAR_JS)
+
+
+def test_compare_button_keeps_the_classic_ml_view(project, ui, browser):
+    """A fresh browser (no workflow stored) opens the printed runs table, selects both runs
+    and presses Compare: the compare page keeps the classic-ML sidebar ("Runs", no GenAI
+    "Overview"), because the page ``ui`` serves stores classic ML as the default. The same
+    clicks with GenAI stored (what MLflow's own page leaves a fresh browser with) show the
+    GenAI sidebar, so the sidebar text tells the two apart; a choice already stored stays."""
+    assert mlflow_app.app_installed(), "the mlflow.app entry point is missing: pip install -e ."
+    _fresh_page(browser, ui["printed"], stored=None)
+    assert browser.evaluate(f"localStorage.getItem({json.dumps(WORKFLOW_KEY)})") == json.dumps(
+        "machine_learning"
+    )
+    sidebar = _compare_with_the_button(project, ui, browser)
+    assert "Runs" in sidebar and "Overview" not in sidebar, sidebar
+
+    _fresh_page(browser, ui["printed"], stored=json.dumps("genai"))
+    sidebar = _compare_with_the_button(project, ui, browser)
+    assert "Overview" in sidebar and "Runs" not in sidebar, sidebar
+    assert browser.evaluate(f"localStorage.getItem({json.dumps(WORKFLOW_KEY)})") == '"genai"'
+
+
+def test_compare_plot_shows_the_headline_metric(project, ui, browser):
+    """The compare page's default plot (parallel coordinates) shows the first metric the runs
+    share; the runs are logged headline first, so that is the mean % universal, not the
+    alphabetically first key (a ``detail.``-like one)."""
+    first, second = project["runs"]
+    keys = sorted(
+        MlflowClient(default_tracking_uri(project["root"])).get_run(first.run_id).data.metrics
+    )
+    assert keys[0] != MEAN  # sorted order would plot another metric
+    browser.goto(compare_runs_url(ui["base"], first.experiment_id, [first.run_id, second.run_id]))
+    browser.wait_for(_THRESHOLD_ROW_JS, timeout_s=RENDER_LIMIT_S)
+    text = browser.text()
+    chosen = text[text.index("Metrics:") :].splitlines()[1:3]
+    assert chosen == [MEAN, "Clear All"], chosen

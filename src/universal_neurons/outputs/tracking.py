@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from universal_neurons.errors import UserError
-from universal_neurons.outputs import tracking_ui
+from universal_neurons.outputs import mlflow_app, tracking_ui
 from universal_neurons.outputs.run_contents import (
     DETAIL_PREFIX,
     TrackingError,
@@ -275,7 +275,8 @@ def _log_contents(
 
     scalars, series = values
     now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, 0) for key, value in sorted(scalars.items())]
+    order = tracking_ui.logging_order(scalars)  # headline first: the compare page's plot
+    metrics = [Metric(key, scalars[key], now, 0) for key in order]
     for key, points in sorted(series.items()):
         metrics += [Metric(key, value, now, step) for step, value in points]
     for chunk in _chunks(metrics, 1000):
@@ -441,8 +442,11 @@ def portable_record(record: Mapping[str, str], root: Path) -> dict[str, str]:
 
 
 def ui_command(host: str, port: int, uri: str, root: Path) -> list[str]:
-    """The ``mlflow server`` command line that serves the UI of store ``uri``."""
+    """The ``mlflow server`` command line that serves the UI of store ``uri``: the project's
+    app (classic-ML view, ``outputs.mlflow_app``) when installed, else MLflow's own."""
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    if mlflow_app.app_installed():
+        command += ["--app-name", mlflow_app.APP_NAME]
     command += ["--host", host, "--port", str(port), "--workers", "1"]
     if uri.startswith("sqlite:"):
         command += ["--artifacts-destination", str(Path(root) / ARTIFACTS_DIR)]
@@ -491,6 +495,8 @@ def serve_ui(
         f"http://{shown_host}:{port}", uri, experiment_name()
     )
     echo(f"MLflow UI: {address}  (store: {uri}; Ctrl+C stops it)")
+    if not mlflow_app.app_installed():
+        echo("note: the UI's own links may open GenAI pages; `pip install -e .` fixes that")
     process = subprocess.Popen(ui_command(host, port, uri, root), cwd=root)
     try:
         status = process.wait()

@@ -4,8 +4,10 @@ What decides the page (MLflow 3.17.2's UI bundle, ``mlflow/server/js``; see docs
 
 - The experiment page without a tab (``#/experiments/<id>``) redirects by the browser's
   *workflow type*, not by the experiment: ``genai`` (the default of a fresh browser, kept in
-  ``localStorage['mlflow.workflowType']``) goes to the GenAI "Overview", ``machine_learning`` to
-  the runs table. A ``workflowType`` URL parameter overrides the stored one. The experiment tag
+  ``localStorage['mlflow.workflowType_v1']``) goes to the GenAI "Overview", ``machine_learning``
+  to the runs table. A ``workflowType`` URL parameter overrides the stored one; the UI's own
+  links (its Compare button) carry none, so ``ui`` serves a page that stores classic ML in a
+  fresh browser (``outputs.mlflow_app``). The experiment tag
   ``mlflow.experimentKind`` only feeds that choice when workflow navigation is switched off,
   which 3.17 never does; it is still set (``custom_model_development``), so that the UI does
   not infer and write it, and for tools that read it.
@@ -81,6 +83,16 @@ def headline_metrics(keys: Iterable[str], patterns: Iterable[str] = HEADLINE_MET
         regex = pattern_regex(pattern)
         chosen += [k for k in available if regex.fullmatch(k) and k not in chosen]
     return chosen[:MAX_COLUMNS]
+
+
+def logging_order(keys: Iterable[str]) -> list[str]:
+    """``keys`` in the order to log them: the headline metrics first (:func:`headline_metrics`),
+    then the rest sorted. The UI keeps it: the compare page's parallel-coordinates plot shows
+    the first metric the runs share (``sharedMetricKeys.slice(0, 1)`` in MLflow 3.17's bundle),
+    which sorted would be a ``detail.`` one."""
+    keys = set(keys)
+    first = headline_metrics(keys, HEADLINE_METRICS)
+    return first + sorted(keys - set(first))
 
 
 def column_id(kind: str, key: str) -> str:
