@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from conftest import tiny_params, write_token_set_summary
@@ -333,3 +334,29 @@ def test_dvc_repro_runs_syntax_and_classify(classified, tmp_path):
     assert json.loads(dvc("status", "--json", "syntax", "classify")) == {}  # up to date
     lock = (work / "dvc.lock").read_text()
     assert "families.spacy_model" in lock or "spacy_model" in lock
+
+
+def test_neurons_classified_in_chunks_equal_one_pass(classified):
+    """With room for the sums of only 2 neurons per pass, 5 neurons take 3 passes: the family
+    table and the stored top activations equal those of one pass over all 5 (the bound keeps a
+    GPT-2-sized universal set within memory, issue 22)."""
+    from universal_neurons.description.families import classify_model
+    from universal_neurons.description.variance import neuron_chunks
+    from universal_neurons.models.loading import load_model
+
+    params = classified["params"]
+    tokens, features, excluded, _ = load_analysis_features(
+        classified["tokens_dir"], params.analysis, params.families, classified["data"] / "syntax"
+    )
+    model = load_model(str(classified["models_dir"] / "seed1"))
+    neurons = [(0, 3), (1, 7), (0, 60), (1, 0), (1, 33)]
+    per_neuron = 8 * sum(v.size for v in features.variables)
+    small = 2 * per_neuron + per_neuron // 2
+    assert [len(c) for c in neuron_chunks(neurons, features, small)] == [2, 2, 1]
+    assert neuron_chunks(neurons, features) == [neurons]
+    args = (model, tokens, features, neurons, excluded, params.analysis, params.families, None)
+    whole, whole_top = classify_model(*args, top_k=4)
+    chunked, chunked_top = classify_model(*args, top_k=4, sums_bytes=small)
+    pd.testing.assert_frame_equal(chunked, whole)
+    for name in ("values", "sequence", "position"):
+        assert torch.equal(getattr(chunked_top, name), getattr(whole_top, name))

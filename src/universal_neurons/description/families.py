@@ -22,7 +22,13 @@ import pandas as pd
 
 from universal_neurons.config import AnalysisConfig, FamiliesConfig
 from universal_neurons.description.features import GROUPS, FeatureSet, Variable
-from universal_neurons.description.variance import FeatureSums, TopActivations, collect_feature_sums
+from universal_neurons.description.variance import (
+    SUMS_BYTES,
+    FeatureSums,
+    TopActivations,
+    collect_feature_sums,
+    neuron_chunks,
+)
 from universal_neurons.errors import UserError
 
 UNEXPLAINED = "unexplained"
@@ -302,24 +308,33 @@ def classify_model(
     stats: pd.DataFrame | None,
     desc: str = "families",
     top_k: int = 0,
+    sums_bytes: int = SUMS_BYTES,
 ) -> tuple[pd.DataFrame, TopActivations | None]:
     """The family table of ``neurons`` of ``model`` over the analysis token set ``tokens``
-    (one pass, ``variance.collect_feature_sums``), with the vocabulary families of the
-    ``stats`` table when there is one; and the neurons' ``top_k`` activations."""
-    sums, top = collect_feature_sums(
-        model,
-        tokens,
-        features,
-        neurons,
-        excluded_ids,
-        analysis.batch_size,
-        analysis.device,
-        top_k=top_k,
-        desc=desc,
-    )
-    table = classify_neurons(sums, features, neurons, config)
+    (``variance.collect_feature_sums``: one pass per chunk of neurons whose sums fit
+    ``sums_bytes``), with the vocabulary families of the ``stats`` table when there is one;
+    and the neurons' ``top_k`` activations."""
+    tables, tops = [], []
+    chunks = neuron_chunks(neurons, features, sums_bytes)
+    for number, chunk in enumerate(chunks):
+        part = f"{desc} ({number + 1}/{len(chunks)})" if len(chunks) > 1 else desc
+        sums, top = collect_feature_sums(
+            model,
+            tokens,
+            features,
+            chunk,
+            excluded_ids,
+            analysis.batch_size,
+            analysis.device,
+            top_k=top_k,
+            desc=part,
+        )
+        tables.append(classify_neurons(sums, features, chunk, config))
+        tops.append(top)
+    table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
     if stats is not None:
         table = add_vocab_families(table, stats, config)
+    top = tops[0] if len(tops) == 1 or tops[0] is None else TopActivations.stacked(tops)
     return table, top
 
 

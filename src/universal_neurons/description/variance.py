@@ -144,6 +144,18 @@ class TopActivations:
             per_sequence,
         )
 
+    @classmethod
+    def stacked(cls, parts: Sequence[TopActivations]) -> TopActivations:
+        """The accumulators of consecutive neuron chunks as one, neurons in order."""
+        rows = None if parts[0].rows is None else torch.cat([p.rows for p in parts])
+        return cls(
+            torch.cat([p.values for p in parts]),
+            torch.cat([p.sequence for p in parts]),
+            torch.cat([p.position for p in parts]),
+            rows,
+            parts[0].per_sequence,
+        )
+
     def _candidates(self, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's best ``(values, flat batch*pos places)`` per neuron ``[n, k']`` of
         ``masked [batch, pos, n]``: the top k places, or each sequence's best place."""
@@ -215,6 +227,23 @@ def iter_neuron_activations(
         acts = acts.permute(1, 2, 0).to(torch.float64).cpu()  # [b, p, N]
         _check_finite(acts, neurons, desc, number)
         yield number * batch_size, kept, acts
+
+
+SUMS_BYTES = 2**30
+"""Bytes the per-category sums of one pass may hold (``FeatureSums``: 8 bytes per category of
+every variable and neuron): more neurons are classified in several passes (``neuron_chunks``).
+With GPT-2's vocabulary (token, previous token, unigram, ... about 160,000 categories) a pass
+takes about 800 neurons."""
+
+
+def neuron_chunks(
+    neurons: Sequence[tuple[int, int]], features: FeatureSet, limit: int = SUMS_BYTES
+) -> list[Sequence[tuple[int, int]]]:
+    """``neurons`` cut into consecutive chunks whose ``FeatureSums`` fit ``limit`` bytes (at
+    least one neuron each; one chunk, the whole list, when it fits)."""
+    per_neuron = 8 * sum(v.size for v in features.variables)
+    size = max(1, limit // max(per_neuron, 1))
+    return [neurons[i : i + size] for i in range(0, len(neurons), size)] or [neurons]
 
 
 def collect_feature_sums(
