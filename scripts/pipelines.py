@@ -7,7 +7,8 @@ A preset pipeline is an overlay of ``dvc.yaml``, so the two cannot drift apart: 
 are ``PRESET_STAGES`` with ``fetch`` (a pretrained group's member i becomes
 ``models/seed{i}``) in place of ``train``; every entry is ``dvc.yaml``'s, with the stage
 file and code paths two folders up (DVC runs a pipeline from its own folder), the data a
-stage reads only for the trained group left out (``Stage.trained_inputs``), the parameters
+stage reads only for the trained group (``Stage.trained_inputs``) or that no preset stage
+writes (the emergence curve, the training times: ``produced``) left out, the parameters
 read only above ``correlate.full_pairs_max_neurons`` added (``Stage.scale_params``), and
 ``EXTRA_DEPS``; ``fetch`` is ``always_changed``: DVC reruns it at every ``repro``, so a
 member replaced in place (a local directory, a hub revision) is fetched again, and when its
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages import all_stages  # noqa: E402
 from universal_neurons.pipeline.layout import Layout  # noqa: E402
-from universal_neurons.pipeline.wiring import code_deps  # noqa: E402
+from universal_neurons.pipeline.wiring import code_deps, made_by  # noqa: E402
 
 PRESET_STAGES = (
     "validate",
@@ -40,7 +41,18 @@ PRESET_STAGES = (
     "universality",
     "one_to_one",
     "stats",
+    "syntax",
+    "classify",
+    "effects",
+    "report",
+    "log",
 )
+"""Every stage of ``dvc.yaml`` that means something for a pretrained group. Not here: ``train``
+(``fetch`` instead), ``emergence_points``/``emergence`` (training checkpoints),
+``null_measures``/``null_control`` (the untrained group is the train stage's initialisation:
+they would only write ``"run": false``) and ``uncertainty_resamples``/``uncertainty`` (they refuse
+a group above ``correlate.full_pairs_max_neurons``, as every preset is). The data deps on those
+stages' outputs are left out (``produced``): the report and the log show what exists."""
 EXTRA_DEPS = {"tokenize": ["models/seed${train.seeds[0]}"]}
 """Data a stage reads in a preset only: tokenize takes the first member's tokenizer."""
 
@@ -152,12 +164,23 @@ def _outs_entry(stage) -> dict:
     return {"outs": outs}
 
 
-def _preset_entry(name: str, written: dict | None, stage, base: Path) -> dict:
-    """The preset's entry of stage ``name`` (``written``: its ``dvc.yaml`` entry, if any)."""
+def produced(by_name: dict) -> set[str]:
+    """Every output path of the preset stages, as ``dvc.yaml`` writes it."""
+    stages = (by_name[name] for name in PRESET_STAGES)
+    return {str(out.path) for stage in stages for out in stage.declared_outputs(Layout())}
+
+
+def _preset_entry(name: str, written: dict | None, stage, base: Path, made: set[str]) -> dict:
+    """The preset's entry of stage ``name`` (``written``: its ``dvc.yaml`` entry, if any;
+    ``made``: what the preset's stages write: a dep on anything else is left out)."""
     entry = dict(written) if written is not None else {}
     body = dict(entry.get("do", entry))
     trained = {str(path) for path in stage.trained_inputs(Layout())}
-    data = [d for d in body.get("deps") or [] if not d.endswith(".py") and d not in trained]
+    data = [
+        d
+        for d in body.get("deps") or []
+        if not d.endswith(".py") and d not in trained and made_by(d, made)
+    ]
     if written is None:
         data = [str(p) for p in stage.declared_inputs(Layout())]
     body["cmd"] = stage.command_line("../../stages")
@@ -184,8 +207,10 @@ def preset_text(preset_dir: Path) -> str:
     """What ``preset_dir/dvc.preset.yaml`` must hold."""
     default = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     by_name = {stage.name: stage for stage in all_stages()}
+    made = produced(by_name)
+    base = preset_dir.resolve()
     stages = {
-        name: _preset_entry(name, default.get(name), by_name[name], preset_dir.resolve())
+        name: _preset_entry(name, default.get(name), by_name[name], base, made)
         for name in PRESET_STAGES
     }
     text = yaml.dump({"stages": stages}, Dumper=_Dumper, sort_keys=False, width=100)

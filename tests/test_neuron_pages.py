@@ -137,6 +137,8 @@ def state(tiny_group, tiny_tokens_dir, tmp_path_factory):
         "max_corr": pd.read_parquet(data / "correlate" / "max_corr.parquet"),
         "baseline": pd.read_parquet(data / "baseline" / "baseline.parquet"),
         "pages": work / "report" / "neurons",
+        "models": tiny_group[1].parent,
+        "tokens": tiny_tokens_dir,
     }
 
 
@@ -190,6 +192,49 @@ def test_a_page_per_universal_neuron_and_the_report_links_them(state):
     full = parse_html(state["pages"] / "index.html")
     hrefs = {a.get("href") for a in full.iter("a")} - {"../index.html"}
     assert hrefs == {f"{n}/{layer}.{i}.html" for n, layer, i in expected}
+
+
+def test_pages_capped_per_model_every_universal_neuron_still_listed(state, tmp_path, monkeypatch):
+    """At the paper's sizes only the PAGES_PER_MODEL most universal neurons of each model get a
+    page (issue 22: ~27 min and ~200 MB for 12k pages); the list still holds every universal
+    neuron with its numbers, links exactly the written pages, and says so; a partner link goes
+    only to a page that exists, the partner still marked universal."""
+    from universal_neurons.outputs import neuron_page
+
+    monkeypatch.setattr(neuron_page, "PAGES_PER_MODEL", 2)
+    out = tmp_path / "neurons"
+    rows = neuron_page.write_group_pages(
+        out,
+        {name: state["models"] / name for name in state["names"]},
+        state["tokens"],
+        state["params"].analysis,
+        state["stats"],
+        state["families"],
+        state["max_corr"],
+        state["baseline"],
+        THRESHOLD,
+    )
+    expected = set()
+    for name in state["names"]:
+        table = state["stats"][name]
+        top = table[table["is_universal"]].sort_values(
+            "excess_corr", ascending=False, kind="stable"
+        )
+        expected |= {(name, int(r.layer), int(r.index)) for r in top.head(2).itertuples()}
+    written = {
+        (p.parent.name, *map(int, p.stem.split(".")))
+        for p in out.glob("*/*.html")
+        if p.name != "index.html"
+    }
+    assert written == expected and len(rows) > len(expected)
+    full = parse_html(out / "index.html")
+    hrefs = {a.get("href") for a in full.iter("a")} - {"../index.html"}
+    assert hrefs == {f"{n}/{layer}.{i}.html" for n, layer, i in expected}
+    assert len(table_rows(full.find(".//table[@class='universal']"))) == len(rows)
+    assert f"Pages for the {len(expected)} most universal" in text(full)
+    for path in out.glob("*/*.*.html"):
+        for link in section(parse_html(path), "partners").iter("a"):
+            assert (path.parent / link.get("href")).is_file()
 
 
 def direct_post_activations(model_dir: Path, tokens: np.ndarray, batch: int) -> np.ndarray:

@@ -45,6 +45,11 @@ from universal_neurons.text.tokens import load_tokenizer
 
 NEURONS_DIR = "neurons"
 INDEX_ROWS_PER_MODEL = 25
+PAGES_PER_MODEL = 200
+"""Pages written per model: its most universal neurons (largest excess correlation). At the
+paper's sizes (~2,000 universal neurons per GPT-2 small) a page each took ~27 min and ~200 MB;
+``neurons/index.html`` still lists every universal neuron with its numbers and says which have
+a page (the others: ``universal-neurons neuron``)."""
 DEFAULT_THRESHOLD = 0.5  # τ of the universality test where no results document gives it
 
 
@@ -122,15 +127,22 @@ def context_html(context: Context, pieces: Sequence[str], scale: float) -> str:
     )
 
 
-def partners_html(matches: pd.DataFrame, universal: Mapping[str, set[tuple[int, int]]]) -> str:
-    """The best-matching neuron in each partner (a link where it is universal too)."""
+def partners_html(
+    matches: pd.DataFrame,
+    universal: Mapping[str, set[tuple[int, int]]],
+    paged: Mapping | None = None,
+) -> str:
+    """The best-matching neuron in each partner (marked where it is universal too, a link where
+    it has a page: ``paged``, by default every universal neuron)."""
+    paged = universal if paged is None else paged
     rows = []
     for r in matches.itertuples(index=False):
         neuron = f"L{r.argmax_layer}.N{r.argmax_index}"
         target = (int(r.argmax_layer), int(r.argmax_index))
         if r.argmax_layer >= 0 and target in universal.get(r.partner, set()):
-            href = f"../{_e(r.partner)}/{page_name(*target)}"
-            neuron = f'<a href="{href}">{neuron}</a> (universal)'
+            if target in paged.get(r.partner, set()):
+                neuron = f'<a href="../{_e(r.partner)}/{page_name(*target)}">{neuron}</a>'
+            neuron = f"{neuron} (universal)"
         elif r.argmax_layer < 0:
             neuron = "– (dead)"
         rows.append(
@@ -262,10 +274,11 @@ def render_page(
     universal: Mapping[str, set[tuple[int, int]]],
     threshold: float = DEFAULT_THRESHOLD,
     extras: tuple[Mapping | None, Mapping | None] = (None, None),
+    paged: Mapping | None = None,
 ) -> str:
     """The HTML of one neuron's page (its histogram is ``<layer>.<index>.png`` beside it;
     ``threshold``: τ of the universality test; ``extras``: its rows of the effects and the
-    uncertainty tables, or None)."""
+    uncertainty tables, or None; ``paged``: per model the neurons with a page)."""
     title = f"{page.model} L{page.layer}.N{page.index}"
     scale = max((c.value for c in page.contexts), default=0.0)
     contexts = "".join(context_html(c, pieces, scale) for c in page.contexts)
@@ -287,7 +300,7 @@ def render_page(
         f"<p>{kept:,} kept positions, activations from {_num(edges[0])} to {_num(edges[-1])}"
         f" (bin edges).</p></section>"
         f'<section id="partners"><h2>Best match in each partner model</h2>'
-        f"{partners_html(page.partners, universal)}</section>"
+        f"{partners_html(page.partners, universal, paged)}</section>"
         f'<section id="family"><h2>Family</h2>{family_html(page.family)}</section>'
         f"{effects_html(extras[0], pieces)}"
         f'<section id="vocab"><h2>Output weights: vocabulary</h2><p>Tokens whose logit the '
@@ -316,14 +329,20 @@ def histogram_png(edges: np.ndarray, counts: np.ndarray, title: str, path: Path)
     return plots.save(fig, path)
 
 
-def index_html(rows: pd.DataFrame, prefix: str | None, threshold: float = DEFAULT_THRESHOLD) -> str:
+def index_html(
+    rows: pd.DataFrame,
+    prefix: str | None,
+    threshold: float = DEFAULT_THRESHOLD,
+    paged: Mapping | None = None,
+) -> str:
     """A table of universal neurons (``universal_rows``), each linked to its page
     (``prefix``: the path from the page holding the table to ``neurons/``; None: no links;
-    ``threshold``: τ, the excess printed with the digits to show it above)."""
+    ``threshold``: τ, the excess printed with the digits to show it above; ``paged``: per
+    model the neurons with a page, None: all)."""
     cells = []
     for r in rows.itertuples(index=False):
         neuron = f"L{r.layer}.N{r.index}"
-        if prefix is not None:
+        if prefix is not None and (paged is None or (r.layer, r.index) in paged.get(r.model, ())):
             neuron = f'<a href="{prefix}{_e(r.model)}/{page_name(r.layer, r.index)}">{neuron}</a>'
         cells.append(
             [
@@ -348,25 +367,55 @@ def write_page(
     folder: Path,
     threshold: float = DEFAULT_THRESHOLD,
     extras: tuple[Mapping | None, Mapping | None] = (None, None),
+    paged: Mapping | None = None,
 ) -> Path:
-    """Write ``folder/<layer>.<index>.html`` and its histogram ``.png``; return the HTML path."""
+    """Write ``folder/<layer>.<index>.html`` and its histogram ``.png``; return the HTML path
+    (``paged``: per model the neurons with a page, None: every universal neuron)."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{page.layer}.{page.index}"
     title = f"{page.model} L{page.layer}.N{page.index}: {int(page.histogram[1].sum()):,} positions"
     histogram_png(*page.histogram, title, folder / f"{stem}.png")
     path = folder / page_name(page.layer, page.index)
-    path.write_text(render_page(page, pieces, universal, threshold, extras), encoding="utf-8")
+    html_text = render_page(page, pieces, universal, threshold, extras, paged)
+    path.write_text(html_text, encoding="utf-8")
     return path
 
 
-def index_page(rows: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> str:
-    """``neurons/index.html``: every universal neuron (``universal_rows``), linked to its page."""
+def index_page(
+    rows: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD, paged: Mapping | None = None
+) -> str:
+    """``neurons/index.html``: every universal neuron (``universal_rows``), linked to its page
+    (``paged``: per model the neurons with one, None: all)."""
+    count = sum(len(neurons) for neurons in paged.values()) if paged is not None else len(rows)
+    note = "" if count == len(rows) else (
+        f"<p>Pages for the {count:,} most universal ({PAGES_PER_MODEL} per model at most, by "
+        "excess correlation); the others are listed with their numbers, unlinked: "
+        "<code>universal-neurons neuron MODEL LAYER.INDEX</code> describes any neuron.</p>"
+    )  # fmt: skip
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Universal neurons</title><style>{_STYLE}</style></head><body>"
         '<nav><a href="../index.html">report</a></nav>'
-        f"<h1>Universal neurons ({len(rows):,})</h1>{index_html(rows, '', threshold)}</body></html>\n"
+        f"<h1>Universal neurons ({len(rows):,})</h1>{note}"
+        f"{index_html(rows, '', threshold, paged)}</body></html>\n"
     )
+
+
+def paged_neurons(rows: pd.DataFrame) -> dict[str, set]:
+    """Per model the neurons that get a page: the first ``PAGES_PER_MODEL`` of its
+    ``universal_rows`` (the most universal)."""
+    first = rows.groupby("model", sort=False).head(PAGES_PER_MODEL)
+    paged: dict[str, set] = {model: set() for model in rows["model"].unique()}
+    for r in first.itertuples(index=False):
+        paged[r.model].add((int(r.layer), int(r.index)))
+    return paged
+
+
+def _only_paged(table: pd.DataFrame, neurons: set) -> pd.DataFrame:
+    """``table`` with ``is_universal`` kept for ``neurons`` only (which neurons get a page)."""
+    keys = zip(table["layer"].astype(int), table["index"].astype(int), strict=True)
+    keep = np.fromiter(((layer, index) in neurons for layer, index in keys), bool, len(table))
+    return table.assign(is_universal=table["is_universal"].astype(bool) & keep)
 
 
 def write_group_pages(
@@ -381,8 +430,9 @@ def write_group_pages(
     threshold: float = DEFAULT_THRESHOLD,
     extras: Mapping[str, Mapping[tuple[int, int], tuple]] | None = None,
 ) -> pd.DataFrame:
-    """Write the page of every universal neuron of every model into ``out_dir/<model>/`` and
-    the list of them all into ``out_dir/index.html``; return ``universal_rows``.
+    """Write the page of every universal neuron of every model (its ``PAGES_PER_MODEL`` most
+    universal) into ``out_dir/<model>/`` and the list of them all into ``out_dir/index.html``;
+    return ``universal_rows``.
 
     ``analysis``: ``params.analysis`` (the token set, excluded positions, batch size,
     device); ``model_dirs``: per model name its Hugging Face directory; the tables as in
@@ -392,14 +442,16 @@ def write_group_pages(
     """
     out_dir = Path(out_dir)
     universal = {name: set(universal_neurons(table)) for name, table in stats_tables.items()}
+    rows = universal_rows(stats_tables, family_tables)
+    paged = paged_neurons(rows)
+    capped = {name: _only_paged(t, paged.get(name, set())) for name, t in stats_tables.items()}
     tokens, excluded, _ = load_analysis_set(tokens_dir, analysis)
     token_set = (np.asarray(tokens), excluded)
     pieces = display_pieces(load_tokenizer(tokens_dir))
-    tables = (stats_tables, family_tables, max_corr, baseline)
+    tables = (capped, family_tables, max_corr, baseline)
     for page in group_pages(model_dirs, token_set, analysis, *tables):
         found = (extras or {}).get(page.model, {}).get((page.layer, page.index), (None, None))
-        write_page(page, pieces, universal, out_dir / page.model, threshold, found)
-    rows = universal_rows(stats_tables, family_tables)
+        write_page(page, pieces, universal, out_dir / page.model, threshold, found, paged)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "index.html").write_text(index_page(rows, threshold), encoding="utf-8")
+    (out_dir / "index.html").write_text(index_page(rows, threshold, paged), encoding="utf-8")
     return rows

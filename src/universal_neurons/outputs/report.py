@@ -496,8 +496,20 @@ def _universal_neurons_section(
     if linked:
         note += f'; <a href="{folder}/index.html">all of them</a>. Each links to its page'
     result.sections.append("Universal neuron table")
-    table = neuron_page.index_html(shown, f"{folder}/" if linked else None, threshold)
+    table = neuron_page.index_html(
+        shown, f"{folder}/" if linked else None, threshold, _with_page(shown, out / folder)
+    )
     return f"<h2>Universal neuron table</h2>{note}.</p>{table}"
+
+
+def _with_page(rows: pd.DataFrame, folder: Path) -> dict[str, set]:
+    """Per model the neurons of ``rows`` whose page exists in ``folder`` (the report stage
+    writes pages for the ``neuron_page.PAGES_PER_MODEL`` most universal of each model only)."""
+    paged: dict[str, set] = {}
+    for r in rows.itertuples(index=False):
+        if (folder / r.model / neuron_page.page_name(r.layer, r.index)).is_file():
+            paged.setdefault(r.model, set()).add((r.layer, r.index))
+    return paged
 
 
 def _new_documents(sources: ReportSources) -> list[Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -213,12 +214,29 @@ def _code_problems(name: str, deps: list[Path], stage_file: Path, src: Path, bas
     return problems
 
 
-def _data_problems(name: str, deps: list[Path], stage: Stage, preset: bool) -> list[str]:
+def made_by(path: str, outputs: Iterable[str]) -> bool:
+    """Whether ``path`` is one of ``outputs``, inside one, or holds one (``models`` holds
+    ``models/seed${item}``); any ``${...}`` stands for any seed."""
+    path = re.sub(r"\$\{[^}]*\}", "${item}", path)
+    outputs = [re.sub(r"\$\{[^}]*\}", "${item}", out) for out in outputs]
+    return any(
+        path == out or path.startswith(f"{out}/") or out.startswith(f"{path}/") for out in outputs
+    )
+
+
+def _data_problems(name: str, deps: list[Path], stage: Stage, made: set[str] | None):
+    """``made``: in a preset pipeline, every output of its stages (an input none of them writes,
+    such as the emergence curve, is not listed there); None for ``dvc.yaml``."""
     layout = Layout()
     data = {str(dep) for dep in deps if dep.suffix != ".py"}
     inputs = {str(path) for path in stage.declared_inputs(layout)}
     trained = {str(path) for path in stage.trained_inputs(layout)}
-    if inputs <= data and (preset or data == inputs | trained):
+    if made is not None:
+        unmade = sorted(d for d in data if not made_by(d, made))
+        inputs = {path for path in inputs if made_by(path, made)}
+        if unmade:
+            return [f"{name}: data deps {unmade}, which no stage of the pipeline writes"]
+    if inputs <= data and (made is not None or data == inputs | trained):
         return []
     declared = f"declared inputs {sorted(inputs)} (trained group only: {sorted(trained)})"
     return [f"{name}: data deps {sorted(data)}, {declared}"]
@@ -237,9 +255,12 @@ class StageFiles:
         return self.stages_dir / f"{name}.py"
 
 
-def stage_problems(name: str, entry: dict, stage: Stage, files: StageFiles, preset: bool):
+def stage_problems(
+    name: str, entry: dict, stage: Stage, files: StageFiles, made: set[str] | None = None
+):
     """What the dvc.yaml entry of one stage gets wrong; paths in it are relative to
-    ``files.base``."""
+    ``files.base``; ``made``: a preset pipeline's outputs (``_data_problems``)."""
+    preset = made is not None
     problems = []
     if stage.per_seed != ("foreach" in entry) or (
         stage.per_seed and entry["foreach"] != "${train.seeds}"
@@ -252,7 +273,7 @@ def stage_problems(name: str, entry: dict, stage: Stage, files: StageFiles, pres
     problems += _output_problems(name, dvc_outs(body), declared)
     deps = [Path(dep) for dep in body.get("deps") or []]
     problems += _code_problems(name, deps, files.stage_file(name), files.src, files.base)
-    return problems + _data_problems(name, deps, stage, preset)
+    return problems + _data_problems(name, deps, stage, made)
 
 
 def wiring_problems(
@@ -267,7 +288,8 @@ def wiring_problems(
         wanted = set(by_name) - PRESET_ONLY
         problems += [f"{name}: missing from dvc.yaml" for name in sorted(wanted - set(written))]
     files = StageFiles(dvc_yaml, stages_dir, src)
+    made = {out for entry in written.values() for out in dvc_outs(entry.get("do", entry))}
     for name, entry in written.items():
         if name in by_name:
-            problems += stage_problems(name, entry, by_name[name], files, preset)
+            problems += stage_problems(name, entry, by_name[name], files, made if preset else None)
     return problems

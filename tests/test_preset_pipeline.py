@@ -1,0 +1,73 @@
+"""A generated preset pipeline end to end with real DVC (issue 22): a pretrained group of tiny
+local Hugging Face GPT-2 directories standing in for a preset's members goes through every stage
+the preset runs, to families, a report and an MLflow run, without training outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+from conftest import tiny_params_dict
+from mlflow.tracking import MlflowClient
+from pipeline_repo import make_pipeline_repo, pipeline_env, run
+from transformers import PreTrainedTokenizerFast
+
+
+def _hub_copy(model_dir, tokens_dir, dest):
+    """A member as the hub holds it: config, weights and tokenizer, no training files."""
+    dest.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(model_dir / name, dest / name)
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(tokens_dir / "tokenizer.json"), eos_token="<|endoftext|>"
+    ).save_pretrained(dest)
+    return str(dest)
+
+
+@pytest.mark.slow
+def test_a_preset_pipeline_runs_to_families_report_and_mlflow_run(
+    tiny_group, tiny_tokens_dir, tmp_path
+):
+    """``dvc repro`` of gpt2-small's generated pipeline with a custom group of two local
+    members: every stage runs (no emergence, training curve or uncertainty outputs exist), the
+    families, the report with its neuron pages and the MLflow run record are written, and a
+    second ``dvc status`` finds nothing to do but the always-changed fetch."""
+    members = {
+        f"member-{seed}": _hub_copy(tiny_group[seed], tiny_tokens_dir, tmp_path / "hub" / str(seed))
+        for seed in (1, 2)
+    }
+    params = tiny_params_dict(
+        group={"preset": "custom", "models": members},
+        train={"seeds": [1, 2]},
+        tokenizer={"kind": "model", "path": "models/seed1"},
+        universality={"threshold": 0.05},  # universal neurons in a tiny group of two
+        effects={"max_sequences": 8, "controls": 1},
+        uncertainty={"null_group": "none"},
+    )
+    repo = make_pipeline_repo(tmp_path / "repo", tiny_params_dict(), commit=False)
+    folder = repo / "pipelines" / "gpt2-small"
+    shutil.copy(folder / "dvc.preset.yaml", folder / "dvc.yaml")
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "preset")
+    env = pipeline_env(repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    run(repo, "dvc", "repro", "pipelines/gpt2-small/dvc.yaml", env=env)
+
+    families = json.loads((folder / "results" / "families.json").read_text())
+    assert families and (folder / "data" / "families" / "seed1.parquet").is_file()
+    index = (folder / "report" / "index.html").read_text()
+    for section in ("universal-neuron-table", "families", "what-they-do"):
+        assert f'<h2 id="{section}">' in index, section
+    assert "Across training" not in index and 'id="training"' not in index  # no training here
+    link = re.search(r'href="(neurons/seed1/\d+\.\d+\.html)"', index)
+    assert link and (folder / "report" / link.group(1)).is_file()  # a neuron page
+    record = json.loads((folder / "tracking" / "run.json").read_text())
+    client = MlflowClient(record["tracking_uri"])
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
+    assert not (repo / "metrics").exists() and not (repo / "report").exists()  # root untouched
+    status = run(repo, "dvc", "status", "pipelines/gpt2-small/dvc.yaml", env=env).stdout
+    changed = {line.strip().rstrip(":") for line in status.splitlines() if line[:1] not in " \t"}
+    assert {name.rsplit(":", 1)[-1].split("@")[0] for name in changed if name} == {"fetch"}
