@@ -26,6 +26,7 @@ from universal_neurons.description.effects import (
     measure_model,
     measured_neurons,
     per_layer_table,
+    with_summary_columns,
 )
 from universal_neurons.io import atomic_outputs, read_parquet
 from universal_neurons.matching.activations import excluded_token_ids
@@ -68,7 +69,9 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
             inputs[name], targets[name], params.effects, params.families, progress
         )
         per_token.update({(name, *key): values for key, values in found.items()})
-    tables = add_group_columns(tables, per_token)
+    tables = {
+        name: with_summary_columns(t) for name, t in add_group_columns(tables, per_token).items()
+    }
     summary = effects_summary(tables, params.effects)
     with atomic_outputs() as outputs:  # the stage's outputs change together or not at all
         temp = outputs.path(layout.stage_dir("effects"))

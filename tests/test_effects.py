@@ -368,3 +368,23 @@ def test_moved_tokens_are_ranked_beyond_the_shift_of_the_normaliser():
     np.testing.assert_allclose(relative, np.where(np.arange(6) == 4, 0.5, 0.0), atol=1e-12)
     assert top_changes(relative, 2) == [[4, pytest.approx(0.5)], [0, pytest.approx(0.0)]]
     assert top_changes(delta, 1)[0][0] == 4  # raw changes: the shift alone would tie the rest
+
+
+def test_a_group_without_universal_neurons_gets_empty_summaries(tmp_path):
+    """No universal neuron in any model (a high τ, a small group): the summary, headline,
+    per-layer table and figure are written with nothing in them instead of a KeyError."""
+    from universal_neurons.config import EffectsConfig
+    from universal_neurons.description.effects import (
+        effects_summary,
+        headline_metrics,
+        per_layer_table,
+        with_summary_columns,
+    )
+    from universal_neurons.outputs.effects_plot import plot_effects
+
+    tables = {name: with_summary_columns(pd.DataFrame()) for name in ("seed1", "seed2")}
+    summary = effects_summary(tables, EffectsConfig())
+    assert summary["group"]["universal"] == 0 and summary["models"]["seed1"]["layers"] == {}
+    assert headline_metrics(summary)["median_delta_loss_universal"] is None
+    assert len(per_layer_table(tables)) == 0
+    assert plot_effects(tables, tmp_path / "effects.png").is_file()

@@ -315,8 +315,28 @@ def group_summary(rows: pd.DataFrame) -> dict:
     return summary
 
 
+SUMMARY_INPUTS = [
+    "kind",
+    "layer",
+    *MEASURES,
+    "exceeds_controls",
+    "role",
+    "partner_effect_corr",
+    "partner_same_role",
+    "role_agrees",
+]
+"""The columns ``group_summary`` reads (a model without universal neurons has none)."""
+
+
+def with_summary_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``table``, or an empty table with ``SUMMARY_INPUTS`` when it has no rows."""
+    return table if len(table) else pd.DataFrame(columns=SUMMARY_INPUTS)
+
+
 def effects_summary(tables: dict[str, pd.DataFrame], config: EffectsConfig) -> dict:
-    """``results/effects.json``: the group, per model and per model and layer."""
+    """``results/effects.json``: the group, per model and per model and layer (a model with
+    no universal neuron has empty entries)."""
+    tables = {model: with_summary_columns(table) for model, table in tables.items()}
     found = pd.concat([t.assign(model=m) for m, t in tables.items()], ignore_index=True)
     models = {}
     for model, table in tables.items():
