@@ -61,6 +61,11 @@ def test_what_they_do_quotes_the_group_medians(tmp_path):
     assert body.count("<tr>") == 1 + 2 * 2  # header + a row per model and layer
     missing = report_sections.effects_section(None, paths, tmp_path)
     assert missing == report_sections.NOTHING
+    empty = {name: table[table["kind"] == "none"] for name, table in tables.items()}
+    title, body, figures = report_sections.effects_section(
+        effects_summary(empty, EffectsConfig()), paths, tmp_path / "none"
+    )
+    assert (title, figures) == ("What they do", {}) and "No neuron is universal" in body
 
 
 def test_how_sure_gives_the_percentile_interval_of_every_model(tmp_path):

@@ -49,6 +49,8 @@ def effects_section(results: dict | None, tables: Mapping[str, Path], figures: P
     if results is None or not found:
         return NOTHING
     group = results["group"]
+    if not group["universal"]:
+        return "What they do", "<p>No neuron is universal: nothing was ablated.</p>", {}
     plot_effects(found, figures / "effects.png")
     roles = ", ".join(f"{role} {n}" for role, n in group["roles_universal"].items()) or "none"
     text = (
