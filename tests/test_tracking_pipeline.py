@@ -437,7 +437,10 @@ HEADLINE_FILES = {
 NEWER_HEADLINE_FILES = {
     "metrics/uncertainty.json": {"mean_percent_universal_lo", "mean_percent_universal_hi"},
     "metrics/one_to_one.json": {"available", "mean_percent_one_to_one_universal"},
-    "metrics/effects.json": {"median_delta_loss_universal", "fraction_exceeding_controls"},
+    "metrics/effects.json": {
+        "roles_entropy",
+        "roles_none",
+    },  # medians are null without universal neurons
 }
 """The headline files of the stages of issues 23 and 24 (intervals, one-to-one matching,
 effects): DVC lists them too; the first four keep the compact table of issue 25."""
