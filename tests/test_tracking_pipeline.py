@@ -26,6 +26,7 @@ import yaml
 from pipeline_repo import make_pipeline_repo, pipeline_env, run, tiny_pipeline_params
 
 from universal_neurons.outputs.tracking_ui import column_id, headline_metrics
+from universal_neurons.pipeline.tools.exps import DETAIL_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -481,8 +482,10 @@ def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
     header = next(csv.reader(io.StringIO(table)))
     dropped = set(plain_header) - set(header)
     assert dropped and all(
-        re.match(r"(data|models|report|results|metrics)(/|$)", c) for c in dropped
+        re.match(r"(data|models|report|results|metrics)(/|$)", c) or re.match(DETAIL_COLUMNS, c)
+        for c in dropped
     )
+    assert not [c for c in header if re.match(DETAIL_COLUMNS, c)]
     assert {"train.learning_rate", "mean_heldout_loss"} <= set(header)
     assert _rendered_width(table) <= 200, table
     diff = json.loads(

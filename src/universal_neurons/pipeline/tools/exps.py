@@ -21,11 +21,19 @@ from universal_neurons.pipeline.layout import Layout
 
 OUTPUT_COLUMNS = r"^(data|models|report|results|metrics|tracking)(/|$)"
 """The columns `dvc exp show` adds for data dependencies (paths of stage outputs)."""
+DETAIL_COLUMNS = (
+    r"^(mean_percent_mutual_all|mean_percent_one_to_one_universal|universal_also_one_to_one"
+    r"|available|roles_.*|median_delta_loss_.*|fraction_exceeding_controls"
+    r"|mean_partner_effect_corr|(seed\d+\.)?(mean_)?percent_universal_(lo|hi))$"
+)
+"""The headline keys of the one-to-one, effects and uncertainty stages: in `dvc exp show`,
+`dvc metrics show` and MLflow, left out of this compact comparison (it fits 200 columns)."""
 
 
 def exp_show_command(output_format: str | None) -> list[str]:
     """The ``dvc exp show`` command line (``output_format``: ``csv``, ``md`` or None)."""
-    command = ["dvc", "exp", "show", "--only-changed", "--drop", OUTPUT_COLUMNS, "--no-pager"]
+    drop = f"{OUTPUT_COLUMNS}|{DETAIL_COLUMNS}"
+    command = ["dvc", "exp", "show", "--only-changed", "--drop", drop, "--no-pager"]
     return command + ([f"--{output_format}"] if output_format else [])
 
 
