@@ -126,12 +126,58 @@ def clone_size(root: Path, remote: Path) -> dict[str, int]:
     return {"git": packed, "remote_files": files, "total": packed + files}
 
 
+def wanted_objects(lock: dict, remote: Path, flags: dict[str, bool]) -> dict[str, set[str]]:
+    """The objects the state in ``lock`` needs in ``remote``: ``{"present": ..., "missing":
+    ...}`` md5s of every pushed output (a directory: its manifest and every file it lists;
+    a manifest absent from the remote counts as missing, its files unknown)."""
+    present: set[str] = set()
+    missing: set[str] = set()
+    for stage in lock.get("stages", {}).values():
+        for out in stage.get("outs") or []:
+            md5 = out.get("md5") or ""
+            if not md5 or not _pushed(flags, out["path"]):
+                continue
+            if not object_path(remote, md5).is_file():
+                missing.add(md5)
+                continue
+            listed = [md5]
+            if md5.endswith(".dir"):
+                listed += [e["md5"] for e in json.loads(object_path(remote, md5).read_text())]
+            for part in listed:
+                (present if object_path(remote, part).is_file() else missing).add(part)
+    return {"present": present, "missing": missing}
+
+
+def remote_state(lock: dict, remote: Path, flags: dict[str, bool]) -> dict[str, Any]:
+    """Whether ``remote`` holds exactly the state of ``lock`` (docs/sharing.md, rule 1):
+    ``missing`` (md5s a fresh clone could not restore), ``stale`` (md5s no pushed output of
+    this state uses: an older state's, kept by git's history) and ``stale_bytes``."""
+    wanted = wanted_objects(lock, remote, flags)
+    files = {
+        p.parent.name + p.name: p.stat().st_size
+        for p in (remote / "files" / "md5").glob("*/*")
+        if p.is_file()
+    }
+    stale = sorted(set(files) - wanted["present"])
+    return {
+        "missing": sorted(wanted["missing"]),
+        "stale": stale,
+        "stale_bytes": sum(files[md5] for md5 in stale),
+    }
+
+
 def report(root: Path) -> dict[str, Any]:
     """Every number this script prints, for the repository at ``root``."""
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     remote = root / "dvc-remote"
-    rows = stage_sizes(lock, remote, pushed_flags(root / "dvc.yaml"))
-    return {"clone": clone_size(root, remote), "stages": rows, "change": change_costs(lock, rows)}
+    flags = pushed_flags(root / "dvc.yaml")
+    rows = stage_sizes(lock, remote, flags)
+    return {
+        "clone": clone_size(root, remote),
+        "stages": rows,
+        "change": change_costs(lock, rows),
+        "remote": remote_state(lock, remote, flags),
+    }
 
 
 def render(numbers: dict[str, Any], clone_mb: float, change_mb: float) -> str:
@@ -152,6 +198,12 @@ def render(numbers: dict[str, Any], clone_mb: float, change_mb: float) -> str:
             f"{row['in_remote'] / MB:>12.1f} {change / MB:>9.1f}{mark}"
         )
     lines.append(f"\nchange: re-running the stage and all downstream (budget {change_mb:.0f} MB)")
+    state = numbers["remote"]
+    lines.append(
+        f"dvc-remote/: {len(state['missing'])} objects of this state missing, "
+        f"{len(state['stale'])} of older states ({state['stale_bytes'] / MB:.1f} MB; "
+        "`dvc gc -w -c -r origin` removes them)"
+    )
     return "\n".join(lines)
 
 

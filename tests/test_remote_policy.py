@@ -1,0 +1,59 @@
+"""The in-repository DVC remote holds exactly the committed state (docs/sharing.md, "How big
+the repository may grow", rule 1): every pushed output of ``dvc.lock`` is there, so a fresh
+clone restores it, and nothing else is, since an older state's objects are already in git's
+history (checking out an older commit brings its own ``dvc-remote/``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import yaml
+from conftest import REPO_ROOT
+
+SPEC = importlib.util.spec_from_file_location(
+    "remote_size", REPO_ROOT / "scripts" / "remote_size.py"
+)
+remote_size = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(remote_size)
+
+
+def _state(root):
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    flags = remote_size.pushed_flags(root / "dvc.yaml")
+    return remote_size.remote_state(lock, root / "dvc-remote", flags)
+
+
+def test_the_checked_out_remote_holds_exactly_the_committed_state():
+    state = _state(REPO_ROOT)
+    assert state["missing"] == [], "dvc push -r origin: a fresh clone could not restore these"
+    assert state["stale"] == [], "dvc gc -w -c -r origin: objects of older states"
+
+
+def test_the_check_sees_a_missing_and_a_stale_object(tmp_path):
+    """A planted remote: one output's object present, one absent, one unrelated object."""
+    remote = tmp_path / "dvc-remote"
+    present, absent, old = "a" * 32, "b" * 32, "c" * 32
+    manifest = "d" * 32 + ".dir"
+    for md5, text in ((present, "x"), (old, "old"), (manifest, json.dumps([{"md5": absent}]))):
+        path = remote_size.object_path(remote, md5)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"s": {"cmd": "x", "outs": ["f", "d", {"t": {"push": False}}]}}})
+    )
+    lock = {
+        "stages": {
+            "s": {
+                "outs": [
+                    {"path": "f", "md5": present},
+                    {"path": "d", "md5": manifest},
+                    {"path": "t", "md5": "e" * 32},  # push: false, never wanted
+                ]
+            }
+        }
+    }
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    state = _state(tmp_path)
+    assert state["missing"] == [absent]
+    assert state["stale"] == [old] and state["stale_bytes"] == 3
