@@ -34,19 +34,22 @@ def object_path(remote: Path, md5: str) -> Path:
     return remote / "files" / "md5" / md5[:2] / md5[2:]
 
 
+def listed_objects(remote: Path, md5: str) -> list[str]:
+    """The md5s of one output's objects as ``remote`` can tell them: the file itself, or a
+    directory's manifest and, when the manifest is there, every file it lists."""
+    manifest = object_path(remote, md5)
+    if not (md5.endswith(".dir") and manifest.is_file()):
+        return [md5]
+    return [md5, *(entry["md5"] for entry in json.loads(manifest.read_text()))]
+
+
 def output_objects(remote: Path, md5: str) -> dict[str, int]:
     """``{md5: bytes}`` of the objects of one output present in ``remote``: the file itself, or
     a directory's manifest and every file it lists."""
-    path = object_path(remote, md5)
-    if not path.is_file():
+    if not object_path(remote, md5).is_file():
         return {}
-    objects = {md5: path.stat().st_size}
-    if md5.endswith(".dir"):
-        for entry in json.loads(path.read_text()):
-            part = object_path(remote, entry["md5"])
-            if part.is_file():
-                objects[entry["md5"]] = part.stat().st_size
-    return objects
+    paths = {part: object_path(remote, part) for part in listed_objects(remote, md5)}
+    return {part: path.stat().st_size for part, path in paths.items() if path.is_file()}
 
 
 def pushed_flags(dvc_yaml: Path) -> dict[str, bool]:
@@ -137,13 +140,7 @@ def wanted_objects(lock: dict, remote: Path, flags: dict[str, bool]) -> dict[str
             md5 = out.get("md5") or ""
             if not md5 or not _pushed(flags, out["path"]):
                 continue
-            if not object_path(remote, md5).is_file():
-                missing.add(md5)
-                continue
-            listed = [md5]
-            if md5.endswith(".dir"):
-                listed += [e["md5"] for e in json.loads(object_path(remote, md5).read_text())]
-            for part in listed:
+            for part in listed_objects(remote, md5):
                 (present if object_path(remote, part).is_file() else missing).add(part)
     return {"present": present, "missing": missing}
 
