@@ -190,6 +190,12 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (stable otherwise): under pytest-xdist (``-n``, pyproject) the longest
+    modules start at once on their own workers instead of trailing at the end of the run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test marked ``browser`` needs headless Chromium: skipped, naming how to install it,
     where there is none (``make test`` installs it where it can), but failed under CI."""
