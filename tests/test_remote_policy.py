@@ -8,8 +8,9 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, git
 
 SPEC = importlib.util.spec_from_file_location(
     "remote_size", REPO_ROOT / "scripts" / "remote_size.py"
@@ -57,3 +58,31 @@ def test_the_check_sees_a_missing_and_a_stale_object(tmp_path):
     state = _state(tmp_path)
     assert state["missing"] == [absent]
     assert state["stale"] == [old] and state["stale_bytes"] == 3
+
+
+def _commit_state(repo, payload: bytes, message: str) -> None:
+    (repo / "dvc-remote" / "files").mkdir(parents=True, exist_ok=True)
+    (repo / "dvc-remote" / "files" / "object").write_bytes(payload)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def test_a_partial_clone_holds_only_the_current_state(tmp_path):
+    """Three states of a 2 MB incompressible remote object: a full clone carries all three
+    in its history, the README's ``git clone --filter=blob:none`` only the checked-out one,
+    and ``clone_size`` estimates what that clone really weighs (measured on disk)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "config", "uploadpack.allowFilter", "true")
+    rng = np.random.default_rng(0)
+    for state in range(3):
+        _commit_state(repo, rng.bytes(2_000_000), f"state {state}")
+    size = remote_size.clone_size(repo, repo / "dvc-remote")
+    assert size["git"] > 6_000_000  # every state's object in the packed history
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "--filter=blob:none", "--no-local", f"file://{repo}", str(clone))
+    on_disk = sum(p.stat().st_size for p in clone.rglob("*") if p.is_file())
+    assert size["partial"] == 4_000_000  # one state's object, checked out and packed
+    assert abs(on_disk - size["partial"]) < 0.03 * size["partial"]  # + git's own files
+    assert on_disk < size["total"] - 3_900_000  # two older states left on the server
