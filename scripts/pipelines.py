@@ -50,8 +50,9 @@ PRESET_STAGES = (
 """Every stage of ``dvc.yaml`` that means something for a pretrained group. Not here: ``train``
 (``fetch`` instead), ``emergence_points``/``emergence`` (training checkpoints),
 ``null_measures``/``null_control`` (the untrained group is the train stage's initialisation:
-they would only write ``"run": false``) and ``uncertainty_resamples``/``uncertainty`` (they refuse
-a group above ``correlate.full_pairs_max_neurons``, as every preset is). The data deps on those
+they would only write ``"run": false``) and ``uncertainty_resamples``/``uncertainty`` (above
+``correlate.full_pairs_max_neurons``, as every preset is, their slab path makes two more
+passes of correlate's size: not wired into the presets yet). The data deps on those
 stages' outputs are left out (``produced``): the report and the log show what exists."""
 EXTRA_DEPS = {"tokenize": ["models/seed${train.seeds[0]}"]}
 """Data a stage reads in a preset only: tokenize takes the first member's tokenizer."""

@@ -8,8 +8,12 @@ with bootstrap counts and takes baseline draw ``r mod uncertainty.baseline_draws
 (``matching.resampling``; docs/uncertainty.md). No threshold: the uncertainty stage applies
 τ, so a new τ reruns only that cheap stage.
 
-Needs correlate's full pair statistics (``data/correlate/pairs/``: a group of at most
-``correlate.full_pairs_max_neurons`` neurons per model). Writes
+Candidates come from correlate's full pair statistics (``data/correlate/pairs/``: a group of
+at most ``correlate.full_pairs_max_neurons`` neurons per model). Above that correlate writes
+no pair files, and the stage finds them itself, slab by slab of whole layers, never holding an
+``[N, N]`` matrix (``matching.slabs``: slabs sized to ``UNIVERSAL_NEURONS_MEMORY_GB`` or the
+available memory; the rotation matrices memory-mapped in the outputs' temporary folder under
+``data/``, removed with it). Writes
 ``data/uncertainty_resamples/``: ``seed{s}_resampled.npy`` (float64 ``[resamples, neurons]``,
 layer-major), ``seed{s}_whole.npy`` (``[neurons]``: every block once, the draws averaged),
 ``blocks.json`` (kept positions per block) and ``summary.json``.
@@ -18,16 +22,17 @@ layer-major), ``seed{s}_whole.npy`` (``[neurons]``: every block once, the draws 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from universal_neurons.errors import UserError
 from universal_neurons.io import atomic_outputs, read_npy
 from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.matching.block_products import accumulate_blocks
 from universal_neurons.matching.correlation import CrossMoments
+from universal_neurons.matching.plan import RUNTIME
 from universal_neurons.matching.resampling import (
     CandidateSums,
     block_bounds,
@@ -36,7 +41,19 @@ from universal_neurons.matching.resampling import (
     rotated_key,
     rotation_draws,
 )
+from universal_neurons.matching.slabs import (
+    CandidateInputs,
+    accumulate_slabs,
+    candidate_sums_bytes,
+    mapped_npy,
+    mapped_rotation_draws,
+    plan_slabs,
+    slab_candidate_links,
+    slab_layers,
+    slab_memory,
+)
 from universal_neurons.matching.uncertainty import group_resampled_excess
+from universal_neurons.matching.units import PassSettings
 from universal_neurons.models.loading import check_device, load_model
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.inputs import (
@@ -50,6 +67,12 @@ from universal_neurons.pipeline.runner import stage_main
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
+
+
+def _columns(names: list[str], n: int, draws: int) -> dict[str, int]:
+    """``{key: n}``: every model's neurons and every draw's rotated directions of it."""
+    columns = {name: n for name in names}
+    return columns | {rotated_key(p, d): n for p in names for d in range(draws)}
 
 
 def _candidate_sums(params: Params, layout: Layout, summary, names: list[str]):
@@ -72,22 +95,65 @@ def _candidate_sums(params: Params, layout: Layout, summary, names: list[str]):
     dead_variance = params.correlate.dead_variance
     links = candidate_links(pairs, within, rotations, cfg.candidates, dead_variance)
     n = summary.n_layers * summary.d_mlp
-    columns = {name: n for name in names}
-    columns |= {rotated_key(p, d): n for p in names for d in range(cfg.baseline_draws)}
-    return CandidateSums(cfg.blocks, columns, links), rotations
+    return CandidateSums(cfg.blocks, _columns(names, n, cfg.baseline_draws), links), rotations
 
 
-def _block_sums(params: Params, layout: Layout, summary, progress: bool) -> CandidateSums:
-    """The group's per-block candidate sums: one pass over the analysis token set."""
+def _slab_layers(params: Params, summary, models: dict, batch_tokens: int) -> int:
+    """Whole layers per slab: the most that fit in the memory limit beside the sums, the
+    loaded models and the process (``slabs.slab_layers``)."""
+    cfg = params.uncertainty
+    n = summary.n_layers * summary.d_mlp
+    sums = candidate_sums_bytes(cfg.blocks, len(models), cfg.baseline_draws, n, cfg.candidates)
+    weights = sum(p.numel() * p.element_size() for m in models.values() for p in m.parameters())
+    fixed = {
+        "the candidate sums": ("uncertainty.blocks", sums),
+        "the models": ("train.seeds", weights),
+        "the process": ("analysis", RUNTIME),
+    }
+    shape = (len(models), summary.n_layers, summary.d_mlp)
+    return slab_layers(
+        summary.n_layers, lambda layers: slab_memory(*shape, layers, batch_tokens), fixed
+    )
+
+
+def _slab_sums(params: Params, layout: Layout, summary, analysis_set, scratch: Path, progress):
+    """The group's per-block candidate sums without full pair statistics: candidates and
+    sums slab by slab (``matching.slabs``), the rotation matrices memory-mapped in
+    ``scratch``; ``analysis_set``: ``(tokens [sequences, pos], excluded ids)``."""
+    cfg, analysis = params.uncertainty, params.analysis
+    seeds = {model_name(s): s for s in params.train.seeds}
+    models = {
+        name: load_model(str(layout.model(s)), device=analysis.device) for name, s in seeds.items()
+    }
+    shape = (summary.n_layers, summary.d_mlp)
+    rotations = mapped_rotation_draws(
+        params.baseline.kind, seeds, shape, cfg.baseline_draws, cfg.seed, scratch
+    )
+    within = {
+        name: mapped_npy(layout.model_dir("collect", s) / "within_layer_cov.npy", "collect")
+        for name, s in seeds.items()
+    }
+    inputs = CandidateInputs(within, rotations, cfg.candidates, params.correlate.dead_variance)
+    settings = PassSettings(analysis.batch_size, summary.products, analysis.device)
+    layers = _slab_layers(params, summary, models, analysis.batch_size * analysis_set[0].shape[1])
+    slabs = plan_slabs(list(models), *shape, layers)
+    links = slab_candidate_links(slabs, models, analysis_set, settings, inputs)
+    columns = _columns(list(models), shape[0] * shape[1], cfg.baseline_draws)
+    sums = CandidateSums(cfg.blocks, columns, links)
+    return accumulate_slabs(models, analysis_set, settings, sums, rotations, slabs, progress)
+
+
+def _block_sums(
+    params: Params, layout: Layout, summary, progress: bool, scratch: Path
+) -> CandidateSums:
+    """The group's per-block candidate sums: one pass over the analysis token set with
+    correlate's full pair statistics, else slab by slab (``_slab_sums``, in ``scratch``)."""
     cfg = params.analysis
-    if summary.outputs != "full_pairs":
-        raise UserError(
-            "uncertainty: needs correlate's full pair statistics (data/correlate/pairs/), "
-            "written only up to correlate.full_pairs_max_neurons neurons per model"
-        )
     check_device(cfg.device)
     tokens, excluded, _ = load_analysis_set(layout.tokens, cfg)
     block_bounds(len(tokens), params.uncertainty.blocks)  # enough sequences, before any work
+    if summary.outputs != "full_pairs":
+        return _slab_sums(params, layout, summary, (tokens, excluded), scratch, progress)
     names = [model_name(seed) for seed in params.train.seeds]
     sums, rotations = _candidate_sums(params, layout, summary, names)
     models = {
@@ -115,15 +181,18 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     check_same_inputs(
         {layout.summary("correlate"): summary.provenance, **collect_summaries(params, layout)}
     )
-    sums = _block_sums(params, layout, summary, progress)
-    weights = block_weights(cfg.blocks, cfg.resamples, cfg.seed)
-    names = [model_name(seed) for seed in params.train.seeds]
-    excess = group_resampled_excess(
-        sums, names, weights, draws=cfg.baseline_draws, dead_variance=params.correlate.dead_variance
-    )
-    blocks = {"kept_positions_per_block": [int(c) for c in sums.count]}
     with atomic_outputs() as outputs:
         temp = outputs.path(layout.stage_dir("uncertainty_resamples"))
+        # scratch (memory-mapped rotations) beside the output in its temporary folder: removed
+        # with it, and one left by a killed run is removed by the next run's write
+        sums = _block_sums(params, layout, summary, progress, temp.parent / "rotations")
+        weights = block_weights(cfg.blocks, cfg.resamples, cfg.seed)
+        names = [model_name(seed) for seed in params.train.seeds]
+        dead_variance = params.correlate.dead_variance
+        excess = group_resampled_excess(
+            sums, names, weights, draws=cfg.baseline_draws, dead_variance=dead_variance
+        )
+        blocks = {"kept_positions_per_block": [int(c) for c in sums.count]}
         temp.mkdir()
         for name, (resampled, whole) in excess.items():
             np.save(temp / f"{name}_resampled.npy", resampled)

@@ -14,7 +14,7 @@ Only one block's ``[N_a, N_b]`` matrices are held (the size correlate holds for 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -75,21 +75,14 @@ class BlockProducts:
     def _rotated_columns(self, partner: str, matrices: torch.Tensor):
         """``(Σỹ [N], Σỹ² [N])`` of ``partner``'s directions rotated by ``matrices [layers,
         d_mlp, d_mlp]``."""
-        first = self.first[partner].view(self.n_layers, self.d_mlp)
-        sums = torch.einsum("lij,lj->li", matrices, first).reshape(-1)
-        squares = ((matrices @ self.within[partner]) * matrices).sum(dim=2).reshape(-1)
-        return sums, squares
+        return rotated_columns(self.first[partner], self.within[partner], matrices)
 
     def _rotated_cross(
         self, x: str, partner: str, matrices: torch.Tensor, candidates
     ) -> torch.Tensor:
         """``[N_x, k]``: ``Σ x_i ỹ_j`` for x's candidate rotated directions ``candidates [N_x,
         k]`` (indices ``layer * d_mlp + j``), from the cross-product with ``partner``."""
-        cross = self._cross(x, partner).view(-1, self.n_layers, self.d_mlp)
-        layer, row = candidates // self.d_mlp, candidates % self.d_mlp
-        rows = torch.arange(cross.shape[0])[:, None]
-        directions = matrices[layer, row]  # [N_x, k, d_mlp]
-        return (cross[rows, layer] * directions).sum(dim=2)
+        return rotated_cross(self._cross(x, partner), matrices, candidates)
 
     def totals(self, links: Mapping, rotations: Mapping[str, torch.Tensor]) -> BlockTotals:
         """The block's ``BlockTotals`` for ``links`` (``{(x, y key): candidates [N_x, k]}``,
@@ -111,6 +104,31 @@ class BlockProducts:
                     x, partner, rotations[partner][draw], candidates
                 )
         return BlockTotals(self.count, first, second, cross)
+
+
+def rotated_columns(first: torch.Tensor, within: torch.Tensor, matrices: torch.Tensor):
+    """``(Σỹ [L * d_mlp], Σỹ² [L * d_mlp])`` float64 of the directions ``ỹ_l = Q_l y_l`` of
+    ``L`` consecutive layers, from the shifted sums ``first [L * d_mlp]``, the layers' sums
+    of products ``within [L, d_mlp, d_mlp]`` and ``matrices [L, d_mlp, d_mlp]``."""
+    layers, d_mlp = matrices.shape[0], matrices.shape[1]
+    sums = torch.einsum("lij,lj->li", matrices, first.view(layers, d_mlp)).reshape(-1)
+    squares = ((matrices @ within) * matrices).sum(dim=2).reshape(-1)
+    return sums, squares
+
+
+def rotated_cross(
+    cross: torch.Tensor, matrices: torch.Tensor, candidates: torch.Tensor
+) -> torch.Tensor:
+    """``[n_x, k]`` float64: ``Σ x_i ỹ_j = q_j · Σ x_i y_l`` for each x row's candidate
+    rotated directions ``candidates [n_x, k]`` (indices ``layer * d_mlp + j`` into the
+    partner), from the shifted cross sums ``cross [n_x, layers * d_mlp]`` with the partner
+    and its ``matrices [layers, d_mlp, d_mlp]``."""
+    n_layers, d_mlp = matrices.shape[0], matrices.shape[1]
+    cross = cross.view(-1, n_layers, d_mlp)
+    layer, row = candidates // d_mlp, candidates % d_mlp
+    rows = torch.arange(cross.shape[0])[:, None]
+    directions = matrices[layer, row]  # [n_x, k, d_mlp]
+    return (cross[rows, layer] * directions).sum(dim=2)
 
 
 def _rotated_of(key: str, rotations: Mapping) -> tuple[str, int]:
@@ -149,14 +167,26 @@ def accumulate_blocks(
     shifts: dict[str, torch.Tensor] = {}
     for block, (start, stop) in enumerate(bounds):
         products = BlockProducts(names, n_layers, d_mlp, shifts)
-        for number, batch in iter_batches(tokens[start:stop], batch_size):
-            mask = kept_mask(batch, excluded_ids)
-            values = {
-                name: kept_activations(model, name, batch, mask, number, device=device)["post"]
-                for name, model in models.items()
-            }
+        for values in batch_values(models, tokens[start:stop], excluded_ids, batch_size, device):
             products.add({name: value.cpu() for name, value in values.items()})
             bar.update()
         sums.add_totals(block, products.totals(sums.candidates, rotations))
     bar.close()
     return sums
+
+
+def batch_values(
+    models: Mapping[str, object],
+    tokens: np.ndarray,
+    excluded_ids: np.ndarray,
+    batch_size: int,
+    device: str = "cpu",
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Per batch of ``batch_size`` sequences of ``tokens [sequences, pos]`` (batches numbered
+    from 0), every model's kept post-activations ``{name: [kept tokens, N]}`` on ``device``."""
+    for number, batch in iter_batches(tokens, batch_size):
+        mask = kept_mask(batch, excluded_ids)
+        yield {
+            name: kept_activations(model, name, batch, mask, number, device=device)["post"]
+            for name, model in models.items()
+        }

@@ -43,12 +43,15 @@ def rotated_key(partner: str, draw: int) -> str:
 @dataclass(frozen=True)
 class BlockTotals:
     """One block's sums, as ``CandidateSums`` keeps them: ``count`` kept positions; per
-    column key ``first [n]``, ``second [n]``; per link ``cross [n_x, k]`` (float64 tensors)."""
+    column key ``first [n]``, ``second [n]``; per link ``cross [n_x, k]`` (float64 tensors).
+    ``rows``: ``(start, stop)`` when they cover only those columns and x rows (a slab of
+    layers, ``matching.slabs``); None: all of them."""
 
     count: int
     first: dict[str, torch.Tensor]
     second: dict[str, torch.Tensor]
     cross: dict[tuple[str, str], torch.Tensor]
+    rows: tuple[int, int] | None = None
 
 
 class CandidateSums:
@@ -110,13 +113,14 @@ class CandidateSums:
 
     def add_totals(self, block: int, totals: BlockTotals) -> None:
         """Add a block's sums computed elsewhere (``BlockProducts.totals``), in the same
-        shifted coordinates."""
+        shifted coordinates; those of a slab (``totals.rows``) into its columns and rows."""
         self.count[block] += totals.count
+        part = slice(None) if totals.rows is None else slice(*totals.rows)
         for key, first in totals.first.items():
-            self.first[key][block] += first
-            self.second[key][block] += totals.second[key]
+            self.first[key][block, part] += first
+            self.second[key][block, part] += totals.second[key]
         for link, cross in totals.cross.items():
-            self.cross[link][block] += cross
+            self.cross[link][block, part] += cross
 
     def correlations(
         self, link: tuple[str, str], weights: np.ndarray, dead_variance: float = 0.0
@@ -330,6 +334,29 @@ def rotation_draws(
     }
 
 
+def side_candidates(
+    model: str,
+    partner: str,
+    statistics: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    within: np.ndarray,
+    rotations: np.ndarray,
+    k: int,
+    dead_variance: float = 0.0,
+) -> dict[tuple[str, str], torch.Tensor]:
+    """``{(model, target): candidates [n_x, k]}`` of some neurons x of ``model`` (any rows,
+    e.g. a slab of its layers) against all of ``partner``: the ``k`` partner neurons and, per
+    draw, rotated directions of highest whole-set correlation. ``statistics``: ``(covariance
+    [n_x, N], correlation [n_x, N], var_x [n_x])`` (population); the partner's ``within
+    [layers, d_mlp, d_mlp]`` and ``rotations [draws, layers, d_mlp, d_mlp]``
+    (``rotation_draws``; arrays or memory maps)."""
+    covariance, correlation, var_x = statistics
+    links = {(model, partner): top_candidates(correlation, k)}
+    for draw, matrices in enumerate(rotations):
+        rotated = rotated_correlation(covariance, var_x, within, matrices, dead_variance)
+        links[(model, rotated_key(partner, draw))] = top_candidates(rotated, k)
+    return links
+
+
 def candidate_links(
     pairs: Iterable[tuple[tuple[str, str], object]],
     within: Mapping[str, np.ndarray],
@@ -337,19 +364,17 @@ def candidate_links(
     k: int,
     dead_variance: float = 0.0,
 ) -> dict[tuple[str, str], torch.Tensor]:
-    """``{(model, target): candidates [N, k]}`` for both directions of every pair: the ``k``
-    partner neurons and, per draw, rotated directions of highest whole-set correlation.
-    ``pairs``: ``((a, b), CrossMoments)`` (x = a); ``within[m] [layers, d_mlp, d_mlp]``;
-    ``rotations[m] [draws, layers, d_mlp, d_mlp]`` (``rotation_draws``)."""
+    """``{(model, target): candidates [N, k]}`` for both directions of every pair
+    (``side_candidates`` of each side). ``pairs``: ``((a, b), CrossMoments)`` (x = a);
+    ``within[m] [layers, d_mlp, d_mlp]``; ``rotations[m] [draws, layers, d_mlp, d_mlp]``."""
     links = {}
     for (a, b), stats in pairs:
         covariance = stats.covariance()
         correlation = stats.correlation(dead_variance)
-        sides = ((a, b, covariance, correlation, stats.var_x()),)
-        sides += ((b, a, covariance.T, correlation.T, stats.var_y()),)
-        for model, partner, cov, corr, var_x in sides:
-            links[(model, partner)] = top_candidates(corr, k)
-            for draw, matrices in enumerate(rotations[partner]):
-                rotated = rotated_correlation(cov, var_x, within[partner], matrices, dead_variance)
-                links[(model, rotated_key(partner, draw))] = top_candidates(rotated, k)
+        sides = ((a, b, (covariance, correlation, stats.var_x())),)
+        sides += ((b, a, (covariance.T, correlation.T, stats.var_y())),)
+        for model, partner, statistics in sides:
+            links |= side_candidates(
+                model, partner, statistics, within[partner], rotations[partner], k, dead_variance
+            )
     return links

@@ -1,0 +1,271 @@
+"""The uncertainty pass without full pair statistics: slabs of whole layers (``matching.slabs``).
+
+References: the full-pairs path of the same models and tokens (``correlate_group``'s pair
+statistics, ``candidate_links``, ``accumulate_blocks``), a planted twin model whose neurons
+are a known permutation of another's, and the shapes of every tensor torch creates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from universal_neurons.matching.activations import load_analysis_set
+from universal_neurons.matching.block_products import accumulate_blocks, batch_values
+from universal_neurons.matching.pairs import correlate_group
+from universal_neurons.matching.resampling import (
+    CandidateSums,
+    block_weights,
+    candidate_links,
+    rotated_key,
+    rotation_draws,
+)
+from universal_neurons.matching.slabs import (
+    CandidateInputs,
+    accumulate_slabs,
+    mapped_rotation_draws,
+    plan_slabs,
+    slab_candidate_links,
+)
+from universal_neurons.matching.uncertainty import group_resampled_excess
+from universal_neurons.matching.units import PassSettings
+from universal_neurons.models.loading import load_model, model_shape
+
+BLOCKS, K, DRAWS, SEQUENCES = 4, 4, 2, 64
+
+
+@pytest.fixture(scope="module")
+def analysis_set(tiny_tokens_dir):
+    """The first ``SEQUENCES`` analysis sequences of the tiny token set and its excluded ids."""
+    from conftest import tiny_params
+
+    tokens, excluded, _ = load_analysis_set(tiny_tokens_dir, tiny_params().analysis)
+    return tokens[:SEQUENCES], excluded
+
+
+def _within(models: dict, analysis_set, batch_size: int) -> dict[str, np.ndarray]:
+    """Per model ``[layers, d_mlp, d_mlp]`` population within-layer covariances (collect's)."""
+    tokens, excluded = analysis_set
+    batches = list(batch_values(models, tokens, excluded, batch_size))
+    within = {}
+    for name, model in models.items():
+        n_layers, d_mlp = model_shape(model)
+        values = torch.cat([batch[name] for batch in batches]).to(torch.float64).numpy()
+        layers = values.reshape(len(values), n_layers, d_mlp)
+        within[name] = np.stack([np.cov(layers[:, i].T, bias=True) for i in range(n_layers)])
+    return within
+
+
+def _columns(names: list[str], n: int, draws: int) -> dict[str, int]:
+    return {name: n for name in names} | {rotated_key(p, d): n for p in names for d in range(draws)}
+
+
+def _full_pairs_sums(models, analysis_set, within, rotations, batch_size, products):
+    """The full-pairs path: candidates from whole pair statistics, one pass of block sums."""
+    tokens, excluded = analysis_set
+    stats = correlate_group(models, tokens, excluded, batch_size, products, progress=False)
+    links = candidate_links(stats.pairs.items(), within, rotations, K, 0.0)
+    n = stats.n_layers * stats.d_mlp
+    sums = CandidateSums(BLOCKS, _columns(list(models), n, len(rotations[stats.names[0]])), links)
+    tensors = {name: torch.as_tensor(m) for name, m in rotations.items()}
+    return accumulate_blocks(
+        models, tokens, excluded, batch_size, sums, tensors, stats.n_layers, progress=False
+    )
+
+
+def _slab_sums(models, analysis_set, inputs, slabs, settings):
+    """The slab path: candidates and block sums slab by slab."""
+    links = slab_candidate_links(slabs, models, analysis_set, settings, inputs)
+    n = int(np.prod(model_shape(next(iter(models.values())))))
+    draws = len(next(iter(inputs.rotations.values())))
+    sums = CandidateSums(BLOCKS, _columns(list(models), n, draws), links)
+    return accumulate_slabs(
+        models, analysis_set, settings, sums, inputs.rotations, slabs, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def float64_models(tiny_group):
+    """The tiny group in float64: both paths then agree to float64 rounding."""
+    return {
+        f"seed{s}": load_model(str(path), dtype=torch.float64) for s, path in tiny_group.items()
+    }
+
+
+def test_slab_path_equals_the_full_pairs_path(float64_models, analysis_set, tmp_path):
+    """Two slabs of one layer per model: the same candidates as the pair statistics give,
+    and the same resampled and whole-set excess correlations within 1e-12."""
+    models, batch_size = float64_models, 16
+    n_layers, d_mlp = model_shape(models["seed1"])
+    seeds = {name: int(name.removeprefix("seed")) for name in models}
+    rotations = rotation_draws("rotation", list(models), seeds, (n_layers, d_mlp), DRAWS, 0)
+    mapped = mapped_rotation_draws("rotation", seeds, (n_layers, d_mlp), DRAWS, 0, tmp_path)
+    for name in models:  # the memory maps hold the baseline's matrices
+        np.testing.assert_array_equal(mapped[name], rotations[name])
+    within = _within(models, analysis_set, batch_size)
+    full = _full_pairs_sums(models, analysis_set, within, rotations, batch_size, "float64")
+    slabs = plan_slabs(list(models), n_layers, d_mlp, 1)
+    assert len(slabs) == 2 * len(models)
+    settings = PassSettings(batch_size, "float64")
+    inputs = CandidateInputs(within, mapped, K)
+    slab = _slab_sums(models, analysis_set, inputs, slabs, settings)
+
+    assert full.candidates.keys() == slab.candidates.keys()
+    for link, candidates in full.candidates.items():
+        torch.testing.assert_close(slab.candidates[link], candidates, rtol=0, atol=0)
+    np.testing.assert_array_equal(slab.count, full.count)
+    weights = block_weights(BLOCKS, 30, seed=1)
+    names = list(models)
+    expected = group_resampled_excess(full, names, weights, draws=DRAWS)
+    got = group_resampled_excess(slab, names, weights, draws=DRAWS)
+    for name in names:
+        for ours, theirs in zip(got[name], expected[name], strict=True):
+            assert np.isfinite(theirs).mean() > 0.5  # mostly live neurons: a real comparison
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12, equal_nan=True)
+
+
+def _permuted_twin(source, target, seed: int) -> np.ndarray:
+    """Save at ``target`` the model at ``source`` with each layer's MLP neurons permuted
+    (the same function, its neurons renumbered); returns ``[layers, d_mlp]``: twin neuron j
+    of layer l is neuron ``p[l, j]`` of the source."""
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(source)
+    rng = np.random.default_rng(seed)
+    permutations = []
+    with torch.no_grad():
+        for block in model.transformer.h:
+            p = rng.permutation(block.mlp.c_fc.weight.shape[1])
+            index = torch.as_tensor(p)
+            block.mlp.c_fc.weight.copy_(block.mlp.c_fc.weight[:, index])
+            block.mlp.c_fc.bias.copy_(block.mlp.c_fc.bias[index])
+            block.mlp.c_proj.weight.copy_(block.mlp.c_proj.weight[index, :])
+            permutations.append(p)
+    model.save_pretrained(target)
+    return np.stack(permutations)
+
+
+def test_a_permuted_twin_is_every_live_neurons_first_candidate(tiny_group, analysis_set, tmp_path):
+    """Model ``twin`` is seed1 with its neurons permuted within each layer: in the slab
+    path (float32, as the stage runs it), each live neuron's first candidate in the twin is
+    its own copy, both ways."""
+    permutation = _permuted_twin(tiny_group[1], tmp_path / "twin", seed=3)
+    models = {
+        "seed1": load_model(str(tiny_group[1])),
+        "twin": load_model(str(tmp_path / "twin")),
+        "seed2": load_model(str(tiny_group[2])),
+    }
+    n_layers, d_mlp = permutation.shape
+    offsets = (np.arange(n_layers) * d_mlp)[:, None]
+    to_source = (permutation + offsets).reshape(-1)  # twin neuron -> its seed1 neuron
+    to_twin = np.argsort(to_source)  # seed1 neuron -> its twin copy
+    assert not np.array_equal(to_twin, np.arange(n_layers * d_mlp))
+    within = _within(models, analysis_set, 16)
+    seeds = {"seed1": 1, "twin": 1, "seed2": 2}
+    rotations = mapped_rotation_draws("rotation", seeds, (n_layers, d_mlp), 1, 0, tmp_path / "r")
+    slabs = plan_slabs(list(models), n_layers, d_mlp, 1)
+    inputs = CandidateInputs(within, rotations, K)
+    links = slab_candidate_links(slabs, models, analysis_set, PassSettings(16), inputs)
+    live = np.einsum("lii->li", within["seed1"]).reshape(-1) > 0
+    assert live.sum() > 0.5 * live.size
+    first = links[("seed1", "twin")][:, 0].numpy()
+    np.testing.assert_array_equal(first[live], to_twin[live])
+    back = links[("twin", "seed1")][:, 0].numpy()
+    np.testing.assert_array_equal(back[live[to_source]], to_source[live[to_source]])
+
+
+class TensorShapes(TorchDispatchMode):
+    """Records the shape of every tensor any torch operation returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        """Run ``func``; note the shape of each tensor it returns."""
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.shapes.add(tuple(leaf.shape))
+        return out
+
+
+def _square(shapes: set[tuple[int, ...]], n: int) -> set[tuple[int, ...]]:
+    """The shapes with two axes of ``n`` or more (an ``[N, N]`` matrix or larger)."""
+    return {shape for shape in shapes if sum(size >= n for size in shape) >= 2}
+
+
+def test_the_slab_path_never_creates_an_n_by_n_tensor(tiny_group, analysis_set, tmp_path):
+    """No tensor torch creates in the slab path (two slabs per model, batches of fewer tokens
+    than neurons) has two axes of N or more, but correlate's fixed widening buffer (2^20
+    float64 whatever N: ``[8192, 128]`` here, ``[28, 36864]`` for GPT2-small); its ``[B, N]``
+    sums are there. The same measurement of the full-pairs path sees its ``[N, N]``
+    cross-products, so the measurement can fail."""
+    models = {f"seed{s}": load_model(str(path)) for s, path in tiny_group.items()}
+    n_layers, d_mlp = model_shape(models["seed1"])
+    n, batch_size = n_layers * d_mlp, 2  # kept tokens per batch <= 2 x 32 < N = 128
+    seeds = {name: int(name.removeprefix("seed")) for name in models}
+    rotations = mapped_rotation_draws("rotation", seeds, (n_layers, d_mlp), 1, 0, tmp_path)
+    within = _within(models, analysis_set, batch_size)
+    slabs = plan_slabs(list(models), n_layers, d_mlp, 1)
+    assert len(slabs) == 2 * len(models)
+    inputs = CandidateInputs(within, rotations, K)
+    with TensorShapes() as slab_pass:
+        sums = _slab_sums(models, analysis_set, inputs, slabs, PassSettings(batch_size))
+    assert _square(slab_pass.shapes, n) == {(2**20 // n, n)}
+    assert (d_mlp, n) in slab_pass.shapes  # the slab's [B, N] sums
+    assert np.isfinite(sums.cross[("seed1", "seed2")].numpy()).all()
+
+    arrays = {name: np.asarray(m) for name, m in rotations.items()}
+    with TensorShapes() as full_pass:
+        _full_pairs_sums(models, analysis_set, within, arrays, batch_size, "float32")
+    assert (n, n) in _square(full_pass.shapes, n)
+
+
+@pytest.mark.slow
+def test_stage_without_pair_files_takes_the_slab_path(
+    tmp_path, tiny_analysis, tiny_tokens_dir, tiny_group, monkeypatch
+):
+    """The stage on correlate outputs without pair files (as above
+    ``correlate.full_pairs_max_neurons``): no refusal, the excess of the full-pairs run to
+    float32 rounding, no scratch left under data/; a memory limit below one slab is named."""
+    import json
+    import shutil
+
+    from conftest import tiny_params
+
+    from stages import uncertainty_resamples
+    from universal_neurons.pipeline.layout import Layout
+    from universal_neurons.resources import MemoryLimitError
+
+    params = tiny_params(uncertainty={"resamples": 20, "blocks": 4, "candidates": 4})
+    models = next(iter(tiny_group.values())).parent
+    runs = {}
+    for kind in ("full", "slabs"):
+        root = tmp_path / kind
+        shutil.copytree(tiny_analysis, root / "data")
+        if kind == "slabs":
+            summary_path = root / "data" / "correlate" / "summary.json"
+            summary = json.loads(summary_path.read_text()) | {"outputs": "maxima"}
+            summary_path.write_text(json.dumps(summary))
+            shutil.rmtree(root / "data" / "correlate" / "pairs")
+        layout = Layout.at(root, tokens=tiny_tokens_dir, models=models)
+        uncertainty_resamples.run(params, layout, progress=False)
+        runs[kind] = root / "data"
+    leftovers = [p.name for p in runs["slabs"].iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+    for seed in params.train.seeds:
+        for part in ("resampled", "whole"):
+            name = f"seed{seed}_{part}.npy"
+            full = np.load(runs["full"] / "uncertainty_resamples" / name)
+            slab = np.load(runs["slabs"] / "uncertainty_resamples" / name)
+            assert np.isfinite(full).mean() > 0.5
+            np.testing.assert_allclose(slab, full, rtol=0, atol=1e-5, equal_nan=True)
+
+    monkeypatch.setenv("UNIVERSAL_NEURONS_MEMORY_GB", "0.001")
+    layout = Layout.at(runs["slabs"].parent, tokens=tiny_tokens_dir, models=models)
+    with pytest.raises(MemoryLimitError, match="a slab of one layer"):
+        uncertainty_resamples.run(params, layout, progress=False)
