@@ -183,3 +183,107 @@ def test_effects_estimate_counts_every_ablation_by_hand():
     assert cost["seconds"] == pytest.approx(2 * weights * 8 * 32 * 420 / 1e9)
     doubled = effects_cost(shape, rates, sequences=16, controls=4, universal_fraction=0.1)
     assert doubled["seconds"] == pytest.approx(2 * cost["seconds"])
+
+
+# --- the uncertainty_resamples estimate ----------------------------------------------------
+
+
+def _slab_case():
+    """2 models of 3 layers x 4,096 = 12,288 neurons (above 8,192: the slab path), 1,000
+    tokens, batches of 100, 10 resamples of 4 blocks, 2 candidates, 1 draw."""
+    from universal_neurons.matching.preset_plan import UncertaintySizes
+
+    return GroupShape(2, 3, 4096, 64, 100, 16), UncertaintySizes(10, 4, 2, 1)
+
+
+def test_uncertainty_slab_estimate_is_the_count_by_hand():
+    """Per slab a candidate and a block-sums pass of every model: with 2 of 3 layers per slab
+    each model has 2 slabs (4 in all), 2 passes of 2 models each; products 2·T·N² per
+    ordered pair and pass (4x correlate's one pair), the within-layer sums on top."""
+    from universal_neurons.matching.plan import RUNTIME
+    from universal_neurons.matching.preset_plan import uncertainty_cost
+
+    shape, sizes = _slab_case()
+    n, d, t = 12288, 4096, 1000
+    sums = 8 * 4 * n * (2 * 4 + 4 * 2)  # keys: 2 models x (1 + 1 draw); links: 2 x 1 x 2
+    fixed = sums + 2 * shape.loaded_parameters() * 4 + RUNTIME
+
+    def slab(layers):  # slab sums and 4 [B, N] of the candidate step, products, activations
+        b = layers * d
+        return 5 * 8 * b * n + 12 * b * n + 8 * 2 * 100 * n + 8 * layers * d * d
+
+    cost = uncertainty_cost(
+        shape, t, CPU, CPU, cuda=False, sizes=sizes, memory=fixed + slab(2), batch_tokens=100
+    )
+    assert (cost["layers"], cost["slabs"], cost["fits"]) == (2, 4, True)
+    assert cost["sums"] == sums and cost["memory"] == fixed + slab(2)
+    correlate_products = 1 * 2 * t * n * n  # one unordered pair
+    within = 2 * 2 * t * 3 * d * d
+    assert cost["products"] == 4 * correlate_products + within
+    params = 3 * (4 * 64**2 + 2 * 64 * d) + (100 + 16) * 64
+    forward = 2 * 4 * 2 * (2 * params * t)  # 2 passes x 4 slabs x 2 models
+    host = (
+        2 * 1 * 2 * n * n * d  # candidate step: rotated correlations, 2 ordered pairs x 1 draw
+        + 2 * 1 * 3 * 3 * d**3  # QR of the rotation draws
+        + 4 * 2 * 1 * 3 * 2 * d**3  # per block the rotated columns
+        + 4 * 2 * 1 * 2 * n * 2 * d  # per block the rotated candidate sums
+        + 2 * 10 * 4 * 2 * 2 * n * 2  # resampled correlations of 2 x 2 links
+    )
+    expected = (forward + cost["products"]) / 1e9 + host / 5e8
+    assert cost["seconds"] == pytest.approx(expected)
+    # a byte less: one layer per slab, 3 slabs per model; far less: not even one layer fits
+    less = uncertainty_cost(
+        shape, t, CPU, CPU, cuda=False, sizes=sizes, memory=fixed + slab(2) - 1, batch_tokens=100
+    )
+    assert (less["layers"], less["slabs"], less["fits"]) == (1, 6, True)
+    none = uncertainty_cost(shape, t, CPU, CPU, cuda=False, sizes=sizes, memory=fixed)
+    assert (none["layers"], none["fits"]) == (1, False)
+
+
+def test_uncertainty_estimate_on_the_gpu_runs_models_and_sums_in_float32():
+    """On cuda the candidates' products run at the bf16 rate, the float32 models and block
+    sums at ``GPU_FLOAT32``, the host's float64 at the host's rate (never the GPU's)."""
+    from universal_neurons.matching.preset_plan import (
+        GPU_FLOAT32,
+        slab_host_flops,
+        uncertainty_cost,
+    )
+
+    shape, sizes = _slab_case()
+    gpu, host = Rates(1e12, 1.0, "gpu"), Rates(1.0, 5e8, "host")
+    cost = uncertainty_cost(shape, 1000, gpu, host, cuda=True, sizes=sizes, memory=10**15)
+    assert (cost["layers"], cost["slabs"]) == (3, 2)  # all 3 layers: one slab per model
+    candidates = 2 * 2 * 1000 * 12288**2
+    sums = candidates + 2 * 2 * 1000 * 3 * 4096**2
+    forward = 2 * 2 * 2 * (2 * shape.model_parameters() * 1000)  # 2 passes x 2 slabs x 2 models
+    expected = (
+        candidates / 1e12 + (forward + sums) / GPU_FLOAT32 + slab_host_flops(shape, sizes) / 5e8
+    )
+    assert cost["seconds"] == pytest.approx(expected)
+
+
+def test_uncertainty_estimate_up_to_8192_neurons_takes_the_full_pairs_path():
+    """A group correlate keeps full pair statistics for: one pass, the CPU's products of every
+    unordered pair (2·T·N²) and the within-layer sums, no slabs."""
+    from universal_neurons.matching.preset_plan import uncertainty_cost
+
+    shape = GroupShape(3, 2, 64, 32, 100, 16)
+    _, sizes = _slab_case()
+    cost = uncertainty_cost(shape, 1000, CPU, CPU, cuda=False, sizes=sizes)
+    assert (cost["slabs"], cost["layers"]) == (0, 0)
+    assert cost["products"] == 3 * 2 * 1000 * 128**2 + 3 * 2 * 1000 * 2 * 64**2
+
+
+def test_plan_presets_lists_the_uncertainty_estimate_of_every_preset(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    result = invoke_command(
+        ["plan", "--presets", "--products-tflops", "0.05", "--float64-tflops", "0.025"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("uncertainty_resamples"))
+    table = {line.split()[0]: line for line in lines[start:] if line.split()[:1]}
+    for preset in PRESETS:
+        assert "GiB" in table[preset], preset
+    assert "pairs" in table["polypythia-14m"] and "10 x 6L" in table["gpt2-small"]
+    assert max(len(line) for line in lines) <= 120

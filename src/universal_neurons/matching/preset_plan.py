@@ -6,11 +6,12 @@ rate here never reruns correlate. Shapes are the models' own configs.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from universal_neurons.matching.plan import (
     GIB,
     PRESET_SHAPES,
+    RUNTIME,
     GroupShape,
     Rates,
     WorkPlan,
@@ -19,6 +20,7 @@ from universal_neurons.matching.plan import (
     unit_count,
     unit_memory,
 )
+from universal_neurons.matching.slabs import candidate_sums_bytes, slab_memory
 
 POLYPYTHIA_SHAPES = {  # (n_layers, d_mlp, d_model, d_vocab, context), from the models' configs
     "polypythia-14m": (6, 512, 128, 50304, 2048),
@@ -77,7 +79,8 @@ def preset_costs(
     """One row per preset of ``ALL_PRESET_SHAPES`` (``models``: its member count): ``preset``,
     ``models``, ``neurons`` (per model), ``pairs``, ``tokens``, and ``cpu`` / ``gpu``:
     ``preset_cost`` at the ``cpu`` rates (float32, whole-model units) and at the ``gpu``
-    rates (bf16); ``effects``: ``effects_cost`` at each."""
+    rates (bf16); ``effects``: ``effects_cost`` at each; ``uncertainty``: ``uncertainty_cost``
+    at each (its host work at the ``cpu`` rates on the GPU too)."""
     rows = []
     for preset, dims in ALL_PRESET_SHAPES.items():
         shape = GroupShape(models[preset], *dims)
@@ -91,6 +94,10 @@ def preset_costs(
                 "cpu": preset_cost(shape, tokens, cpu, cuda=False),
                 "gpu": preset_cost(shape, tokens, gpu, cuda=True),
                 "effects": {"cpu": effects_cost(shape, cpu), "gpu": effects_cost(shape, gpu)},
+                "uncertainty": {
+                    "cpu": uncertainty_cost(shape, tokens, cpu, cpu, cuda=False),
+                    "gpu": uncertainty_cost(shape, tokens, gpu, cpu, cuda=True),
+                },
             }
         )
     return rows
@@ -122,4 +129,165 @@ def effects_cost(
         "universal": shape.models * universal,
         "ablations": ablations,
         "seconds": flops / rates.products,
+    }
+
+
+# --- uncertainty_resamples ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UncertaintySizes:
+    """The bootstrap's sizes (``uncertainty.*``): ``resamples``, ``blocks``, ``candidates``
+    (``k``) per neuron and partner, ``draws`` (``baseline_draws``)."""
+
+    resamples: int = 200
+    blocks: int = 20
+    candidates: int = 8
+    draws: int = 4
+
+
+PRESET_UNCERTAINTY = UncertaintySizes()
+"""The sizes every preset's params.yaml sets (the default pipeline's)."""
+
+GPU_FLOAT32 = 67e12
+"""FLOP/s of float32 on the GPU of the preset table (H100 datasheet, no tensor cores: torch
+leaves TF32 off): the uncertainty stage's float32 models and block-sum products."""
+
+
+def slab_products(shape: GroupShape, tokens: int) -> dict[str, float]:
+    """FLOPs of the slab path's products over ``tokens`` tokens (``matching.slabs``): every
+    slab of ``B`` neurons of a model x against all ``N`` neurons of each other model, ``2·T·B·N``
+    per partner, once in the candidate pass and once in the block-sums pass. A model's slabs
+    cover its ``N`` neurons, so each pass is ``2·T·N²`` per ordered pair, twice correlate's
+    products per unordered pair; the block sums add each slab layer's ``[d_mlp, d_mlp]``
+    within-layer products (``2·T·L·d_mlp²`` per model). Returns ``candidates``, ``sums``."""
+    m, n = shape.models, shape.neurons
+    cross = m * (m - 1) * 2 * tokens * n * n
+    within = m * 2 * tokens * shape.n_layers * shape.d_mlp**2
+    return {"candidates": float(cross), "sums": float(cross + within)}
+
+
+def slab_host_flops(shape: GroupShape, sizes: UncertaintySizes, slabs: bool = True) -> float:
+    """Float64 FLOPs the slab path runs on the host CPU (``.cpu()`` in ``matching.slabs``,
+    on a GPU too): the candidate step's rotated correlations (per ordered pair and draw
+    ``2·N²·d_mlp``), the rotation draws' QR (``3·d_mlp³`` per model, draw and layer), per
+    block the rotated columns (``2·d_mlp³`` per model, draw and layer) and rotated candidate
+    sums (``2·N·k·d_mlp`` per ordered pair and draw), and the resampled correlations of
+    every link (``2·resamples·blocks·N·k``; links ``M(M − 1)(1 + draws)``). The full-pairs
+    path (not ``slabs``) runs the same on the CPU, and each block's ``2·N·k`` gathered
+    products per link from its ``[N, N]`` sums."""
+    m, n, d, layers = shape.models, shape.neurons, shape.d_mlp, shape.n_layers
+    ordered, k, draws = m * (m - 1), sizes.candidates, sizes.draws
+    candidates = ordered * draws * 2 * n * n * d
+    qr = m * draws * layers * 3 * d**3
+    columns = sizes.blocks * m * draws * layers * 2 * d**3
+    rotated = sizes.blocks * ordered * draws * 2 * n * k * d
+    resampled = 2 * sizes.resamples * sizes.blocks * ordered * (1 + draws) * n * k
+    gathered = 0 if slabs else sizes.blocks * ordered * (1 + draws) * 2 * n * k
+    return float(candidates + qr + columns + rotated + resampled + gathered)
+
+
+def candidate_sums(shape: GroupShape, sizes: UncertaintySizes) -> int:
+    """Bytes of the group's ``CandidateSums`` (``slabs.candidate_sums_bytes``): float64 sums
+    per block of every model's and rotated key's ``N`` columns and of each link's ``[N, k]``
+    candidates."""
+    return candidate_sums_bytes(
+        sizes.blocks, shape.models, sizes.draws, shape.neurons, sizes.candidates
+    )
+
+
+def slab_fixed_memory(shape: GroupShape, sizes: UncertaintySizes, model_bytes: int) -> int:
+    """Bytes the slab path holds whatever the slab: the ``candidate_sums``, the loaded models
+    (``model_bytes`` per weight) and the process (``RUNTIME``)."""
+    models = shape.models * shape.loaded_parameters() * model_bytes
+    return candidate_sums(shape, sizes) + models + RUNTIME
+
+
+def slab_path_memory(shape: GroupShape, layers: int, batch_tokens: int, fixed: int) -> int:
+    """Bytes of the slab path with slabs of ``layers`` layers: ``fixed`` + ``slabs.slab_memory``."""
+    parts = slab_memory(shape.models, shape.n_layers, shape.d_mlp, layers, batch_tokens)
+    return fixed + sum(size for _, size in parts.values())
+
+
+FULL_PAIRS_MAX_NEURONS = 8192
+"""``correlate.full_pairs_max_neurons`` of every preset: up to it correlate writes full pair
+statistics and uncertainty_resamples takes its candidates from them (one pass, no slabs)."""
+
+
+def full_pairs_uncertainty_cost(
+    shape: GroupShape,
+    tokens: int,
+    rates: Rates,
+    host: Rates,
+    cuda: bool,
+    sizes: UncertaintySizes,
+    memory: int = GPU_MEMORY,
+) -> dict:
+    """``uncertainty_cost`` of a group up to ``FULL_PAIRS_MAX_NEURONS``: candidates from the
+    pair files, one pass of every float32 model over all tokens, whose activations the host
+    CPU sums (``block_products.BlockProducts``: ``2·T·N²`` per unordered pair and the
+    within-layer products, at ``host.products``) into ``[N, N]`` float64 per pair; ``fits``
+    within ``memory`` bytes."""
+    m, n = shape.models, shape.neurons
+    forward = m * 2 * shape.model_parameters() * tokens
+    products = shape.pairs * 2 * tokens * n * n + m * 2 * tokens * shape.n_layers * shape.d_mlp**2
+    block = shape.pairs * 8 * n * n + m * 8 * (2 * n + shape.n_layers * shape.d_mlp**2)
+    fixed = slab_fixed_memory(shape, sizes, 4)
+    seconds = forward / (GPU_FLOAT32 if cuda else rates.products) + products / host.products
+    return {
+        "layers": 0,
+        "slabs": 0,
+        "fits": fixed + block <= memory,
+        "sums": candidate_sums(shape, sizes),
+        "memory": fixed + block,
+        "products": float(products),
+        "seconds": seconds + slab_host_flops(shape, sizes, slabs=False) / host.float64,
+    }
+
+
+def uncertainty_cost(
+    shape: GroupShape,
+    tokens: int,
+    rates: Rates,
+    host: Rates,
+    cuda: bool,
+    *,
+    sizes: UncertaintySizes = PRESET_UNCERTAINTY,
+    memory: int = GPU_MEMORY,
+    batch_tokens: int = 12_288,
+) -> dict:
+    """The uncertainty_resamples stage on a group of ``shape`` and ``tokens`` analysis tokens:
+    up to ``FULL_PAIRS_MAX_NEURONS`` its full-pairs path (``full_pairs_uncertainty_cost``),
+    else its slab path, slabs of the most whole layers whose memory fits ``memory`` bytes (as
+    the stage sizes them, ``slabs.slab_layers``; one layer when none fits). The stage loads
+    its models in float32, on a GPU too. Per slab a candidate pass and a block-sums pass run
+    every model forward over all tokens (counted as whole models, ``2·params·T`` each, in
+    float32); products as ``slab_products``: the candidates' at ``rates.products``
+    (correlate's product precision: bf16 on ``cuda``), the sums' in float32. Float32 runs at
+    ``rates.products`` on the CPU, at ``GPU_FLOAT32`` on ``cuda``; ``slab_host_flops`` at
+    ``host.float64``. Returns ``layers`` (per slab), ``slabs`` (group), ``fits``, ``sums``
+    (``candidate_sums`` bytes), ``memory`` (bytes of the path), ``products`` (FLOPs, both
+    passes) and ``seconds``."""
+    if shape.neurons <= FULL_PAIRS_MAX_NEURONS:
+        return full_pairs_uncertainty_cost(shape, tokens, rates, host, cuda, sizes, memory)
+    fixed = slab_fixed_memory(shape, sizes, 4)
+    fitting = [
+        layers
+        for layers in range(shape.n_layers, 0, -1)
+        if slab_path_memory(shape, layers, batch_tokens, fixed) <= memory
+    ]
+    layers = fitting[0] if fitting else 1
+    slabs = shape.models * -(-shape.n_layers // layers)
+    forward = 2 * slabs * shape.models * 2 * shape.model_parameters() * tokens
+    products = slab_products(shape, tokens)
+    float32 = GPU_FLOAT32 if cuda else rates.products
+    time = products["candidates"] / rates.products + (forward + products["sums"]) / float32
+    return {
+        "layers": layers,
+        "slabs": slabs,
+        "fits": bool(fitting),
+        "sums": candidate_sums(shape, sizes),
+        "memory": slab_path_memory(shape, layers, batch_tokens, fixed),
+        "products": products["candidates"] + products["sums"],
+        "seconds": time + slab_host_flops(shape, sizes) / host.float64,
     }

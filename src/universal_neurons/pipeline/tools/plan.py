@@ -32,6 +32,8 @@ from universal_neurons.matching.plan import (
 )
 from universal_neurons.matching.preset_plan import (
     ALL_PRESET_SHAPES,
+    GPU_MEMORY,
+    PRESET_UNCERTAINTY,
     UNIVERSAL_FRACTION,
     preset_costs,
 )
@@ -188,7 +190,8 @@ def render_presets(r: dict) -> str:
     lines.append(
         "compute estimate (a lower bound): measured, the GPT2-small group took 2.4x it on the H100"
     )
-    return wrapped(lines + effects_lines(rows), r.get("width", TERMINAL_WIDTH))
+    lines += effects_lines(rows) + uncertainty_lines(rows)
+    return wrapped(lines, r.get("width", TERMINAL_WIDTH))
 
 
 def effects_lines(rows: list[dict]) -> list[str]:
@@ -205,6 +208,37 @@ def effects_lines(rows: list[dict]) -> list[str]:
             f"{row['preset']:<28}{cpu['universal']:>10,}{cpu['ablations']:>11,}"
             f"{_duration(cpu['seconds']):>12}{_duration(gpu['seconds']):>12}"
         )
+    return lines
+
+
+def uncertainty_lines(rows: list[dict]) -> list[str]:
+    """The uncertainty_resamples stage's estimate per preset (``preset_plan.uncertainty_cost``):
+    slabs x layers (``pairs``: from correlate's full pair statistics, one pass), memory
+    (``!``: over the limit, even with one layer per slab), time."""
+    sizes = PRESET_UNCERTAINTY
+    lines = [
+        "",
+        f"uncertainty_resamples (slab path): {sizes.resamples} resamples of {sizes.blocks} "
+        f"blocks, {sizes.candidates} candidates, {sizes.draws} draws; per slab of whole layers "
+        "a candidate and a block-sums pass over every ordered pair (4x correlate's products), "
+        f"float32 models; slabs sized to {GPU_MEMORY / GIB:.0f} GiB; host float64 on this CPU",
+        f"{'preset':<28}{'sums':>10}  {'CPU slabs':>9}{'memory':>11}{'time':>10}"
+        f"  {'GPU slabs':>9}{'memory':>11}{'time':>10}",
+    ]
+    for row in rows:
+        cost = row["uncertainty"]
+        line = f"{row['preset']:<28}{cost['cpu']['sums'] / GIB:>6.1f} GiB"
+        for side in ("cpu", "gpu"):
+            c = cost[side]
+            slabs = f"{c['slabs']} x {c['layers']}L" if c["slabs"] else "pairs"
+            memory = f"{c['memory'] / GIB:.1f} GiB" + ("" if c["fits"] else "!")
+            line += f"  {slabs:>9}{memory:>11}{_duration(c['seconds']):>10}"
+        lines.append(line)
+    lines.append(
+        "pairs: up to 8,192 neurons, candidates from correlate's pair files, one pass summed on "
+        "the CPU; !: over the memory even with one layer per slab: lower analysis.batch_size "
+        "(the activations of one batch of every model) or give more (UNIVERSAL_NEURONS_MEMORY_GB)"
+    )
     return lines
 
 
