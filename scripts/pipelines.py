@@ -44,16 +44,20 @@ PRESET_STAGES = (
     "syntax",
     "classify",
     "effects",
+    "uncertainty_resamples",
+    "uncertainty",
     "report",
     "log",
 )
 """Every stage of ``dvc.yaml`` that means something for a pretrained group. Not here: ``train``
-(``fetch`` instead), ``emergence_points``/``emergence`` (training checkpoints),
-``null_measures``/``null_control`` (the untrained group is the train stage's initialisation:
-they would only write ``"run": false``) and ``uncertainty_resamples``/``uncertainty`` (above
-``correlate.full_pairs_max_neurons``, as every preset is, their slab path makes two more
-passes of correlate's size: not wired into the presets yet). The data deps on those
-stages' outputs are left out (``produced``): the report and the log show what exists."""
+(``fetch`` instead), ``emergence_points``/``emergence`` (they read the training checkpoints,
+which a fetched group does not have) and ``null_measures``/``null_control`` (the untrained
+group is the train stage's step 0, which a fetched group does not have either: they would only
+write ``"run": false``). ``uncertainty_resamples``/``uncertainty`` are here: above
+``correlate.full_pairs_max_neurons``, as every preset is, the bootstrap runs slab by slab in
+bounded memory (``matching.slabs``; its cost: ``universal-neurons plan --presets``). The data
+deps on the left-out stages' outputs are left out (``produced``): the report and the log show
+what exists."""
 EXTRA_DEPS = {"tokenize": ["models/seed${train.seeds[0]}"]}
 """Data a stage reads in a preset only: tokenize takes the first member's tokenizer."""
 

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 from conftest import tiny_params_dict
@@ -27,12 +28,48 @@ def _hub_copy(model_dir, tokens_dir, dest):
     return str(dest)
 
 
+NEURONS = 2 * 64
+"""Neurons of a tiny member (TINY_PARAMS: 2 layers of 64)."""
+RESAMPLES = 50
+
+
+def _check_uncertainty(folder, members):
+    """The preset's uncertainty outputs, made by the slab path: correlate wrote maxima (no
+    pair files); per member ``[RESAMPLES, NEURONS]`` resampled and ``[NEURONS]`` whole-set
+    excess correlations (a difference of two correlations: within [-2, 2]); per member a
+    percentile interval lo <= median <= hi of % universal, the metrics' headline the
+    results' own numbers, and the report's table of intervals."""
+    correlate = json.loads((folder / "data" / "correlate" / "summary.json").read_text())
+    assert correlate["outputs"] == "maxima"
+    assert not (folder / "data" / "correlate" / "pairs").exists()
+    resamples = folder / "data" / "uncertainty_resamples"
+    for name in members:
+        resampled = np.load(resamples / f"{name}_resampled.npy")
+        whole = np.load(resamples / f"{name}_whole.npy")
+        assert resampled.shape == (RESAMPLES, NEURONS) and whole.shape == (NEURONS,)
+        live = np.isfinite(whole)
+        assert live.sum() > NEURONS // 2 and np.abs(whole[live]).max() <= 2.0
+        assert np.isfinite(resampled[:, live]).mean() > 0.99
+        assert np.abs(resampled[:, live] - whole[live]).max() > 0  # resamples differ
+    results = json.loads((folder / "results" / "uncertainty.json").read_text())
+    headline = json.loads((folder / "metrics" / "uncertainty.json").read_text())
+    assert results["settings"]["resamples"] == RESAMPLES
+    assert len(results["kept_positions_per_block"]) == results["settings"]["blocks"]
+    for name in members:
+        model = results["models"][name]
+        lo, hi = model["percent_universal_lo"], model["percent_universal_hi"]
+        assert 0.0 <= lo <= model["percent_universal_median"] <= hi <= 100.0, (name, model)
+        assert headline[name] == {"percent_universal_hi": hi, "percent_universal_lo": lo}
+        assert len(model["per_layer"]) == 2
+
+
 @pytest.mark.slow
 def test_a_preset_pipeline_runs_to_families_report_and_mlflow_run(
     tiny_group, tiny_tokens_dir, tmp_path
 ):
     """``dvc repro`` of gpt2-small's generated pipeline with a custom group of two local
-    members: every stage runs (no emergence, training curve or uncertainty outputs exist), the
+    members, above ``correlate.full_pairs_max_neurons`` as every preset is: every stage runs
+    (no emergence or training curve exists), the uncertainty stages through the slab path, the
     families, the report with its neuron pages and the MLflow run record are written, and a
     second ``dvc status`` finds nothing to do but the always-changed fetch."""
     members = {
@@ -45,7 +82,9 @@ def test_a_preset_pipeline_runs_to_families_report_and_mlflow_run(
         tokenizer={"kind": "model", "path": "models/seed1"},
         universality={"threshold": 0.05},  # universal neurons in a tiny group of two
         effects={"max_sequences": 8, "controls": 1},
-        uncertainty={"null_group": "none"},
+        # 128 neurons per member: above this, as every preset is (maxima, then slabs)
+        correlate={"full_pairs_max_neurons": NEURONS // 2},
+        uncertainty={"null_group": "none", "resamples": RESAMPLES},
     )
     repo = make_pipeline_repo(tmp_path / "repo", tiny_params_dict(), commit=False)
     folder = repo / "pipelines" / "gpt2-small"
@@ -56,10 +95,11 @@ def test_a_preset_pipeline_runs_to_families_report_and_mlflow_run(
     env = pipeline_env(repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlruns.db'}")
     run(repo, "dvc", "repro", "pipelines/gpt2-small/dvc.yaml", env=env)
 
+    _check_uncertainty(folder, members=("seed1", "seed2"))
     families = json.loads((folder / "results" / "families.json").read_text())
     assert families and (folder / "data" / "families" / "seed1.parquet").is_file()
     index = (folder / "report" / "index.html").read_text()
-    for section in ("universal-neuron-table", "families", "what-they-do"):
+    for section in ("universal-neuron-table", "families", "what-they-do", "how-sure"):
         assert f'<h2 id="{section}">' in index, section
     assert "Across training" not in index and 'id="training"' not in index  # no training here
     link = re.search(r'href="(neurons/seed1/\d+\.\d+\.html)"', index)
