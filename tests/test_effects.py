@@ -187,21 +187,28 @@ def test_a_planted_attention_neuron_is_found_with_its_head_and_sign(
     kept = ~torch.isin(torch.as_tensor(tokens), torch.as_tensor(excluded))
     context = attention_context(bridge, torch.as_tensor(tokens), kept)
     head = 1
-    reads = bridge.W_Q[1, head].detach() @ context["key_first"][1, head]  # [d_model]
-    reads = (reads - reads.mean()) / (reads - reads.mean()).norm()
+    # what each layer-1 head's logit to position 0 reads from the residual, centred (LayerNorm
+    # removes the mean): [heads, d_model]
+    reads = torch.einsum("hdk,hk->hd", bridge.W_Q[1].detach(), context["key_first"][1])
+    reads = reads - reads.mean(dim=1, keepdim=True)
+    # the planted direction moves only `head`'s logit: its read, minus its projection on the
+    # other heads' reads (whichever head reads most strongly in the trained model)
+    others = torch.linalg.qr(torch.cat([reads[:head], reads[head + 1 :]]).T).Q  # [d_model, h-1]
+    reads = reads[head] - others @ (others.T @ reads[head])
+    reads = reads / reads.norm()
 
     def plant(model):
         model.transformer.h[0].mlp.c_proj.weight[20] = sign * 30.0 * reads
 
     model_dir = _saved_copy(tiny_group[1], tmp_path / f"attention{sign}", plant)
-    roles, moments = _roles(model_dir, tokens, excluded, EffectsConfig(attention_score=0.25))
+    roles, moments = _roles(model_dir, tokens, excluded, EffectsConfig(attention_score=0.1))
     planted = roles.set_index(["layer", "index"]).loc[(0, 20)]
     layer0 = roles[roles["layer"] == 0]
     assert abs(planted["attention_score"]) == layer0["attention_score"].abs().max()
     expected = "attention_deactivation" if sign > 0 else "attention_activation"
     assert planted["role"] == expected, planted.to_dict()
     assert (planted["attention_layer"], planted["attention_head"]) == (1, head)
-    assert np.sign(planted["attention_score"]) == sign and abs(planted["attention_score"]) > 0.25
+    assert np.sign(planted["attention_score"]) == sign and abs(planted["attention_score"]) > 0.1
     mean = float(moments.set_index(["layer", "index"]).loc[(0, 20), "post_mean"])
     (effect,) = _measure(model_dir, tokens, excluded, [Ablation(0, 20, mean)])
     assert int(np.abs(effect.downstream_heads[1]).argmax()) == head
