@@ -11,9 +11,10 @@ with bootstrap counts and takes baseline draw ``r mod uncertainty.baseline_draws
 Candidates come from correlate's full pair statistics (``data/correlate/pairs/``: a group of
 at most ``correlate.full_pairs_max_neurons`` neurons per model). Above that correlate writes
 no pair files, and the stage finds them itself, slab by slab of whole layers, never holding an
-``[N, N]`` matrix (``matching.slabs``: slabs sized to ``UNIVERSAL_NEURONS_MEMORY_GB`` or the
-available memory; the rotation matrices memory-mapped in the outputs' temporary folder under
-``data/``, removed with it). Writes
+``[N, N]`` matrix (``matching.slabs``: models in correlate's dtype, products in its
+precision, every ``[B, N]`` sum on ``analysis.device``; slabs sized to that device's memory,
+the GPU's on CUDA, or ``UNIVERSAL_NEURONS_MEMORY_GB``; the rotation matrices memory-mapped
+in the outputs' temporary folder under ``data/``, removed with it). Writes
 ``data/uncertainty_resamples/``: ``seed{s}_resampled.npy`` (float64 ``[resamples, neurons]``,
 layer-major), ``seed{s}_whole.npy`` (``[neurons]``: every block once, the draws averaged),
 ``blocks.json`` (kept positions per block) and ``summary.json``.
@@ -45,6 +46,7 @@ from universal_neurons.matching.slabs import (
     CandidateInputs,
     accumulate_slabs,
     candidate_sums_bytes,
+    device_memory_limit,
     mapped_npy,
     mapped_rotation_draws,
     plan_slabs,
@@ -54,7 +56,7 @@ from universal_neurons.matching.slabs import (
 )
 from universal_neurons.matching.uncertainty import group_resampled_excess
 from universal_neurons.matching.units import PassSettings
-from universal_neurons.models.loading import check_device, load_model
+from universal_neurons.models.loading import check_device, load_model, model_dtype
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.inputs import (
     check_same_inputs,
@@ -64,6 +66,7 @@ from universal_neurons.pipeline.inputs import (
 )
 from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
+from universal_neurons.resources import check_memory
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
@@ -99,32 +102,51 @@ def _candidate_sums(params: Params, layout: Layout, summary, names: list[str]):
 
 
 def _slab_layers(params: Params, summary, models: dict, batch_tokens: int) -> int:
-    """Whole layers per slab: the most that fit in the memory limit beside the sums, the
-    loaded models and the process (``slabs.slab_layers``)."""
-    cfg = params.uncertainty
+    """Whole layers per slab: the most that fit beside the loaded models in the memory of
+    ``analysis.device`` (``slabs.device_memory_limit``: on CUDA the GPU's, where the slab's
+    ``[B, N]`` sums live), after checking that the candidate sums and the process fit the
+    host (``resources.check_memory``; on the CPU everything shares one limit)."""
+    cfg, device = params.uncertainty, params.analysis.device
     n = summary.n_layers * summary.d_mlp
     sums = candidate_sums_bytes(cfg.blocks, len(models), cfg.baseline_draws, n, cfg.candidates)
     weights = sum(p.numel() * p.element_size() for m in models.values() for p in m.parameters())
-    fixed = {
+    host = {
         "the candidate sums": ("uncertainty.blocks", sums),
-        "the models": ("train.seeds", weights),
         "the process": ("analysis", RUNTIME),
     }
+    fixed = {"the models": ("train.seeds", weights)}
+    if torch.device(device).type == "cuda":
+        check_memory(host, "uncertainty_resamples's candidate sums on the host")
+    else:
+        fixed |= host
     shape = (len(models), summary.n_layers, summary.d_mlp)
     return slab_layers(
-        summary.n_layers, lambda layers: slab_memory(*shape, layers, batch_tokens), fixed
+        summary.n_layers,
+        lambda layers: slab_memory(*shape, layers, batch_tokens),
+        fixed,
+        device_memory_limit(device),
     )
+
+
+def _slab_models(params: Params, layout: Layout) -> dict:
+    """``{name: model}`` of the group on ``analysis.device``, in correlate's dtype
+    (``loading.model_dtype``: bfloat16 on CUDA, float32 on the CPU)."""
+    device = params.analysis.device
+    dtype = getattr(torch, model_dtype(device))
+    return {
+        model_name(s): load_model(str(layout.model(s)), device=device, dtype=dtype)
+        for s in params.train.seeds
+    }
 
 
 def _slab_sums(params: Params, layout: Layout, summary, analysis_set, scratch: Path, progress):
     """The group's per-block candidate sums without full pair statistics: candidates and
-    sums slab by slab (``matching.slabs``), the rotation matrices memory-mapped in
-    ``scratch``; ``analysis_set``: ``(tokens [sequences, pos], excluded ids)``."""
+    sums slab by slab (``matching.slabs``) in correlate's model dtype and ``products``
+    precision (its summary's), the rotation matrices memory-mapped in ``scratch``;
+    ``analysis_set``: ``(tokens [sequences, pos], excluded ids)``."""
     cfg, analysis = params.uncertainty, params.analysis
     seeds = {model_name(s): s for s in params.train.seeds}
-    models = {
-        name: load_model(str(layout.model(s)), device=analysis.device) for name, s in seeds.items()
-    }
+    models = _slab_models(params, layout)
     shape = (summary.n_layers, summary.d_mlp)
     rotations = mapped_rotation_draws(
         params.baseline.kind, seeds, shape, cfg.baseline_draws, cfg.seed, scratch

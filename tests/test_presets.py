@@ -208,9 +208,9 @@ def test_uncertainty_slab_estimate_is_the_count_by_hand():
     sums = 8 * 4 * n * (2 * 4 + 4 * 2)  # keys: 2 models x (1 + 1 draw); links: 2 x 1 x 2
     fixed = sums + 2 * shape.loaded_parameters() * 4 + RUNTIME
 
-    def slab(layers):  # slab sums and 4 [B, N] of the candidate step, products, activations
-        b = layers * d
-        return 5 * 8 * b * n + 12 * b * n + 8 * 2 * 100 * n + 8 * layers * d * d
+    def slab(layers):  # slab sums and 4 [B, N] of the candidate step, products, activations,
+        b = layers * d  # within-layer sums, one draw's rotation matrices
+        return 5 * 8 * b * n + 12 * b * n + 8 * 2 * 100 * n + 8 * layers * d * d + 8 * n * d
 
     cost = uncertainty_cost(
         shape, t, CPU, CPU, cuda=False, sizes=sizes, memory=fixed + slab(2), batch_tokens=100
@@ -240,26 +240,41 @@ def test_uncertainty_slab_estimate_is_the_count_by_hand():
     assert (none["layers"], none["fits"]) == (1, False)
 
 
-def test_uncertainty_estimate_on_the_gpu_runs_models_and_sums_in_float32():
-    """On cuda the candidates' products run at the bf16 rate, the float32 models and block
-    sums at ``GPU_FLOAT32``, the host's float64 at the host's rate (never the GPU's)."""
+def test_uncertainty_estimate_on_the_gpu_follows_correlate_and_stays_on_the_device():
+    """On cuda, as correlate: bf16 models, the forward passes and cross products at the bf16
+    rate, the within-layer sums at ``GPU_FLOAT32``, the rotations at the GPU's float64 rate;
+    only the QR and the resamples at the host's, plus the rotation matrices' copies to the
+    GPU. The device holds bf16 models, the process and the slab; the sums stay on the host."""
+    from universal_neurons.matching.plan import RUNTIME
     from universal_neurons.matching.preset_plan import (
         GPU_FLOAT32,
-        slab_host_flops,
+        HOST_TO_DEVICE,
         uncertainty_cost,
     )
 
     shape, sizes = _slab_case()
-    gpu, host = Rates(1e12, 1.0, "gpu"), Rates(1.0, 5e8, "host")
-    cost = uncertainty_cost(shape, 1000, gpu, host, cuda=True, sizes=sizes, memory=10**15)
+    n, d, t = 12288, 4096, 1000
+    gpu, host = Rates(1e12, 1e11, "gpu"), Rates(1.0, 5e8, "host")
+    cost = uncertainty_cost(shape, t, gpu, host, cuda=True, sizes=sizes, memory=10**15)
     assert (cost["layers"], cost["slabs"]) == (3, 2)  # all 3 layers: one slab per model
-    candidates = 2 * 2 * 1000 * 12288**2
-    sums = candidates + 2 * 2 * 1000 * 3 * 4096**2
-    forward = 2 * 2 * 2 * (2 * shape.model_parameters() * 1000)  # 2 passes x 2 slabs x 2 models
+    cross = 2 * 2 * 2 * t * n**2  # 2 ordered pairs x 2 passes
+    within = 2 * 2 * t * 3 * d**2
+    forward = 2 * 2 * 2 * (2 * shape.model_parameters() * t)  # 2 passes x 2 slabs x 2 models
+    device = 2 * 1 * 2 * n * n * d + 4 * 2 * 1 * 3 * 2 * d**3 + 4 * 2 * 1 * 2 * n * 2 * d
+    on_host = 2 * 1 * 3 * 3 * d**3 + 2 * 10 * 4 * 2 * 2 * n * 2
+    draw = 8 * 3 * d * d  # one model's matrices of one draw
+    copies = 2 * 1 * 1 * 2 * draw + 4 * (2 * 1 * 1 * draw + 2 * 1 * draw)
     expected = (
-        candidates / 1e12 + (forward + sums) / GPU_FLOAT32 + slab_host_flops(shape, sizes) / 5e8
+        (forward + cross) / 1e12
+        + within / GPU_FLOAT32
+        + device / 1e11
+        + on_host / 5e8
+        + copies / HOST_TO_DEVICE
     )
     assert cost["seconds"] == pytest.approx(expected)
+    slab = 5 * 8 * 3 * d * n + 12 * 3 * d * n + 8 * 2 * 12_288 * n + 8 * 3 * d * d + 8 * n * d
+    models = 2 * shape.loaded_parameters() * 2  # bf16
+    assert cost["memory"] == models + RUNTIME + slab
 
 
 def test_uncertainty_estimate_up_to_8192_neurons_takes_the_full_pairs_path():

@@ -95,6 +95,41 @@ def float64_models(tiny_group):
     }
 
 
+def _excess_difference(models, analysis_set, tmp_path, products: str) -> float:
+    """The largest difference of the slab path's resampled excess in ``products`` precision
+    from the float64 slab path's (``models`` in float64, one layer per slab)."""
+    n_layers, d_mlp = model_shape(models["seed1"])
+    seeds = {name: int(name.removeprefix("seed")) for name in models}
+    rotations = mapped_rotation_draws("rotation", seeds, (n_layers, d_mlp), DRAWS, 0, tmp_path)
+    inputs = CandidateInputs(_within(models, analysis_set, 16), rotations, K)
+    slabs = plan_slabs(list(models), n_layers, d_mlp, 1)
+    weights, names = block_weights(BLOCKS, 30, seed=1), list(models)
+    excess = {
+        precision: group_resampled_excess(
+            _slab_sums(models, analysis_set, inputs, slabs, PassSettings(16, precision)),
+            names,
+            weights,
+            draws=DRAWS,
+        )
+        for precision in ("float64", products)
+    }
+    return max(
+        np.nanmax(np.abs(ours - theirs))
+        for name in names
+        for ours, theirs in zip(excess[products][name], excess["float64"][name], strict=True)
+    )
+
+
+def test_the_slab_path_takes_its_products_in_the_given_precision(
+    float64_models, analysis_set, tmp_path
+):
+    """bfloat16 products (correlate's on CUDA, emulated exactly on the CPU) move the excess
+    of float64 models by bfloat16 rounding: more than nothing, and a few hundredths at
+    most over every neuron and resample."""
+    difference = _excess_difference(float64_models, analysis_set, tmp_path, "bfloat16")
+    assert 1e-6 < difference < 5e-2  # 0.012 measured: the largest over neurons and resamples
+
+
 def test_slab_path_equals_the_full_pairs_path(float64_models, analysis_set, tmp_path):
     """Two slabs of one layer per model: the same candidates as the pair statistics give,
     and the same resampled and whole-set excess correlations within 1e-12."""
@@ -148,10 +183,13 @@ def _permuted_twin(source, target, seed: int) -> np.ndarray:
     return np.stack(permutations)
 
 
-def test_a_permuted_twin_is_every_live_neurons_first_candidate(tiny_group, analysis_set, tmp_path):
+@pytest.mark.parametrize("products", ["float32", "bfloat16"])
+def test_a_permuted_twin_is_every_live_neurons_first_candidate(
+    tiny_group, analysis_set, tmp_path, products
+):
     """Model ``twin`` is seed1 with its neurons permuted within each layer: in the slab
-    path (float32, as the stage runs it), each live neuron's first candidate in the twin is
-    its own copy, both ways."""
+    path (float32 models, products as the stage runs them on the CPU and on CUDA), each
+    live neuron's first candidate in the twin is its own copy, both ways."""
     permutation = _permuted_twin(tiny_group[1], tmp_path / "twin", seed=3)
     models = {
         "seed1": load_model(str(tiny_group[1])),
@@ -168,7 +206,8 @@ def test_a_permuted_twin_is_every_live_neurons_first_candidate(tiny_group, analy
     rotations = mapped_rotation_draws("rotation", seeds, (n_layers, d_mlp), 1, 0, tmp_path / "r")
     slabs = plan_slabs(list(models), n_layers, d_mlp, 1)
     inputs = CandidateInputs(within, rotations, K)
-    links = slab_candidate_links(slabs, models, analysis_set, PassSettings(16), inputs)
+    settings = PassSettings(16, products)
+    links = slab_candidate_links(slabs, models, analysis_set, settings, inputs)
     live = np.einsum("lii->li", within["seed1"]).reshape(-1) > 0
     assert live.sum() > 0.5 * live.size
     first = links[("seed1", "twin")][:, 0].numpy()
@@ -269,3 +308,58 @@ def test_stage_without_pair_files_takes_the_slab_path(
     layout = Layout.at(runs["slabs"].parent, tokens=tiny_tokens_dir, models=models)
     with pytest.raises(MemoryLimitError, match="a slab of one layer"):
         uncertainty_resamples.run(params, layout, progress=False)
+
+
+class HostCopies(TorchDispatchMode):
+    """Stands in for a second device: every copy of a ``meta`` tensor to the CPU is noted by
+    shape and answered with zeros of that shape; ``bfloat16`` notes the shapes cast to
+    bfloat16 (the products' inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_host: list[tuple[int, ...]] = []
+        self.bfloat16: set[tuple[int, ...]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        """Answer a meta -> CPU copy with zeros; note bfloat16 casts; run the rest."""
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default:
+            source, device = args[0], kwargs.get("device")
+            if kwargs.get("dtype") == torch.bfloat16:
+                self.bfloat16.add(tuple(source.shape))
+            if source.is_meta and device is not None and torch.device(device).type == "cpu":
+                self.to_host.append(tuple(source.shape))
+                return torch.zeros(source.shape, dtype=kwargs.get("dtype") or source.dtype)
+        return func(*args, **kwargs)
+
+
+def test_the_slab_sums_stay_on_the_device_and_only_summaries_reach_the_host():
+    """On a device (``meta`` here, as CUDA would be): the slab's sums are float64 there, the
+    products' inputs are cast to bfloat16 as correlate's, and the only copies to the host
+    are the per-neuron totals (``[B]``, ``[B, k]``), never a ``[B, N]`` or ``[tokens, N]``
+    tensor; the candidate step's likewise (``[B, k]`` candidates)."""
+    from universal_neurons.matching.correlation import CrossMoments
+    from universal_neurons.matching.slabs import Slab, SlabProducts, device_side_candidates
+
+    layers, d_mlp, tokens, k = 2, 8, 5, 3
+    n, rows = layers * d_mlp, d_mlp  # a slab of x's layer 1 against all of y
+    slab = Slab("x", (1, 2), d_mlp)
+    rotations = {m: torch.randn(DRAWS, layers, d_mlp, d_mlp, dtype=torch.float64) for m in "xy"}
+    candidates = torch.randint(0, n, (n, k))
+    links = {("x", "y"): candidates, ("x", rotated_key("y", 0)): candidates}
+    with HostCopies() as copies:
+        products = SlabProducts(slab, ["y"], n, {}, "meta", "bfloat16")
+        values = {m: torch.empty(tokens, n, device="meta", dtype=torch.bfloat16) for m in "xy"}
+        products.add(values)
+        totals = products.totals(links, rotations)
+    assert {t.device.type for t in products.cross.values()} == {"meta"}
+    assert products.cross["y"].dtype == torch.float64 and products.cross["y"].shape == (rows, n)
+    assert {(tokens, rows), (tokens, n)} <= copies.bfloat16  # x's slab and y, for the product
+    assert sorted(set(copies.to_host)) == [(rows,), (rows, k)]
+    assert totals.cross[("x", "y")].shape == (rows, k) and totals.rows == (d_mlp, 2 * d_mlp)
+
+    pair = CrossMoments.empty(rows, n, "meta")
+    inputs = CandidateInputs({"y": np.eye(d_mlp)[None].repeat(layers, 0)}, rotations, k)
+    with HostCopies() as copies:
+        links = device_side_candidates(("x", "y"), pair, inputs)
+    assert set(copies.to_host) == {(rows, k)} and len(links) == 1 + DRAWS

@@ -126,7 +126,7 @@ def rotated_cross(
     n_layers, d_mlp = matrices.shape[0], matrices.shape[1]
     cross = cross.view(-1, n_layers, d_mlp)
     layer, row = candidates // d_mlp, candidates % d_mlp
-    rows = torch.arange(cross.shape[0])[:, None]
+    rows = torch.arange(cross.shape[0], device=cross.device)[:, None]  # on cross's device
     directions = matrices[layer, row]  # [n_x, k, d_mlp]
     return (cross[rows, layer] * directions).sum(dim=2)
 

@@ -151,7 +151,11 @@ PRESET_UNCERTAINTY = UncertaintySizes()
 
 GPU_FLOAT32 = 67e12
 """FLOP/s of float32 on the GPU of the preset table (H100 datasheet, no tensor cores: torch
-leaves TF32 off): the uncertainty stage's float32 models and block-sum products."""
+leaves TF32 off): the full-pairs path's float32 models, the slab path's within-layer sums."""
+
+HOST_TO_DEVICE = 16e9
+"""Bytes/s of a copy from host memory (the rotation matrices' memory maps, pageable) to the
+GPU: an assumption (PCIe 5 x16 carries 64 GB/s, pageable copies a fraction of it)."""
 
 
 def slab_products(shape: GroupShape, tokens: int) -> dict[str, float]:
@@ -160,31 +164,68 @@ def slab_products(shape: GroupShape, tokens: int) -> dict[str, float]:
     per partner, once in the candidate pass and once in the block-sums pass. A model's slabs
     cover its ``N`` neurons, so each pass is ``2·T·N²`` per ordered pair, twice correlate's
     products per unordered pair; the block sums add each slab layer's ``[d_mlp, d_mlp]``
-    within-layer products (``2·T·L·d_mlp²`` per model). Returns ``candidates``, ``sums``."""
+    within-layer products (``2·T·L·d_mlp²`` per model, float32). Returns ``candidates``,
+    ``sums`` (both with the within-layer products) and ``within`` (those alone)."""
     m, n = shape.models, shape.neurons
     cross = m * (m - 1) * 2 * tokens * n * n
     within = m * 2 * tokens * shape.n_layers * shape.d_mlp**2
-    return {"candidates": float(cross), "sums": float(cross + within)}
+    return {"candidates": float(cross), "sums": float(cross + within), "within": float(within)}
+
+
+def rotation_flops(shape: GroupShape, sizes: UncertaintySizes) -> dict[str, float]:
+    """Float64 FLOPs of the bootstrap's rotations and resamples, by part: ``candidates`` (the
+    candidate step's rotated correlations, per ordered pair and draw ``2·N²·d_mlp``), ``qr``
+    (the rotation draws, ``3·d_mlp³`` per model, draw and layer), per block ``columns`` (the
+    rotated columns, ``2·d_mlp³`` per model, draw and layer) and ``rotated`` (the rotated
+    candidate sums, ``2·N·k·d_mlp`` per ordered pair and draw), ``gathered`` (the full-pairs
+    path's ``2·N·k`` gathered products per link and block from its ``[N, N]`` sums) and
+    ``resampled`` (every link's resampled correlations, ``2·resamples·blocks·N·k``; links
+    ``M(M − 1)(1 + draws)``)."""
+    m, n, d, layers = shape.models, shape.neurons, shape.d_mlp, shape.n_layers
+    ordered, k, draws = m * (m - 1), sizes.candidates, sizes.draws
+    return {
+        "candidates": float(ordered * draws * 2 * n * n * d),
+        "qr": float(m * draws * layers * 3 * d**3),
+        "columns": float(sizes.blocks * m * draws * layers * 2 * d**3),
+        "rotated": float(sizes.blocks * ordered * draws * 2 * n * k * d),
+        "gathered": float(sizes.blocks * ordered * (1 + draws) * 2 * n * k),
+        "resampled": float(2 * sizes.resamples * sizes.blocks * ordered * (1 + draws) * n * k),
+    }
+
+
+SLAB_DEVICE_PARTS = ("candidates", "columns", "rotated")
+"""The ``rotation_flops`` parts the slab path runs on the pass's device (``matching.slabs``);
+the rotation draws' QR and the resamples stay on the host."""
+
+
+def slab_device_flops(shape: GroupShape, sizes: UncertaintySizes) -> float:
+    """Float64 FLOPs the slab path runs on the pass's device (``SLAB_DEVICE_PARTS``)."""
+    flops = rotation_flops(shape, sizes)
+    return sum(flops[part] for part in SLAB_DEVICE_PARTS)
 
 
 def slab_host_flops(shape: GroupShape, sizes: UncertaintySizes, slabs: bool = True) -> float:
-    """Float64 FLOPs the slab path runs on the host CPU (``.cpu()`` in ``matching.slabs``,
-    on a GPU too): the candidate step's rotated correlations (per ordered pair and draw
-    ``2·N²·d_mlp``), the rotation draws' QR (``3·d_mlp³`` per model, draw and layer), per
-    block the rotated columns (``2·d_mlp³`` per model, draw and layer) and rotated candidate
-    sums (``2·N·k·d_mlp`` per ordered pair and draw), and the resampled correlations of
-    every link (``2·resamples·blocks·N·k``; links ``M(M − 1)(1 + draws)``). The full-pairs
-    path (not ``slabs``) runs the same on the CPU, and each block's ``2·N·k`` gathered
-    products per link from its ``[N, N]`` sums."""
-    m, n, d, layers = shape.models, shape.neurons, shape.d_mlp, shape.n_layers
-    ordered, k, draws = m * (m - 1), sizes.candidates, sizes.draws
-    candidates = ordered * draws * 2 * n * n * d
-    qr = m * draws * layers * 3 * d**3
-    columns = sizes.blocks * m * draws * layers * 2 * d**3
-    rotated = sizes.blocks * ordered * draws * 2 * n * k * d
-    resampled = 2 * sizes.resamples * sizes.blocks * ordered * (1 + draws) * n * k
-    gathered = 0 if slabs else sizes.blocks * ordered * (1 + draws) * 2 * n * k
-    return float(candidates + qr + columns + rotated + resampled + gathered)
+    """Float64 FLOPs on the host CPU: for the slab path the rotation draws' QR and the
+    resampled correlations (the rest runs on the pass's device, ``slab_device_flops``); for
+    the full-pairs path (not ``slabs``) every part of ``rotation_flops``."""
+    flops = rotation_flops(shape, sizes)
+    if slabs:
+        return flops["qr"] + flops["resampled"]
+    return sum(size for part, size in flops.items())
+
+
+def slab_transfer_bytes(shape: GroupShape, sizes: UncertaintySizes, layers: int) -> int:
+    """Bytes the slab path copies from the host to a GPU with slabs of ``layers`` layers: in
+    each slab's candidate step every partner's rotation matrices and within-layer covariances
+    of every draw (``2·L·d_mlp²`` float64 per partner and draw), and per block and slab every
+    partner's matrices of every draw and x's of the slab's layers."""
+    m, d, draws = shape.models, shape.d_mlp, sizes.draws
+    per_model = -(-shape.n_layers // layers)
+    slabs = m * per_model
+    draw = 8 * shape.n_layers * d * d  # one model's matrices of one draw
+    candidates = slabs * (m - 1) * draws * 2 * draw
+    blocks = sizes.blocks * (slabs * (m - 1) * draws * draw + m * draws * draw)
+    return candidates + blocks
 
 
 def candidate_sums(shape: GroupShape, sizes: UncertaintySizes) -> int:
@@ -196,11 +237,14 @@ def candidate_sums(shape: GroupShape, sizes: UncertaintySizes) -> int:
     )
 
 
-def slab_fixed_memory(shape: GroupShape, sizes: UncertaintySizes, model_bytes: int) -> int:
-    """Bytes the slab path holds whatever the slab: the ``candidate_sums``, the loaded models
-    (``model_bytes`` per weight) and the process (``RUNTIME``)."""
+def slab_fixed_memory(
+    shape: GroupShape, sizes: UncertaintySizes, model_bytes: int, with_sums: bool = True
+) -> int:
+    """Bytes the pass's device holds whatever the slab: the loaded models (``model_bytes``
+    per weight), the process (``RUNTIME``) and, ``with_sums`` (on the CPU, where host and
+    device are one), the ``candidate_sums``."""
     models = shape.models * shape.loaded_parameters() * model_bytes
-    return candidate_sums(shape, sizes) + models + RUNTIME
+    return (candidate_sums(shape, sizes) if with_sums else 0) + models + RUNTIME
 
 
 def slab_path_memory(shape: GroupShape, layers: int, batch_tokens: int, fixed: int) -> int:
@@ -245,6 +289,15 @@ def full_pairs_uncertainty_cost(
     }
 
 
+def _slab_layers(shape: GroupShape, batch_tokens: int, fixed: int, memory: int) -> list[int]:
+    """Layers per slab whose ``slab_path_memory`` fits ``memory`` bytes, most first."""
+    return [
+        layers
+        for layers in range(shape.n_layers, 0, -1)
+        if slab_path_memory(shape, layers, batch_tokens, fixed) <= memory
+    ]
+
+
 def uncertainty_cost(
     shape: GroupShape,
     tokens: int,
@@ -258,30 +311,32 @@ def uncertainty_cost(
 ) -> dict:
     """The uncertainty_resamples stage on a group of ``shape`` and ``tokens`` analysis tokens:
     up to ``FULL_PAIRS_MAX_NEURONS`` its full-pairs path (``full_pairs_uncertainty_cost``),
-    else its slab path, slabs of the most whole layers whose memory fits ``memory`` bytes (as
-    the stage sizes them, ``slabs.slab_layers``; one layer when none fits). The stage loads
-    its models in float32, on a GPU too. Per slab a candidate pass and a block-sums pass run
-    every model forward over all tokens (counted as whole models, ``2·params·T`` each, in
-    float32); products as ``slab_products``: the candidates' at ``rates.products``
-    (correlate's product precision: bf16 on ``cuda``), the sums' in float32. Float32 runs at
-    ``rates.products`` on the CPU, at ``GPU_FLOAT32`` on ``cuda``; ``slab_host_flops`` at
-    ``host.float64``. Returns ``layers`` (per slab), ``slabs`` (group), ``fits``, ``sums``
-    (``candidate_sums`` bytes), ``memory`` (bytes of the path), ``products`` (FLOPs, both
-    passes) and ``seconds``."""
+    else its slab path, slabs of the most whole layers whose memory on the pass's device fits
+    ``memory`` bytes (as the stage sizes them, ``slabs.slab_layers``; one layer when none
+    fits; on ``cuda`` the candidate sums stay on the host). As correlate, the models run in
+    bf16 on ``cuda`` (float32 on the CPU) and per slab a candidate and a block-sums pass run
+    every model forward over all tokens (whole models, ``2·params·T`` each) at
+    ``rates.products``, with the cross products of ``slab_products``; the within-layer sums
+    in float32 (``GPU_FLOAT32`` on ``cuda``); ``slab_device_flops`` at ``rates.float64``,
+    ``slab_host_flops`` at ``host.float64`` and on ``cuda`` ``slab_transfer_bytes`` at
+    ``HOST_TO_DEVICE``. Returns ``layers`` (per slab), ``slabs`` (group), ``fits``, ``sums``
+    (``candidate_sums`` bytes), ``memory`` (bytes on the pass's device), ``products``
+    (FLOPs, both passes) and ``seconds``."""
     if shape.neurons <= FULL_PAIRS_MAX_NEURONS:
         return full_pairs_uncertainty_cost(shape, tokens, rates, host, cuda, sizes, memory)
-    fixed = slab_fixed_memory(shape, sizes, 4)
-    fitting = [
-        layers
-        for layers in range(shape.n_layers, 0, -1)
-        if slab_path_memory(shape, layers, batch_tokens, fixed) <= memory
-    ]
+    fixed = slab_fixed_memory(shape, sizes, 2 if cuda else 4, with_sums=not cuda)
+    fitting = _slab_layers(shape, batch_tokens, fixed, memory)
     layers = fitting[0] if fitting else 1
     slabs = shape.models * -(-shape.n_layers // layers)
     forward = 2 * slabs * shape.models * 2 * shape.model_parameters() * tokens
     products = slab_products(shape, tokens)
-    float32 = GPU_FLOAT32 if cuda else rates.products
-    time = products["candidates"] / rates.products + (forward + products["sums"]) / float32
+    cross = products["candidates"] + products["sums"] - products["within"]
+    within = products["within"] / (GPU_FLOAT32 if cuda else rates.products)
+    time = (forward + cross) / rates.products + within
+    time += slab_device_flops(shape, sizes) / rates.float64
+    time += slab_host_flops(shape, sizes) / host.float64
+    if cuda:
+        time += slab_transfer_bytes(shape, sizes, layers) / HOST_TO_DEVICE
     return {
         "layers": layers,
         "slabs": slabs,
@@ -289,5 +344,5 @@ def uncertainty_cost(
         "sums": candidate_sums(shape, sizes),
         "memory": slab_path_memory(shape, layers, batch_tokens, fixed),
         "products": products["candidates"] + products["sums"],
-        "seconds": time + slab_host_flops(shape, sizes) / host.float64,
+        "seconds": time,
     }

@@ -17,9 +17,16 @@ neurons of every other model of the group. Per slab:
 
 Every x neuron and every rotated direction lies in exactly one slab, so the slabs of every
 model fill ``CandidateSums`` once. The rotation matrices (``[draws, layers, d_mlp, d_mlp]``
-per model, 3.6 GB for GPT2-small and 4 draws) are memory maps in a scratch folder.
-The slab's size follows the memory limit of ``resources.memory_limit``
-(``UNIVERSAL_NEURONS_MEMORY_GB``, available memory, ulimit, cgroup): ``slab_layers``.
+per model, 3.6 GB for GPT2-small and 4 draws) are memory maps in a scratch folder, copied
+to the device one partner's draw at a time.
+
+Everything ``[B, N]`` lives on the pass's device, as in correlate: per-batch products in
+correlate's ``products`` precision (bf16 inputs on CUDA) summed into float64, the candidate
+step's correlations and top-k, the block sums' gathers and rotations in float64. Only the
+per-neuron results (``[B, k]`` candidates, ``[B]`` / ``[B, k]`` block totals) go to the
+host. The slab's size follows ``device_memory_limit`` (on CUDA the GPU's memory, else
+``resources.memory_limit``: available memory, ulimit, cgroup; never above
+``UNIVERSAL_NEURONS_MEMORY_GB``): ``slab_layers``.
 """
 
 from __future__ import annotations
@@ -32,18 +39,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from universal_neurons.config import Products
 from universal_neurons.errors import MissingInputError, UserError
 from universal_neurons.matching.baseline import mixing_matrix
 from universal_neurons.matching.block_products import batch_values, rotated_columns, rotated_cross
+from universal_neurons.matching.correlation import _product as batch_product
 from universal_neurons.matching.resampling import (
     BlockTotals,
     CandidateSums,
     block_bounds,
     rotated_key,
-    side_candidates,
+    top_candidates,
 )
 from universal_neurons.matching.units import PassSettings, Unit, correlate_pass
-from universal_neurons.resources import check_memory, memory_limit
+from universal_neurons.resources import (
+    GIB,
+    MemoryLimitError,
+    configured_memory_limit,
+    format_bytes,
+    memory_limit,
+)
 
 ROTATED_ROWS = 256
 """x rows per chunk of a rotated cross reduction (``[rows, k, d_mlp]`` float64 at a time)."""
@@ -80,41 +95,67 @@ def plan_slabs(names: list[str], n_layers: int, d_mlp: int, layers_per_slab: int
 def slab_memory(
     models: int, n_layers: int, d_mlp: int, layers: int, batch_tokens: int
 ) -> dict[str, tuple[str, int]]:
-    """Bytes of one slab of ``layers`` layers, by part, as ``resources.check_memory`` takes
-    them: per partner the float64 ``[B, N]`` sums, with the product of a batch and the
-    candidate step's correlations and rotated correlations (four more ``[B, N]``); the
-    activations of one batch of ``batch_tokens`` tokens of every model (float32, centred
-    copies); the slab layers' ``[d_mlp, d_mlp]`` sums of products."""
+    """Bytes of one slab of ``layers`` layers on the pass's device, by part, as
+    ``resources.check_memory`` takes them: per partner the float64 ``[B, N]`` sums, with the
+    product of a batch and the candidate step's correlations and rotated correlations (four
+    more ``[B, N]``); the activations of one batch of ``batch_tokens`` tokens of every model
+    (float32, centred copies); the slab layers' ``[d_mlp, d_mlp]`` sums of products; one
+    partner's rotation matrices of one draw (``[layers, d_mlp, d_mlp]`` float64, copied to
+    the device; on the CPU read from the memory map)."""
     n, rows = n_layers * d_mlp, layers * d_mlp
     return {
         "slab sums": ("train.seeds (partners per slab)", ((models - 1) + 4) * 8 * rows * n),
         "batch products": ("train.seeds (partners per slab)", 12 * rows * n),
         "activations of one batch": ("analysis.batch_size", 8 * models * batch_tokens * n),
         "within-layer sums": ("uncertainty_resamples slab", 8 * layers * d_mlp * d_mlp),
+        "rotation matrices of one draw": ("uncertainty.baseline_draws", 8 * n * d_mlp),
     }
 
 
 def candidate_sums_bytes(blocks: int, models: int, draws: int, n: int, k: int) -> int:
-    """Bytes of the group's ``CandidateSums``: ``first`` and ``second [blocks, N]`` of every
-    model and rotated key, ``cross [blocks, N, k]`` of every link (float64)."""
+    """Bytes of the group's ``CandidateSums`` (on the host): ``first`` and ``second [blocks,
+    N]`` of every model and rotated key, ``cross [blocks, N, k]`` of every link (float64)."""
     keys = models * (1 + draws)
     links = models * (models - 1) * (1 + draws)
     return 8 * blocks * n * (2 * keys + links * k)
 
 
+def device_memory_limit(device: str) -> tuple[int, str]:
+    """``(bytes, what)`` the slabs may use on ``device``: on CUDA the GPU's memory, else what
+    this process may use (``resources.memory_limit``); never more than
+    ``UNIVERSAL_NEURONS_MEMORY_GB`` when it is set (as ``matching.plan.memory_limit``)."""
+    if torch.device(device).type != "cuda":
+        return memory_limit()
+    total = torch.cuda.get_device_properties(device).total_memory
+    limits = [(total, f"the GPU's {total / GIB:.1f} GiB")]
+    configured = configured_memory_limit()
+    return min(limits + ([configured] if configured else []))
+
+
 def slab_layers(
-    n_layers: int, parts: Callable[[int], dict[str, tuple[str, int]]], fixed: dict
+    n_layers: int,
+    parts: Callable[[int], dict[str, tuple[str, int]]],
+    fixed: dict,
+    limit: tuple[int, str] | None = None,
 ) -> int:
-    """The most whole layers per slab whose ``parts(layers)`` and the ``fixed`` parts (the
-    sums, the models, the process) fit in ``resources.memory_limit``; a ``MemoryLimitError``
-    naming the largest part's parameter when not even one layer fits."""
-    limit, _ = memory_limit()
+    """The most whole layers per slab whose ``parts(layers)`` and the ``fixed`` parts (e.g.
+    the models, the process) fit in ``limit`` (``(bytes, what)``; default
+    ``resources.memory_limit``); a ``MemoryLimitError`` naming the largest part's parameter
+    when not even one layer fits."""
+    limit = limit or memory_limit()
     total = sum(size for _, size in fixed.values())
     for layers in range(n_layers, 0, -1):
-        if total + sum(size for _, size in parts(layers).values()) <= limit:
+        if total + sum(size for _, size in parts(layers).values()) <= limit[0]:
             return layers
-    check_memory({**fixed, **parts(1)}, "uncertainty_resamples with a slab of one layer")
-    return 1
+    parts_of_one = {**fixed, **parts(1)}
+    need = sum(size for _, size in parts_of_one.values())
+    largest = max(parts_of_one, key=lambda label: parts_of_one[label][1])
+    cause, size = parts_of_one[largest]
+    raise MemoryLimitError(
+        f"{cause}: uncertainty_resamples with a slab of one layer needs about "
+        f"{format_bytes(need)} ({largest}: {format_bytes(size)}), more than the "
+        f"{format_bytes(limit[0])} of {limit[1]}; lower the parameter"
+    )
 
 
 # --- inputs as memory maps -------------------------------------------------------------------
@@ -174,6 +215,55 @@ class CandidateInputs:
     dead_variance: float = 0.0
 
 
+def on_device(array, device: torch.device | str, dtype=torch.float64) -> torch.Tensor:
+    """``array`` (numpy, a memory map or a tensor) as a ``dtype`` tensor on ``device`` (no
+    copy where it already is one there)."""
+    return torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array).to(
+        device, dtype
+    )
+
+
+def device_rotated_correlation(
+    covariance: torch.Tensor,
+    var_x: torch.Tensor,
+    within: np.ndarray,
+    matrices: np.ndarray,
+    dead_variance: float = 0.0,
+) -> torch.Tensor:
+    """``resampling.rotated_correlation`` on ``covariance``'s device: ``[n_x, layers *
+    d_mlp]`` float64 correlations of x with the partner's rotated directions, from the
+    cross-covariance ``[n_x, layers * d_mlp]``, x's variances ``[n_x]``, the partner's
+    ``within [layers, d_mlp, d_mlp]`` and ``matrices [layers, d_mlp, d_mlp]`` (host arrays or
+    memory maps, copied one layer at a time); the same operations, so the same values."""
+    device, d_mlp = covariance.device, matrices.shape[1]
+    sx = torch.where(var_x > dead_variance, var_x.sqrt(), torch.nan)
+    parts = []
+    for layer in range(matrices.shape[0]):
+        matrix = on_device(matrices[layer], device)
+        sigma = on_device(within[layer], device)
+        var_rotated = ((matrix @ sigma) * matrix).sum(dim=1)
+        sy = torch.where(var_rotated > dead_variance, var_rotated.clamp_min(0).sqrt(), torch.nan)
+        cov = covariance[:, layer * d_mlp : (layer + 1) * d_mlp].to(torch.float64) @ matrix.T
+        parts.append(cov / sx[:, None] / sy[None, :])
+    return torch.cat(parts, dim=1)
+
+
+def device_side_candidates(
+    link: tuple[str, str], pair, inputs: CandidateInputs
+) -> dict[tuple[str, str], torch.Tensor]:
+    """``resampling.side_candidates`` of one slab against partner ``link[1]`` on the device
+    of ``pair`` (the ``CrossMoments [B, N]``): ``{(x, target): candidates [B, k]}`` int64 on
+    the host, the partner's ``k`` best neurons and per draw rotated directions."""
+    (model, partner), dead = link, inputs.dead_variance
+    covariance, var_x = pair.covariance(), pair.var_x()
+    links = {(model, partner): top_candidates(pair.correlation(dead), inputs.k).cpu()}
+    within, rotations = inputs.within[partner], inputs.rotations[partner]
+    for draw, matrices in enumerate(rotations):
+        rotated = device_rotated_correlation(covariance, var_x, within, matrices, dead)
+        links[(model, rotated_key(partner, draw))] = top_candidates(rotated, inputs.k).cpu()
+    return links
+
+
 def slab_candidates(
     slab: Slab,
     models: Mapping[str, object],
@@ -181,9 +271,10 @@ def slab_candidates(
     settings: PassSettings,
     inputs: CandidateInputs,
 ) -> dict[tuple[str, str], torch.Tensor]:
-    """``{(x, target): candidates [B, k]}`` of the slab's rows against every other model of
-    ``models`` and its rotated directions: one ``correlate_pass`` over the whole analysis set
-    ``(tokens [sequences, pos], excluded ids)``, one ``[B, N]`` unit per partner."""
+    """``{(x, target): candidates [B, k]}`` (host) of the slab's rows against every other
+    model of ``models`` and its rotated directions: one ``correlate_pass`` over the whole
+    analysis set ``(tokens [sequences, pos], excluded ids)``, one ``[B, N]`` unit per
+    partner on ``settings.device``, reduced there (``device_side_candidates``)."""
     tokens = analysis_set[0]
     partners = [name for name in models if name != slab.model]
     units = [Unit(slab.model, p, slab.rows, (0, len(tokens))) for p in partners]
@@ -191,15 +282,8 @@ def slab_candidates(
     links = {}
     for unit in units:
         pair = stats.pop(unit)  # one partner's [B, N] at a time beside the rest
-        statistics = (
-            pair.covariance().cpu(),
-            pair.correlation(inputs.dead_variance).cpu(),
-            pair.var_x().cpu(),
-        )
-        within, rotations = inputs.within[unit.b], inputs.rotations[unit.b]
-        links |= side_candidates(
-            slab.model, unit.b, statistics, within, rotations, inputs.k, inputs.dead_variance
-        )
+        links |= device_side_candidates((unit.a, unit.b), pair, inputs)
+        del pair
     return links
 
 
@@ -229,12 +313,24 @@ class SlabProducts:
     """The shifted sums of one block for one slab: ``count``; of x's slab neurons ``first
     [B]``, ``second [B]`` and ``within [layers of the slab, d_mlp, d_mlp]``; per partner
     ``cross [B, N]`` = Σ(x − shift)(y − shift)ᵀ; all float64 on ``device``. ``shifts``: per
-    model ``[N]``, the values subtracted before any product (kept across blocks and slabs:
-    a model's first batch sets its shift, as in ``block_products.BlockProducts``)."""
+    model ``[N]`` float64 on ``device``, the values subtracted before any product (kept
+    across blocks and slabs: a model's first batch sets its shift, as in
+    ``block_products.BlockProducts``). ``products``: the precision of each batch's cross
+    products (``correlation._product``, as correlate: ``bfloat16`` inputs with float32
+    accumulation on CUDA, ``float32`` on the CPU, ``float64`` for a reference)."""
 
-    def __init__(self, slab: Slab, partners: list[str], n: int, shifts: dict, device="cpu"):
+    def __init__(
+        self,
+        slab: Slab,
+        partners: list[str],
+        n: int,
+        shifts: dict,
+        device="cpu",
+        products: Products = "float32",
+    ):
         (r0, r1), (l0, l1) = slab.rows, slab.layers
-        self.slab, self.partners, self.shifts = slab, partners, shifts
+        self.slab, self.partners, self.shifts, self.products = slab, partners, shifts, products
+        self.work = torch.float64 if products == "float64" else torch.float32
         self.count = 0
 
         def zeros(*shape: int) -> torch.Tensor:
@@ -245,15 +341,18 @@ class SlabProducts:
         self.cross = {partner: zeros(r1 - r0, n) for partner in partners}
 
     def _centred(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        """``value [tokens, N]`` minus the model's shift (set by its first batch)."""
+        """``value [tokens, N]`` (the model's dtype) minus the model's shift (set by its first
+        batch), in the working precision (float64 for float64 products, else float32, as
+        correlate's ``_shifted``)."""
         if name not in self.shifts:
             self.shifts[name] = value.to(torch.float64).mean(dim=0)
-        return value - self.shifts[name].to(value.device, value.dtype)
+        return value.to(self.work) - self.shifts[name].to(value.device, self.work)
 
     @torch.no_grad()
     def add(self, values: Mapping[str, torch.Tensor]) -> None:
-        """Add one batch: ``values[name] [tokens, N]`` of every model (same tokens);
-        products in the values' dtype, summed into float64."""
+        """Add one batch: ``values[name] [tokens, N]`` of every model (same tokens, on the
+        sums' device); the cross products in ``products`` precision, the slab's own sums in
+        the working precision, all summed into float64."""
         (r0, r1), (l0, l1) = self.slab.rows, self.slab.layers
         x = self._centred(self.slab.model, values[self.slab.model])[:, r0:r1]
         self.first += x.sum(dim=0, dtype=torch.float64)
@@ -263,42 +362,55 @@ class SlabProducts:
         self.count += int(x.shape[0])
         for partner in self.partners:
             y = self._centred(partner, values[partner])
-            self.cross[partner] += (x.T @ y).to(torch.float64)
+            self.cross[partner] += batch_product(x, y, self.products)
 
     def totals(self, links: Mapping, rotations: Mapping[str, torch.Tensor]) -> BlockTotals:
-        """The block's ``BlockTotals`` of the slab (``rows``): x's columns and rotated
-        directions of its layers, and x's rows of every link of ``links`` (``{(x, y key):
-        candidates [N, k]}``); ``rotations[m] [draws, layers, d_mlp, d_mlp]`` float64."""
-        x, (r0, r1), (l0, l1) = self.slab.model, self.slab.rows, self.slab.layers
-        first, second = {x: self.first.cpu()}, {x: self.second.cpu()}
-        for draw, matrices in enumerate(rotations[x]):
-            key = rotated_key(x, draw)
-            first[key], second[key] = rotated_columns(first[x], self.within.cpu(), matrices[l0:l1])
+        """The block's ``BlockTotals`` of the slab (``rows``), reduced on the sums' device and
+        returned on the host: x's columns and rotated directions of its layers (``[B]``), and
+        x's rows of every link of ``links`` (``{(x, y key): candidates [N, k]}``: ``[B,
+        k]``); ``rotations[m] [draws, layers, d_mlp, d_mlp]`` float64 (host, copied to the
+        device one draw at a time)."""
+        x, (r0, r1) = self.slab.model, self.slab.rows
+        first, second = self._rotated_columns(rotations[x])
         rotated = {rotated_key(p, d): (p, d) for p in rotations for d in range(len(rotations[p]))}
         cross = {}
         for (model, y), candidates in links.items():
             if model != x:
                 continue
-            rows = torch.as_tensor(candidates[r0:r1], dtype=torch.int64)
+            rows = on_device(candidates[r0:r1], self.first.device, torch.int64)
             if y in self.cross:
-                cross[(x, y)] = self.cross[y].cpu().gather(1, rows)
+                cross[(x, y)] = self.cross[y].gather(1, rows).cpu()
             else:
                 partner, draw = rotated[y]
-                cross[(x, y)] = _chunked_rotated_cross(
-                    self.cross[partner], rotations[partner][draw], rows
-                )
+                matrices = on_device(rotations[partner][draw], self.first.device)
+                cross[(x, y)] = _chunked_rotated_cross(self.cross[partner], matrices, rows).cpu()
+                del matrices
         return BlockTotals(self.count, first, second, cross, rows=(r0, r1))
+
+    def _rotated_columns(self, draws: torch.Tensor) -> tuple[dict, dict]:
+        """``({key: Σ [B]}, {key: Σ² [B]})`` on the host of x's slab neurons and, per draw of
+        ``draws [draws, layers, d_mlp, d_mlp]`` (x's matrices), its rotated directions of
+        the slab's layers (``block_products.rotated_columns`` on the sums' device)."""
+        x, (l0, l1) = self.slab.model, self.slab.layers
+        first, second = {x: self.first.cpu()}, {x: self.second.cpu()}
+        for draw, matrices in enumerate(draws):
+            key = rotated_key(x, draw)
+            layers = on_device(matrices[l0:l1], self.first.device)
+            sums, squares = rotated_columns(self.first, self.within, layers)
+            first[key], second[key] = sums.cpu(), squares.cpu()
+        return first, second
 
 
 def _chunked_rotated_cross(
     cross: torch.Tensor, matrices: torch.Tensor, candidates: torch.Tensor
 ) -> torch.Tensor:
     """``block_products.rotated_cross`` of ``cross [B, N]`` and ``candidates [B, k]``,
-    ``ROTATED_ROWS`` rows at a time (``[rows, k, d_mlp]`` gathered directions)."""
+    ``ROTATED_ROWS`` rows at a time (``[rows, k, d_mlp]`` gathered directions), on the
+    device of its inputs: ``[B, k]`` float64 there."""
     return torch.cat(
         [
             rotated_cross(
-                cross[start : start + ROTATED_ROWS].cpu(),
+                cross[start : start + ROTATED_ROWS],
                 matrices,
                 candidates[start : start + ROTATED_ROWS],
             )
@@ -332,7 +444,7 @@ def accumulate_slabs(
     for number, slab in enumerate(slabs):
         partners = [name for name in names if name != slab.model]
         for block, (start, stop) in enumerate(bounds):
-            products = SlabProducts(slab, partners, n, shifts, settings.device)
+            products = SlabProducts(slab, partners, n, shifts, settings.device, settings.products)
             for values in batch_values(
                 models, tokens[start:stop], excluded_ids, settings.batch_size, settings.device
             ):

@@ -221,7 +221,9 @@ def uncertainty_lines(rows: list[dict]) -> list[str]:
         f"uncertainty_resamples (slab path): {sizes.resamples} resamples of {sizes.blocks} "
         f"blocks, {sizes.candidates} candidates, {sizes.draws} draws; per slab of whole layers "
         "a candidate and a block-sums pass over every ordered pair (4x correlate's products), "
-        f"float32 models; slabs sized to {GPU_MEMORY / GIB:.0f} GiB; host float64 on this CPU",
+        "models and products as correlate's (bf16 on the GPU), rotations in float64 on the "
+        f"device; slabs sized to {GPU_MEMORY / GIB:.0f} GiB of it (the GPU's sums on the host); "
+        "QR and resamples in float64 on this CPU",
         f"{'preset':<28}{'sums':>10}  {'CPU slabs':>9}{'memory':>11}{'time':>10}"
         f"  {'GPU slabs':>9}{'memory':>11}{'time':>10}",
     ]
