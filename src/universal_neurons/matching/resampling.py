@@ -272,12 +272,14 @@ def rotated_correlation(
     """``[n_x, layers * d_mlp]`` float64: correlation of each x neuron with the rotated partner
     directions ``ỹ_l = Q_l y_l`` (SPEC "Random-rotation baseline"), from the cross-covariance
     ``[n_x, layers * d_mlp]``, x's variances ``[n_x]``, the partner's within-layer covariance
-    ``within [layers, d_mlp, d_mlp]`` and ``matrices [layers, d_mlp, d_mlp]``."""
-    d_mlp = matrices.shape[1]
+    ``within [layers, d_mlp, d_mlp]`` and ``matrices [layers, d_mlp, d_mlp]`` (host arrays or
+    memory maps, copied one layer at a time to ``covariance``'s device, where it computes)."""
+    device, d_mlp = covariance.device, matrices.shape[1]
     parts = []
     sx = torch.where(var_x > dead_variance, var_x.sqrt(), torch.nan)
-    for layer, matrix in enumerate(torch.as_tensor(np.asarray(matrices, dtype=np.float64))):
-        sigma = torch.as_tensor(np.asarray(within[layer], dtype=np.float64))
+    for layer in range(matrices.shape[0]):
+        matrix = torch.as_tensor(np.asarray(matrices[layer], dtype=np.float64)).to(device)
+        sigma = torch.as_tensor(np.asarray(within[layer], dtype=np.float64)).to(device)
         var_rotated = ((matrix @ sigma) * matrix).sum(dim=1)
         sy = torch.where(var_rotated > dead_variance, var_rotated.clamp_min(0).sqrt(), torch.nan)
         cov = covariance[:, layer * d_mlp : (layer + 1) * d_mlp].to(torch.float64) @ matrix.T

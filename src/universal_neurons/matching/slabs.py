@@ -48,6 +48,7 @@ from universal_neurons.matching.resampling import (
     BlockTotals,
     CandidateSums,
     block_bounds,
+    rotated_correlation,
     rotated_key,
     top_candidates,
 )
@@ -223,31 +224,6 @@ def on_device(array, device: torch.device | str, dtype=torch.float64) -> torch.T
     )
 
 
-def device_rotated_correlation(
-    covariance: torch.Tensor,
-    var_x: torch.Tensor,
-    within: np.ndarray,
-    matrices: np.ndarray,
-    dead_variance: float = 0.0,
-) -> torch.Tensor:
-    """``resampling.rotated_correlation`` on ``covariance``'s device: ``[n_x, layers *
-    d_mlp]`` float64 correlations of x with the partner's rotated directions, from the
-    cross-covariance ``[n_x, layers * d_mlp]``, x's variances ``[n_x]``, the partner's
-    ``within [layers, d_mlp, d_mlp]`` and ``matrices [layers, d_mlp, d_mlp]`` (host arrays or
-    memory maps, copied one layer at a time); the same operations, so the same values."""
-    device, d_mlp = covariance.device, matrices.shape[1]
-    sx = torch.where(var_x > dead_variance, var_x.sqrt(), torch.nan)
-    parts = []
-    for layer in range(matrices.shape[0]):
-        matrix = on_device(matrices[layer], device)
-        sigma = on_device(within[layer], device)
-        var_rotated = ((matrix @ sigma) * matrix).sum(dim=1)
-        sy = torch.where(var_rotated > dead_variance, var_rotated.clamp_min(0).sqrt(), torch.nan)
-        cov = covariance[:, layer * d_mlp : (layer + 1) * d_mlp].to(torch.float64) @ matrix.T
-        parts.append(cov / sx[:, None] / sy[None, :])
-    return torch.cat(parts, dim=1)
-
-
 def device_side_candidates(
     link: tuple[str, str], pair, inputs: CandidateInputs
 ) -> dict[tuple[str, str], torch.Tensor]:
@@ -259,7 +235,7 @@ def device_side_candidates(
     links = {(model, partner): top_candidates(pair.correlation(dead), inputs.k).cpu()}
     within, rotations = inputs.within[partner], inputs.rotations[partner]
     for draw, matrices in enumerate(rotations):
-        rotated = device_rotated_correlation(covariance, var_x, within, matrices, dead)
+        rotated = rotated_correlation(covariance, var_x, within, matrices, dead)
         links[(model, rotated_key(partner, draw))] = top_candidates(rotated, inputs.k).cpu()
     return links
 
