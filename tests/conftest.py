@@ -190,9 +190,15 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-LONGEST_MODULES = ("test_scale_gpt2_small.py", "test_preset_pipeline.py")
-"""The modules that take longest on 2 cores (GPT-2 width: about 8 minutes; a preset's whole
-pipeline through ``dvc repro``: about 4), started first."""
+LONGEST_MODULES = (
+    "test_scale_gpt2_small.py",
+    "test_pipeline_dvc.py",
+    "test_tracking_pipeline.py",
+    "test_determinism.py",
+    "test_preset_pipeline.py",
+)
+"""The modules that take longest on 2 cores, longest first (``pytest --durations=60``: the
+GPT-2-width pair, then the pipelines run through real ``dvc repro``/``dvc exp run``)."""
 
 
 def _start_order(item: pytest.Item) -> tuple[int, int]:
