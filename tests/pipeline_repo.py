@@ -10,6 +10,7 @@ from the caller.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -144,3 +145,60 @@ def make_pipeline_repo(dest: Path, params: dict, *, commit: bool = True) -> Path
         run(dest, "git", "add", "-A")
         run(dest, "git", "commit", "-q", "-m", "tiny pipeline")
     return dest
+
+
+def copy_pipeline_repo(source: Path, dest: Path) -> Path:
+    """An independent copy of a pipeline repository ``source`` at ``dest``: git history, DVC
+    cache and workspace outputs as plain files (DVC's hard links into the cache become
+    copies, so a change in one never reaches the other); DVC rehashes them on first use."""
+    dvc_dir = Path(source) / ".dvc"
+
+    def _dvc_state(directory: str, names: list[str]) -> list[str]:
+        # DVC's locks and hash database describe the source's files (inodes), not the copy's
+        return ["tmp"] if Path(directory) == dvc_dir else []
+
+    shutil.copytree(source, dest, symlinks=False, ignore=_dvc_state)
+    return Path(dest)
+
+
+def shared_pipeline_params() -> dict:
+    """The tiny pipeline that test_pipeline_dvc, test_determinism and test_tracking_pipeline
+    share (``reproduced_tiny``): ``tiny_pipeline_params`` with one checkpoint, so that the
+    emergence stages measure a checkpoint too."""
+    return tiny_pipeline_params(train={"checkpoint_tokens": [10_000]})
+
+
+def reproduced_tiny(tmp_path_factory) -> Path:
+    """The shared tiny pipeline after its one ``dvc repro`` from scratch (``reproduced_once``:
+    made once per session; copy it before changing anything)."""
+    return reproduced_once(tmp_path_factory, "tiny", shared_pipeline_params())
+
+
+def session_root(tmp_path_factory) -> Path:
+    """A folder this test session shares across its pytest-xdist workers (their base
+    temporary folders' parent, ``pytest-N/``), or the session's own base folder without
+    xdist. Never shared with another session."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def reproduced_once(tmp_path_factory, name: str, params: dict) -> Path:
+    """A pipeline repository with ``params`` after one real ``dvc repro`` from scratch (then
+    committed), made once per test session under a file lock, whichever module or worker asks
+    first; later callers get the same folder. Copy it (``copy_pipeline_repo``) before
+    changing anything in it."""
+    from filelock import FileLock
+
+    root = session_root(tmp_path_factory) / f"reproduced-{name}"
+    with FileLock(f"{root}.lock"):
+        repo = root / "repo"
+        if not (root / "done").is_file():
+            shutil.rmtree(root, ignore_errors=True)  # an earlier attempt that failed
+            make_pipeline_repo(repo, params)
+            run(repo, "dvc", "repro")
+            run(repo, "git", "add", "-A")
+            run(repo, "git", "commit", "-q", "-m", "reproduce the pipeline")
+            (root / "done").write_text(json.dumps(params))
+        elif json.loads((root / "done").read_text()) != params:
+            raise AssertionError(f"reproduced_once({name!r}) asked with other parameters")
+    return repo

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pipeline_repo import make_pipeline_repo, run, tiny_pipeline_params
+from pipeline_repo import copy_pipeline_repo, make_pipeline_repo, run, tiny_pipeline_params
 
 from universal_neurons.config import params_from_dict
 
@@ -44,15 +44,21 @@ def _set_param(repo: Path, section: str, key: str, value) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture
-def trained_repo(tmp_path) -> Path:
-    """A repository where `dvc repro train` ran and everything is committed."""
+@pytest.fixture(scope="module")
+def trained_template(tmp_path_factory) -> Path:
+    """A repository where `dvc repro train` ran and everything is committed (made once)."""
     every_key = params_from_dict(tiny_pipeline_params()).model_dump(mode="json")  # DVC needs each
-    repo = make_pipeline_repo(tmp_path / "repo", every_key)
+    repo = make_pipeline_repo(tmp_path_factory.mktemp("trained") / "repo", every_key)
     run(repo, "dvc", "repro", "train")
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-q", "-m", "trained")
     return repo
+
+
+@pytest.fixture
+def trained_repo(trained_template, tmp_path) -> Path:
+    """Each test's own copy of the trained repository (git, DVC cache and outputs)."""
+    return copy_pipeline_repo(trained_template, tmp_path / "repo")
 
 
 def test_a_bad_parameter_is_refused_before_dvc_removes_any_output(trained_repo):

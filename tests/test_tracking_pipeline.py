@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import make_pipeline_repo, pipeline_env, run, tiny_pipeline_params
+from pipeline_repo import copy_pipeline_repo, pipeline_env, reproduced_tiny, run
 
 from universal_neurons.outputs.tracking_ui import column_id, headline_metrics
 from universal_neurons.pipeline.tools.exps import DETAIL_COLUMNS
@@ -139,21 +140,33 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory, mlflow_server):
-    """A copy of the project with tiny params, reproduced once with MLflow logging to the
-    server, and committed (dvc.lock, metrics, tracking/run.json) as a researcher would."""
-    repo = make_pipeline_repo(tmp_path_factory.mktemp("pipeline") / "repo", tiny_pipeline_params())
+    """A copy of the shared tiny pipeline (``reproduced_tiny``: one `dvc repro` from scratch,
+    committed, logged to the default store at its root), whose log stage `dvc repro` then
+    runs again with MLflow logging to the server; committed (dvc.lock, tracking/run.json) as
+    a researcher would."""
+    shared = reproduced_tiny(tmp_path_factory)
+    repo = copy_pipeline_repo(shared, tmp_path_factory.mktemp("pipeline") / "repo")
+    (repo / "mlruns.db").unlink()  # the copy's default store starts empty (test_exp_runs_...)
+    shutil.rmtree(repo / "mlartifacts", ignore_errors=True)
     commit = run(repo, "git", "rev-parse", "HEAD").stdout.strip()
     env = pipeline_env(repo, MLFLOW_TRACKING_URI=mlflow_server)
-    run(repo, "dvc", "repro", env=env)
+    run(repo, "dvc", "repro", "--force", "--single-item", "log", env=env)
     run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-q", "-m", "reproduce the tiny pipeline")
-    return {"repo": repo, "commit": commit, "uri": mlflow_server}
+    run(repo, "git", "commit", "-q", "-m", "log the tiny pipeline to the team's server")
+    return {"repo": repo, "commit": commit, "uri": mlflow_server, "shared": shared}
 
 
 def test_repro_logs_one_run_over_http(tiny_repo):
     from mlflow.tracking import MlflowClient
 
     repo, uri = tiny_repo["repo"], tiny_repo["uri"]
+    # the whole `dvc repro` from scratch logged exactly one run (to the default store)
+    default_store = MlflowClient(f"sqlite:///{tiny_repo['shared'] / 'mlruns.db'}")
+    first = default_store.get_experiment_by_name("universal-neurons")
+    shared_record = json.loads((tiny_repo["shared"] / "tracking" / "run.json").read_text())
+    assert [r.info.run_id for r in default_store.search_runs([first.experiment_id])] == [
+        shared_record["run_id"]
+    ]
     record = json.loads((repo / "tracking" / "run.json").read_text())
     assert record["tracking_uri"] == uri
     client = MlflowClient(uri)
