@@ -31,7 +31,10 @@ D = SHAPE.d_mlp
 PARAMS = {
     "model": SHAPE.model_dump(),
     "train": {"seeds": [1, 2]},
-    "analysis": {"max_sequences": 64, "batch_size": 8},  # 64 x 32 = 2,048 tokens
+    # 16 x 32 = 512 tokens in two batches: a unit's memory is set by the neurons (its
+    # [3,072 x 36,864] accumulator) and the batch, not by how many batches pass, while the
+    # products' time grows with the tokens
+    "analysis": {"max_sequences": 16, "batch_size": 8},
     "correlate": {"neuron_block": D},  # one layer per unit: ~2.3 GB of accumulator + product
     "baseline": {"samples": 1},
 }
