@@ -19,12 +19,15 @@ from universal_neurons.errors import UserError
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 
-OUTPUT_COLUMNS = r"^(data|models|report|results|metrics|tracking)(/|$)"
-"""The columns `dvc exp show` adds for data dependencies (paths of stage outputs)."""
+OUTPUT_COLUMNS = r"^(data|models|report|results|metrics|tracking)(/[^:]*)?$"
+"""The columns `dvc exp show` adds for data dependencies (paths of stage outputs). Not a
+metric that DVC names with its file (``metrics/universality.json:mean_percent_universal``,
+when another metrics file has the same key)."""
 DETAIL_COLUMNS = (
     r"^(mean_percent_mutual_all|mean_percent_one_to_one_universal|universal_also_one_to_one"
     r"|available|roles_.*|median_delta_loss_.*|fraction_exceeding_controls"
-    r"|mean_partner_effect_corr|(seed\d+\.)?(mean_)?percent_universal_(lo|hi))$"
+    r"|mean_partner_effect_corr|(seed\d+\.)?(mean_)?percent_universal_(lo|hi)"
+    r"|metrics/one_to_one\.json:.*)$"
 )
 """The headline keys of the one-to-one, effects and uncertainty stages: in `dvc exp show`,
 `dvc metrics show` and MLflow, left out of this compact comparison (it fits 200 columns)."""
