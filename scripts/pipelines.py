@@ -19,7 +19,6 @@ tests/test_wiring.py checks the result against the declarations too.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages import all_stages  # noqa: E402
 from universal_neurons.pipeline.layout import Layout  # noqa: E402
-from universal_neurons.pipeline.wiring import code_closure, made_by, relative  # noqa: E402
+from universal_neurons.pipeline.wiring import code_deps, made_by  # noqa: E402
 
 PRESET_STAGES = (
     "validate",
@@ -176,19 +175,6 @@ def produced(by_name: dict) -> set[str]:
     return {str(out.path) for stage in stages for out in stage.declared_outputs(Layout())}
 
 
-@functools.cache
-def _stage_code(stage_file: Path, src: Path) -> frozenset[Path]:
-    """``wiring.code_closure`` of a stage file, parsed once for every preset."""
-    return frozenset(path.resolve() for path in code_closure(stage_file, src))
-
-
-def _code_deps(name: str, base: Path) -> list[str]:
-    """The stage ``name``'s code deps relative to ``base`` (as ``wiring.code_deps``)."""
-    return sorted(
-        relative(path, base) for path in _stage_code(ROOT / "stages" / f"{name}.py", ROOT / "src")
-    )
-
-
 def _preset_entry(name: str, written: dict | None, stage, base: Path, made: set[str]) -> dict:
     """The preset's entry of stage ``name`` (``written``: its ``dvc.yaml`` entry, if any;
     ``made``: what the preset's stages write: a dep on anything else is left out)."""
@@ -203,7 +189,11 @@ def _preset_entry(name: str, written: dict | None, stage, base: Path, made: set[
     if written is None:
         data = [str(p) for p in stage.declared_inputs(Layout())]
     body["cmd"] = stage.command_line("../../stages")
-    body["deps"] = data + EXTRA_DEPS.get(name, []) + _code_deps(name, base)
+    body["deps"] = (
+        data
+        + EXTRA_DEPS.get(name, [])
+        + code_deps(ROOT / "stages" / f"{name}.py", ROOT / "src", base)
+    )
     params = list(body.get("params") or stage.params)
     body["params"] = params + [p for p in stage.scale_params if p not in params]
     if written is None:

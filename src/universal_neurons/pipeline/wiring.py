@@ -16,6 +16,7 @@ Nothing here imports a stage file: the caller passes the declarations in
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -80,6 +81,14 @@ def _package_of(path: Path, src: Path) -> str:
 def imported_modules(path: Path, src: Path) -> set[str]:
     """The package's modules that the file ``path`` imports (``from a import b``: ``a.b`` when
     that is a module, else ``a``)."""
+    stamp = path.stat()
+    return set(_parsed_imports(path, src, stamp.st_mtime_ns, stamp.st_size))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_imports(path: Path, src: Path, mtime_ns: int, size: int) -> frozenset[str]:
+    """``imported_modules`` of one version of a file (its modification time and size are part
+    of the key): each file is parsed once, however many stages and pipelines reach it."""
     package = _package_of(path, src)
     found = set()
     for node in _import_statements(ast.parse(path.read_text(encoding="utf-8"))):
@@ -93,7 +102,7 @@ def imported_modules(path: Path, src: Path) -> set[str]:
         for alias in node.names:
             sub = f"{base}.{alias.name}"
             found.add(sub if module_file(src, sub) is not None else base)
-    return found
+    return frozenset(found)
 
 
 def code_closure(path: Path, src: Path) -> set[Path]:
