@@ -24,10 +24,9 @@ from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.matching.emergence import (
     MEASURE_COLUMNS,
     GroupMeasures,
-    group_measures,
+    configured_group_measures,
     heldout_losses,
 )
-from universal_neurons.matching.pairs import resolve_products
 from universal_neurons.models.loading import (
     check_device,
     check_fits_tokens,
@@ -85,19 +84,10 @@ def _load_group(params: Params, layout: Layout, below: str, tokens: np.ndarray) 
 def measure_point(params: Params, layout: Layout, below: str, analysis_set) -> GroupMeasures:
     """Correlations and baselines of the group at one point, on ``(tokens, excluded ids)``."""
     measured = analysis_params(params)
-    cfg = measured.analysis
-    tokens, excluded = analysis_set
-    models = _load_group(measured, layout, below, tokens)
-    return group_measures(
-        models,
-        {model_name(seed): seed for seed in params.train.seeds},
-        tokens,
-        excluded,
-        cfg.batch_size,
-        resolve_products(params.correlate.products, cfg.device),
-        cfg.device,
-        params.baseline,
-        params.correlate.dead_variance,
+    models = _load_group(measured, layout, below, analysis_set[0])
+    partner_ids = {model_name(seed): seed for seed in params.train.seeds}
+    return configured_group_measures(
+        models, partner_ids, analysis_set, measured.analysis, params.correlate, params.baseline
     )
 
 

@@ -27,8 +27,7 @@ from universal_neurons.description.statistics import (
 )
 from universal_neurons.io import atomic_outputs
 from universal_neurons.matching.activations import load_analysis_set
-from universal_neurons.matching.emergence import GroupMeasures, group_measures
-from universal_neurons.matching.pairs import resolve_products
+from universal_neurons.matching.emergence import GroupMeasures, configured_group_measures
 from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model
 from universal_neurons.models.loading import check_device, load_model, processed_weights
 from universal_neurons.pipeline.command import Out, Stage
@@ -76,17 +75,9 @@ def measure_null(params: Params, layout: Layout, models: dict) -> GroupMeasures:
     """Correlations, baselines and moments of the null group over its analysis sequences."""
     cfg = null_params(params).analysis
     tokens, excluded, _ = load_analysis_set(layout.tokens, cfg)
-    return group_measures(
-        models,
-        {model_name(seed): seed for seed in params.train.seeds},
-        tokens,
-        excluded,
-        cfg.batch_size,
-        resolve_products(params.correlate.products, cfg.device),
-        cfg.device,
-        params.baseline,
-        params.correlate.dead_variance,
-        progress=True,
+    partner_ids = {model_name(seed): seed for seed in params.train.seeds}
+    return configured_group_measures(
+        models, partner_ids, (tokens, excluded), cfg, params.correlate, params.baseline, True
     )
 
 

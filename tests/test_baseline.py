@@ -1,5 +1,7 @@
 """The analytic baseline equals correlating with explicitly rotated activations; Haar matrices."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,54 @@ def test_gaussian_rows_have_unit_norm_and_are_not_orthogonal():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="baseline.kind"):
         mixing_matrices("identity", 1, 4, 0, 0, 0)
+
+
+def test_block_units_compute_each_partner_layers_variance_once_and_reread_a_rewritten_file(
+    tmp_path, monkeypatch
+):
+    """correlate's units at scale (``maxima.reduce_block``): the forward baseline of each
+    block of ``a``'s layers equals explicitly rotated activations; ``diag(M Σ Mᵀ)`` of a
+    partner layer is computed once per process for all the blocks, not once per block; and a
+    within-layer covariance file written again is read again, not served from memory."""
+    from universal_neurons.matching import maxima
+    from universal_neurons.matching.maxima import BaselineDraws, reduce_block
+
+    _, x = _activations(seed=3)  # model a: two layers of D, like b
+    _, y = _activations(seed=4)
+    paths = {"a": tmp_path / "a.npy", "b": tmp_path / "b.npy"}
+    np.save(paths["a"], _within(x))
+    np.save(paths["b"], _within(y))
+    draws = BaselineDraws(
+        "rotation", 2, 11, {"a": 1, "b": 2}, {m: str(p) for m, p in paths.items()}, ""
+    )
+    calls = []
+    original = maxima.mixed_variance
+    monkeypatch.setattr(maxima, "mixed_variance", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(maxima, "_MIXED_VARIANCES", {})
+
+    def unit(layer):
+        rows = (layer * D, (layer + 1) * D)
+        return reduce_block(_cross(x[:, rows[0] : rows[1]], y), ("a", "b"), rows, D, draws)
+
+    blocks = [unit(layer) for layer in range(N_LAYERS)]
+    # per draw: b's two layers once (forward), each block's own layer once (backward)
+    assert len(calls) == 2 * (N_LAYERS + N_LAYERS)
+    for layer, block in enumerate(blocks):
+        for sample in range(2):
+            matrices = mixing_matrices("rotation", N_LAYERS, D, 11, 2, sample)
+            values, _ = _explicit(x[:, layer * D : (layer + 1) * D], y, matrices)
+            got = block.tensors["forward_baseline"][sample].numpy()
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(values))
+            live = ~np.isnan(values)
+            assert np.abs(got[live] - values[live]).max() <= 1e-6
+
+    # b's activations doubled on disk only: its mixed directions' spread doubles, every
+    # forward baseline halves (exactly: a power of two)
+    np.save(paths["b"], 4 * _within(y))
+    stat = paths["b"].stat()
+    os.utime(paths["b"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    again = unit(0)
+    assert len(calls) == 2 * (N_LAYERS + N_LAYERS) + 2 * N_LAYERS
+    np.testing.assert_array_equal(
+        again.tensors["forward_baseline"].numpy(), blocks[0].tensors["forward_baseline"] / 2
+    )

@@ -67,9 +67,18 @@ def mixing_matrices(
     )
 
 
-LayerTerms = Iterable[tuple[torch.Tensor, object, object]]
-"""Per partner layer: ``(covariance [n_x, d_mlp], within-layer covariance [d_mlp, d_mlp],
-mixing matrix [d_mlp, d_mlp])``; the last two as tensors or arrays."""
+LayerTerms = Iterable[tuple[torch.Tensor, object, torch.Tensor]]
+"""Per partner layer: ``(covariance [n_x, d_mlp], mixing matrix M [d_mlp, d_mlp] (tensor or
+array), mixed variance [d_mlp] float64)``, the last ``mixed_variance`` of that layer: it
+depends on the partner's layer and draw only, so a caller may compute it once for many x."""
+
+
+def mixed_variance(matrix, within, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[d_mlp]`` float64 on ``device``: ``diag(M Σ Mᵀ)``, the population variance of every
+    mixed direction ``M y`` of a layer with within-layer covariance ``within`` = Σ
+    (``[d_mlp, d_mlp]``; tensors or arrays, ``matrix`` = M)."""
+    m, sigma = _float64(matrix, device), _float64(within, device)
+    return ((m @ sigma) * m).sum(dim=1)
 
 
 @torch.no_grad()
@@ -89,11 +98,10 @@ def mixed_layer_maxima(
     would give). Everything in float64.
     """
     best, where, offset = None, None, 0
-    for covariance, within, matrix in layers:
+    for covariance, matrix, var_mixed in layers:
         device = covariance.device
-        m, sigma = _float64(matrix, device), _float64(within, device)
+        m = _float64(matrix, device)
         sx = torch.where(var_x > dead_variance, var_x.sqrt(), torch.nan).to(device)
-        var_mixed = ((m @ sigma) * m).sum(dim=1)  # diag(M Σ Mᵀ)
         sy = torch.where(var_mixed > dead_variance, var_mixed.clamp_min(0).sqrt(), torch.nan)
         step = rows or covariance.shape[0]
         parts = [
@@ -148,9 +156,13 @@ def mixed_max_correlation(
     partner's within-layer covariance; ``matrices [n_layers, d_mlp, d_mlp]``. The argmax
     indexes the mixed directions (``layer * d_mlp + j``). Everything in float64.
     """
-    d_mlp = matrices.shape[1]
+    d_mlp, device = matrices.shape[1], covariance.device
     layers = (
-        (covariance[:, layer * d_mlp : (layer + 1) * d_mlp], within_cov[layer], matrices[layer])
+        (
+            covariance[:, layer * d_mlp : (layer + 1) * d_mlp],
+            matrices[layer],
+            mixed_variance(matrices[layer], within_cov[layer], device),
+        )
         for layer in range(matrices.shape[0])
     )
     return mixed_layer_maxima(layers, var_x, dead_variance)

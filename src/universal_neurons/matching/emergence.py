@@ -1,9 +1,10 @@
 """Universality across training: the universality test of a group, run in memory on any
 set of models (the training checkpoints of the seed group, or its final models).
 
-``group_universality`` calls exactly the functions the collect, correlate, baseline and
+``group_measures`` calls exactly the functions the collect, correlate, baseline and
 universality stages call, in the same order, without files in between: given the final
-models and the stages' analysis set it gives the universality stage's numbers.
+models and the stages' analysis set it gives the universality stage's numbers (at a
+threshold: ``GroupMeasures.at_threshold``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import pandas as pd
 import torch
 from transformers import GPT2LMHeadModel
 
-from universal_neurons.config import BaselineConfig
+from universal_neurons.config import AnalysisConfig, BaselineConfig, CorrelateConfig
 from universal_neurons.matching.baseline import group_baselines
 from universal_neurons.matching.collect import collect_model, moments_table
-from universal_neurons.matching.pairs import correlate_group, pair_maxima
+from universal_neurons.matching.pairs import correlate_group, pair_maxima, resolve_products
 from universal_neurons.matching.universality import (
     mean_percent_universal,
     median_over_live,
@@ -124,33 +125,31 @@ def group_measures(
     return GroupMeasures(tables, stats.n_layers, stats.kept_positions, moments)
 
 
-def group_universality(
+def configured_group_measures(
     models: dict[str, object],
     partner_ids: dict[str, int],
-    tokens: np.ndarray,
-    excluded_ids: np.ndarray,
-    batch_size: int,
-    products: str,
-    device: str,
+    analysis_set: tuple[np.ndarray, np.ndarray],
+    analysis: AnalysisConfig,
+    correlate: CorrelateConfig,
     baseline: BaselineConfig,
-    dead_variance: float,
-    threshold: float,
     progress: bool = False,
-) -> GroupUniversality:
-    """``group_measures`` of ``models`` at the universality threshold ``threshold``."""
-    measures = group_measures(
+) -> GroupMeasures:
+    """``group_measures`` with the pipeline's settings, as the collect, correlate and baseline
+    stages take them: ``analysis_set``: ``(tokens [sequences, pos], excluded ids)``;
+    ``analysis``: batch size and device; ``correlate``: products and dead variance."""
+    tokens, excluded_ids = analysis_set
+    return group_measures(
         models,
         partner_ids,
         tokens,
         excluded_ids,
-        batch_size,
-        products,
-        device,
+        analysis.batch_size,
+        resolve_products(correlate.products, analysis.device),
+        analysis.device,
         baseline,
-        dead_variance,
+        correlate.dead_variance,
         progress,
     )
-    return measures.at_threshold(threshold)
 
 
 def heldout_losses(model_dirs: Mapping[str, Path], heldout: np.ndarray, device: str) -> dict:

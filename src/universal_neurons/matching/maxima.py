@@ -28,7 +28,12 @@ import pandas as pd
 import torch
 
 from universal_neurons.errors import UserError
-from universal_neurons.matching.baseline import baseline_frame, mixed_layer_maxima, mixing_matrix
+from universal_neurons.matching.baseline import (
+    baseline_frame,
+    mixed_layer_maxima,
+    mixed_variance,
+    mixing_matrix,
+)
 from universal_neurons.matching.correlation import CrossMoments, MaxCorrelation, row_maxima
 
 
@@ -70,6 +75,34 @@ class BaselineDraws:
             np.save(handle, matrix)
         os.replace(temp, path)
         return matrix
+
+    def mixed_variance(
+        self, model: str, sample: int, layer: int, d_mlp: int, device
+    ) -> torch.Tensor:
+        """``[d_mlp]`` float64 ``baseline.mixed_variance`` of ``model``'s ``layer`` (as the
+        partner) in draw ``sample``, on ``device``. It depends on the partner layer only, not
+        on the block, so a process computes it once (``_MIXED_VARIANCES``) for all the units
+        it runs: before, every unit repeated one ``d_mlp³`` product per partner layer."""
+        within = Path(self.within[model])
+        version = within.stat()
+        key = (self.kind, self.seed, self.partner_ids[model], sample, layer, d_mlp)
+        key += (str(within), version.st_mtime_ns, version.st_size, str(device))
+        if key not in _MIXED_VARIANCES:
+            if len(_MIXED_VARIANCES) >= MIXED_VARIANCES_KEPT:
+                _MIXED_VARIANCES.clear()
+            matrix = self.matrix(model, sample, layer, d_mlp)
+            _MIXED_VARIANCES[key] = mixed_variance(matrix, self.within_layer(model, layer), device)
+        return _MIXED_VARIANCES[key]
+
+
+MIXED_VARIANCES_KEPT = 4096
+"""How many partner layers' mixed variances a process keeps (``[d_mlp]`` float64 each: 100 MB
+at GPT-2 width)."""
+
+_MIXED_VARIANCES: dict[tuple, torch.Tensor] = {}
+"""``BaselineDraws.mixed_variance``'s results in this process, keyed by the draw, the partner
+layer and the path, modification time and size of its within-layer covariance file (a
+rewritten file is read again)."""
 
 
 @dataclass(frozen=True)
@@ -132,15 +165,20 @@ def reduce_block(
     n_b = stats.shape[1] // d_mlp
     a_layers = range(r0 // d_mlp, r1 // d_mlp)
 
+    device = stats.cxy.device
+
+    def terms(model, sample, layer, cov):  # ``baseline.LayerTerms`` of one partner layer
+        matrix = draws.matrix(model, sample, layer, d_mlp)
+        return cov, matrix, draws.mixed_variance(model, sample, layer, d_mlp, device)
+
     def forward_layers(sample):
         for layer in range(n_b):
-            cov = stats.cxy[:, layer * d_mlp : (layer + 1) * d_mlp]
-            yield cov, draws.within_layer(b, layer), draws.matrix(b, sample, layer, d_mlp)
+            yield terms(b, sample, layer, stats.cxy[:, layer * d_mlp : (layer + 1) * d_mlp])
 
     def backward_layers(sample):  # one of the block's layers against all of b: [N, d_mlp]
         for layer in a_layers:
             cov = stats.cxy[layer * d_mlp - r0 : (layer + 1) * d_mlp - r0].T
-            yield cov, draws.within_layer(a, layer), draws.matrix(a, sample, layer, d_mlp)
+            yield terms(a, sample, layer, cov)
 
     def baselines(layers, var):  # [samples, n]: per draw, the max over the mixed directions
         # ``chunk`` rows of a layer at a time, the sums divided by ``count`` chunk by chunk: a

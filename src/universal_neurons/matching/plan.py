@@ -240,6 +240,12 @@ def work_plan(params: Params, shape: GroupShape) -> WorkPlan:
     )
 
 
+def cuda_memory(device: str) -> tuple[int, str]:
+    """``(bytes, what)``: the total memory of the CUDA ``device`` (e.g. ``"cuda:0"``)."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    return total, f"the GPU's {total / GIB:.1f} GiB"
+
+
 def _device_limit(params: Params) -> tuple[int, str]:
     """What one unit may use before ``UNIVERSAL_NEURONS_MEMORY_GB``: ``correlate.slurm.mem_gb``
     for Slurm, the local GPU's memory on CUDA, else what this process may use
@@ -251,8 +257,7 @@ def _device_limit(params: Params) -> tuple[int, str]:
     if params.analysis.device.startswith("cuda"):
         if not torch.cuda.is_available():
             return 0, "the CUDA device's memory (no GPU here to check against)"
-        total = torch.cuda.get_device_properties(params.analysis.device).total_memory
-        return total, f"the GPU's {total / GIB:.1f} GiB"
+        return cuda_memory(params.analysis.device)
     workers = corr.workers if corr.executor == "local" else 1
     free, source = process_memory_limit()
     if source == "the available memory":

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from universal_neurons.errors import UserError
-from universal_neurons.matching.baseline import mixing_matrices
+from universal_neurons.matching.baseline import mixed_variance, mixing_matrices
 
 RELATIVE_DEAD = 1e-12
 """A resample's variance below this fraction of the column's mean square is zero (rounding of
@@ -279,8 +279,7 @@ def rotated_correlation(
     sx = torch.where(var_x > dead_variance, var_x.sqrt(), torch.nan)
     for layer in range(matrices.shape[0]):
         matrix = torch.as_tensor(np.asarray(matrices[layer], dtype=np.float64)).to(device)
-        sigma = torch.as_tensor(np.asarray(within[layer], dtype=np.float64)).to(device)
-        var_rotated = ((matrix @ sigma) * matrix).sum(dim=1)
+        var_rotated = mixed_variance(matrix, within[layer], device)
         sy = torch.where(var_rotated > dead_variance, var_rotated.clamp_min(0).sqrt(), torch.nan)
         cov = covariance[:, layer * d_mlp : (layer + 1) * d_mlp].to(torch.float64) @ matrix.T
         parts.append(cov / sx[:, None] / sy[None, :])

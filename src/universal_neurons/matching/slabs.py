@@ -44,17 +44,16 @@ from universal_neurons.errors import MissingInputError, UserError
 from universal_neurons.matching.baseline import mixing_matrix
 from universal_neurons.matching.block_products import batch_values, rotated_columns, rotated_cross
 from universal_neurons.matching.correlation import _product as batch_product
+from universal_neurons.matching.plan import cuda_memory
 from universal_neurons.matching.resampling import (
     BlockTotals,
     CandidateSums,
     block_bounds,
-    rotated_correlation,
     rotated_key,
-    top_candidates,
+    side_candidates,
 )
 from universal_neurons.matching.units import PassSettings, Unit, correlate_pass
 from universal_neurons.resources import (
-    GIB,
     MemoryLimitError,
     configured_memory_limit,
     format_bytes,
@@ -127,10 +126,8 @@ def device_memory_limit(device: str) -> tuple[int, str]:
     ``UNIVERSAL_NEURONS_MEMORY_GB`` when it is set (as ``matching.plan.memory_limit``)."""
     if torch.device(device).type != "cuda":
         return memory_limit()
-    total = torch.cuda.get_device_properties(device).total_memory
-    limits = [(total, f"the GPU's {total / GIB:.1f} GiB")]
     configured = configured_memory_limit()
-    return min(limits + ([configured] if configured else []))
+    return min([cuda_memory(device)] + ([configured] if configured else []))
 
 
 def slab_layers(
@@ -231,13 +228,10 @@ def device_side_candidates(
     of ``pair`` (the ``CrossMoments [B, N]``): ``{(x, target): candidates [B, k]}`` int64 on
     the host, the partner's ``k`` best neurons and per draw rotated directions."""
     (model, partner), dead = link, inputs.dead_variance
-    covariance, var_x = pair.covariance(), pair.var_x()
-    links = {(model, partner): top_candidates(pair.correlation(dead), inputs.k).cpu()}
+    statistics = (pair.covariance(), pair.correlation(dead), pair.var_x())
     within, rotations = inputs.within[partner], inputs.rotations[partner]
-    for draw, matrices in enumerate(rotations):
-        rotated = rotated_correlation(covariance, var_x, within, matrices, dead)
-        links[(model, rotated_key(partner, draw))] = top_candidates(rotated, inputs.k).cpu()
-    return links
+    links = side_candidates(model, partner, statistics, within, rotations, inputs.k, dead)
+    return {key: candidates.cpu() for key, candidates in links.items()}
 
 
 def slab_candidates(
