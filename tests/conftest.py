@@ -18,6 +18,25 @@ from universal_neurons.pipeline.layout import Layout
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _threads_per_worker() -> None:
+    """Under pytest-xdist, each worker and every process it starts (the stages ``dvc repro``
+    runs) computes with its share of the cores: on 2 cores 2 workers of 2 OpenMP threads each
+    would oversubscribe them, and idle OpenMP threads spin. Set where nothing says otherwise;
+    ``python -m pytest -n 0`` keeps torch's default."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_threads_per_worker()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -192,6 +211,7 @@ def git(cwd: Path, *args: str) -> str:
 
 LONGEST_MODULES = (
     "test_scale_gpt2_small.py",
+    "test_real_width_preset.py",
     "test_pipeline_dvc.py",
     "test_tracking_pipeline.py",
     "test_determinism.py",

@@ -147,6 +147,21 @@ def make_pipeline_repo(dest: Path, params: dict, *, commit: bool = True) -> Path
     return dest
 
 
+def make_preset_repo(dest: Path, preset: str, params: dict) -> tuple[Path, Path]:
+    """A copy of the project at ``dest`` whose generated pipeline of ``preset`` is switched on
+    (``pipelines/<preset>/dvc.preset.yaml`` copied to ``dvc.yaml`` in its folder, as docs say)
+    with ``params`` as its params.yaml, committed: ``(repo, preset folder)``."""
+    from conftest import tiny_params_dict
+
+    repo = make_pipeline_repo(dest, tiny_params_dict(), commit=False)
+    folder = repo / "pipelines" / preset
+    shutil.copy(folder / "dvc.preset.yaml", folder / "dvc.yaml")
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "preset")
+    return repo, folder
+
+
 def copy_pipeline_repo(source: Path, dest: Path) -> Path:
     """An independent copy of a pipeline repository ``source`` at ``dest``: git history, DVC
     cache and workspace outputs as plain files (DVC's hard links into the cache become

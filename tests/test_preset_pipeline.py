@@ -10,10 +10,9 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 from conftest import tiny_params_dict
 from mlflow.tracking import MlflowClient
-from pipeline_repo import make_pipeline_repo, pipeline_env, run
+from pipeline_repo import make_preset_repo, pipeline_env, run
 from transformers import PreTrainedTokenizerFast
 
 
@@ -86,12 +85,7 @@ def test_a_preset_pipeline_runs_to_families_report_and_mlflow_run(
         correlate={"full_pairs_max_neurons": NEURONS // 2},
         uncertainty={"null_group": "none", "resamples": RESAMPLES},
     )
-    repo = make_pipeline_repo(tmp_path / "repo", tiny_params_dict(), commit=False)
-    folder = repo / "pipelines" / "gpt2-small"
-    shutil.copy(folder / "dvc.preset.yaml", folder / "dvc.yaml")
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-q", "-m", "preset")
+    repo, folder = make_preset_repo(tmp_path / "repo", "gpt2-small", params)
     env = pipeline_env(repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlruns.db'}")
     run(repo, "dvc", "repro", "pipelines/gpt2-small/dvc.yaml", env=env)
 
