@@ -50,7 +50,10 @@ def null_fractions(w_out: torch.Tensor, w_u: torch.Tensor, dims: int) -> np.ndar
     returns ``[layers, d_mlp]`` in [0, 1] (NaN for a neuron with zero output weights)."""
     w_u = w_u.double()
     centred = w_u - w_u.mean(dim=1, keepdim=True)
-    directions, _, _ = torch.linalg.svd(centred, full_matrices=True)  # singular values descending
+    # U [d_model, d_model] is all that is used: without the full V ([vocab, vocab]: 20 GB in
+    # float64 at GPT-2's vocabulary) unless the vocabulary is the smaller side
+    wide = centred.shape[1] >= centred.shape[0]
+    directions, _, _ = torch.linalg.svd(centred, full_matrices=not wide)  # descending
     null = directions[:, -min(dims, directions.shape[1]) :]  # [d_model, dims]
     w_out = w_out.double()
     inside = (w_out @ null).pow(2).sum(-1)
