@@ -40,6 +40,15 @@ _threads_per_worker()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Python source for "this process's own peak resident memory, in kB", for tests that measure a
+# stage in a child process. VmHWM belongs to the process's own address space; ru_maxrss does not:
+# after subprocess's vfork + exec it starts at the parent's peak (an xdist worker's 1.6 GB once
+# failed a 1 GB bound in CI).
+OWN_PEAK_RSS_KB = (
+    "next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:'))"
+)
+
+
 def command_argv(*args: str) -> list[str]:
     """The process a user starts for ``ARGS``: ``python -P stages/<name>.py ...`` when ARGS[0]
     names a stage (as ``dvc.yaml`` runs it), else ``python -m universal_neurons ARGS`` (a tool)."""

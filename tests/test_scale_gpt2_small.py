@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, tiny_params_dict
+from conftest import OWN_PEAK_RSS_KB, REPO_ROOT, tiny_params_dict
 from test_interrupt import _cli_env
 
 from universal_neurons.config import ModelConfig, params_from_dict
@@ -42,12 +42,12 @@ PARAMS = {
 
 # The stage runs as the command line does, in a process that reports its own peak RSS.
 MEASURED = (
-    "import resource, runpy, sys\n"
+    "import runpy, sys\n"
     "stage = sys.argv[1]\n"
     "sys.argv = [stage, *sys.argv[2:]]\n"
     "try:\n    runpy.run_path(stage, run_name='__main__')\n"
     "finally:\n"
-    "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    f"    rss = {OWN_PEAK_RSS_KB}\n"
     "    print(f'peak-rss-kb {rss}', file=sys.stderr)\n"
 )
 
