@@ -1,9 +1,13 @@
 """Stage emergence_points: the τ-independent part of universality at every training checkpoint.
 
 For each point (every ``train.checkpoint_tokens`` checkpoint and the end of training) the
-group is the models of every seed at that point; collect, correlate and baseline run on it in
-memory (``matching.emergence.group_measures``) over the first ``emergence.max_sequences``
-sequences of the analysis split. Writes ``data/emergence_points/``: ``tokens_{T}.parquet``
+group is the models of every seed at that point (trained, or fetched from a pretrained group's
+checkpoints: ``models.checkpoints``); collect, correlate and baseline run on it over the first
+``emergence.max_sequences`` sequences of the analysis split: in memory
+(``matching.emergence.group_measures``) for a group of at most
+``correlate.full_pairs_max_neurons`` neurons per model, and above it through the collect,
+correlate, baseline and universality stages' own functions in a scratch workspace, whose
+bounded-memory path writes nothing ``[N, N]`` (``staged_measures``). Writes ``data/emergence_points/``: ``tokens_{T}.parquet``
 per point (``model`` + ``matching.emergence.MEASURE_COLUMNS``: every neuron's mean
 correlation, mean baseline and excess) and ``points.json`` (tokens seen, kept positions,
 held-out losses). The emergence stage applies the threshold τ to it: changing
@@ -13,13 +17,16 @@ held-out losses). The emergence stage applies the threshold τ to it: changing
 from __future__ import annotations
 
 import json
+import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from universal_neurons.io import atomic_outputs, read_json
+from universal_neurons.io import atomic_outputs, read_json, read_parquet
 from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.matching.emergence import (
     MEASURE_COLUMNS,
@@ -31,6 +38,7 @@ from universal_neurons.models.loading import (
     check_device,
     check_fits_tokens,
     check_group,
+    config_shape,
     load_model,
     model_spec,
 )
@@ -38,6 +46,11 @@ from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.text.tokens import load_tokens, tokenizer_vocab
+
+# The stage files this one runs are the ``stages`` package beside it; ``python -P`` (as DVC runs
+# a stage) leaves its folder off the import path, so the folder above it goes on the end of it.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from stages import baseline, collect, correlate, universality  # noqa: E402
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
@@ -81,14 +94,55 @@ def _load_group(params: Params, layout: Layout, below: str, tokens: np.ndarray) 
     return models
 
 
-def measure_point(params: Params, layout: Layout, below: str, analysis_set) -> GroupMeasures:
-    """Correlations and baselines of the group at one point, on ``(tokens, excluded ids)``."""
+def in_memory_measures(params: Params, layout: Layout, below: str, analysis_set) -> GroupMeasures:
+    """Correlations and baselines of the group at one point, on ``(tokens, excluded ids)``,
+    computed in memory (full pair statistics: groups up to ``correlate.full_pairs_max_neurons``)."""
     measured = analysis_params(params)
     models = _load_group(measured, layout, below, analysis_set[0])
     partner_ids = {model_name(seed): seed for seed in params.train.seeds}
     return configured_group_measures(
         models, partner_ids, analysis_set, measured.analysis, params.correlate, params.baseline
     )
+
+
+def staged_measures(params: Params, layout: Layout, model_dirs: dict[int, Path]) -> GroupMeasures:
+    """The numbers of ``in_memory_measures`` for a group above ``correlate.full_pairs_max_neurons``
+    (also the null stages'): the collect, correlate, baseline and universality stages run on the
+    models in ``model_dirs`` (``{seed: model folder}``) in a scratch workspace under ``data/``
+    (``models/seed{s}`` linked to each folder; ``params.analysis`` the analysis set measured).
+    Their universality tables (without ``is_universal``) give the tables, their collect outputs
+    the moments."""
+    with tempfile.TemporaryDirectory(prefix=".emergence_points-", dir=layout.data) as scratch:
+        models = Path(scratch) / "models"
+        models.mkdir()
+        for seed, directory in model_dirs.items():
+            (models / model_name(seed)).symlink_to(Path(directory).resolve())
+        point = Layout.at(scratch, tokens=layout.tokens, models=models)
+        for seed in params.train.seeds:
+            collect.run(params, point, seed, progress=False)
+        summary = correlate.run(params, point, progress=False)
+        baseline.run(params, point)
+        universality.run(params, point)
+        tables, moments = {}, {}
+        for seed in params.train.seeds:
+            name = model_name(seed)
+            table = read_parquet(point.table("universality", name), "universality")
+            tables[name] = table.drop(columns="is_universal")
+            moments[name] = read_parquet(
+                point.model_dir("collect", seed) / "moments.parquet", "collect"
+            )
+    n_layers = config_shape(model_dirs[params.train.seeds[0]])[0]
+    return GroupMeasures(tables, n_layers, int(summary["kept_positions"]), moments)
+
+
+def measure_point(params: Params, layout: Layout, below: str, analysis_set) -> GroupMeasures:
+    """Correlations and baselines of the group at one point (``below`` each model's folder),
+    on ``(tokens, excluded ids)``: in memory, or staged above the full-pairs size."""
+    n_layers, d_mlp = config_shape(layout.model(params.train.seeds[0]) / below)
+    if params.correlate.full_pairs(n_layers * d_mlp):
+        return in_memory_measures(params, layout, below, analysis_set)
+    dirs = {seed: layout.model(seed) / below for seed in params.train.seeds}
+    return staged_measures(analysis_params(params), layout, dirs)
 
 
 def point_losses(params: Params, layout: Layout, below: str) -> dict[str, float]:
@@ -154,6 +208,7 @@ COMMAND = Stage(
         "train.checkpoint_tokens",
         "train.heldout_sequences",
     ),
+    scale_params=("correlate",),
     inputs=lambda layout: [layout.tokens, layout.models],
     outputs=lambda layout: [Out(layout.stage_dir("emergence_points"))],
     run=run,

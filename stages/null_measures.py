@@ -1,7 +1,9 @@
 """Stage null_measures: the null group's neuron tables, measured once for every threshold.
 
 With ``uncertainty.null_group: untrained`` the null group is the group's models at
-initialisation (``models.gpt2.init_model`` with each seed, exactly the train stage's step 0),
+initialisation: for the trained group ``models.gpt2.init_model`` with each seed, exactly the
+train stage's step 0; for a fetched (pretrained) group each member's step-0 checkpoint, which
+the fetch stage puts in ``models/seed{s}/checkpoints/tokens_0/`` (``models.checkpoints``). It is
 measured on the first ``uncertainty.null_max_sequences`` analysis sequences by the same
 in-memory collect, correlate and baseline functions as the emergence stages, with the same
 neuron statistics as the stats stage. No threshold: the null_control stage selects from these
@@ -9,13 +11,13 @@ tables, so a new τ reruns only that cheap stage.
 
 Writes ``data/null_measures/`` (``seed{s}.parquet``: the stats stage's neuron table of each
 null model, ``is_universal`` left False; ``summary.json``: whether it ran, kept positions).
-With ``null_group: none``, or for a pretrained group (no train-stage initialisation), the
-summary says ``"run": false`` and why.
+With ``null_group: none`` the summary says ``"run": false`` and why.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,12 +30,23 @@ from universal_neurons.description.statistics import (
 from universal_neurons.io import atomic_outputs
 from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.matching.emergence import GroupMeasures, configured_group_measures
+from universal_neurons.models.checkpoints import INITIAL
 from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model
-from universal_neurons.models.loading import check_device, load_model, processed_weights
+from universal_neurons.models.loading import (
+    check_device,
+    config_shape,
+    load_model,
+    processed_weights,
+)
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.text.tokens import end_of_text_id, load_tokenizer
+
+# The stage files this one runs are the ``stages`` package beside it; ``python -P`` (as DVC runs
+# a stage) leaves its folder off the import path, so the folder above it goes on the end of it.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from stages.emergence_points import staged_measures  # noqa: E402
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
@@ -51,8 +64,6 @@ def not_run_reason(params: Params) -> str | None:
     """Why the null group is not measured (None: it is)."""
     if params.uncertainty.null_group == "none":
         return "uncertainty.null_group is none"
-    if params.group.preset != "trained":
-        return f"group.preset {params.group.preset}: the untrained null group needs the train stage"
     return None
 
 
@@ -71,6 +82,17 @@ def untrained_models(params: Params, layout: Layout, scratch: Path) -> dict[str,
     return models
 
 
+def fetched_initial_models(params: Params, layout: Layout) -> dict[str, object]:
+    """``{model name: loaded model}``: each member of a fetched group at step 0, as the fetch
+    stage wrote it (``models/seed{s}/checkpoints/tokens_0``)."""
+    return {
+        model_name(seed): load_model(
+            str(layout.model(seed) / INITIAL), device=params.analysis.device
+        )
+        for seed in params.train.seeds
+    }
+
+
 def measure_null(params: Params, layout: Layout, models: dict) -> GroupMeasures:
     """Correlations, baselines and moments of the null group over its analysis sequences."""
     cfg = null_params(params).analysis
@@ -81,12 +103,28 @@ def measure_null(params: Params, layout: Layout, models: dict) -> GroupMeasures:
     )
 
 
+def measure_fetched_null(params: Params, layout: Layout) -> tuple[dict, GroupMeasures]:
+    """A fetched group's null group (each member at step 0): ``(models, measures)``, in memory up
+    to ``correlate.full_pairs_max_neurons`` neurons per model, above it by the stages' path
+    (the models loaded after it, for their weight statistics)."""
+    dirs = {seed: layout.model(seed) / INITIAL for seed in params.train.seeds}
+    n_layers, d_mlp = config_shape(dirs[params.train.seeds[0]])
+    if params.correlate.full_pairs(n_layers * d_mlp):
+        models = fetched_initial_models(params, layout)
+        return models, measure_null(params, layout, models)
+    measures = staged_measures(null_params(params), layout, dirs)
+    return fetched_initial_models(params, layout), measures
+
+
 def null_tables(params: Params, layout: Layout) -> tuple[dict, int]:
     """``({model: null neuron table, is_universal False}, kept positions)``."""
     check_device(params.analysis.device)
     with tempfile.TemporaryDirectory(prefix="null_measures") as scratch:
-        models = untrained_models(params, layout, Path(scratch))
-        measures = measure_null(params, layout, models)
+        if params.group.preset == "trained":
+            models = untrained_models(params, layout, Path(scratch))
+            measures = measure_null(params, layout, models)
+        else:
+            models, measures = measure_fetched_null(params, layout)
         tables = {}
         for name, model in models.items():
             weights = weight_statistics(processed_weights(model), params.stats.neuron_chunk)
@@ -136,6 +174,7 @@ COMMAND = Stage(
         "uncertainty.null_group",
         "uncertainty.null_max_sequences",
     ),
+    scale_params=("correlate",),
     inputs=lambda layout: [layout.tokens],
     outputs=lambda layout: [Out(layout.stage_dir("null_measures"))],
     run=run,

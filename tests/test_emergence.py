@@ -158,6 +158,46 @@ def test_final_point_gives_the_universality_stages_numbers(stage_run):
     )
 
 
+@pytest.mark.slow
+def test_above_the_full_pairs_size_every_point_takes_the_stages_path_to_the_same_numbers(
+    stage_run, tiny_tokens_dir, tmp_path, monkeypatch
+):
+    """A group above ``correlate.full_pairs_max_neurons`` (a pretrained group's checkpoints)
+    is measured at each point by the collect, correlate, baseline and universality stages
+    (per-neuron maxima, baseline draws in the units): the same tables as the in-memory path
+    within 1e-9, the same points, and no scratch workspace left behind."""
+    params = stage_run["params"]
+    scaled = params.model_copy(
+        update={"correlate": params.correlate.model_copy(update={"full_pairs_max_neurons": 0})}
+    )
+    layout = Layout.at(tmp_path, tokens=tiny_tokens_dir, models=stage_run["models"], data=tmp_path)
+    staged = []
+
+    def stages_path(*args):
+        models = stage_run["models"]  # the folders of the point below every model's folder
+        staged.append(sorted({str(d.relative_to(models / f"seed{s}")) for s, d in args[2].items()}))
+        return real_staged(*args)
+
+    def no_full_pairs(*_args):
+        raise AssertionError("the in-memory [N, N] path ran above the full-pairs size")
+
+    real_staged = emergence_points.staged_measures
+    monkeypatch.setattr(emergence_points, "staged_measures", stages_path)
+    monkeypatch.setattr(emergence_points, "in_memory_measures", no_full_pairs)
+    summary = emergence_points.run(scaled, layout, progress=False)
+    assert staged == [["checkpoints/tokens_60000"], ["."]]  # each point, below every model
+    in_memory = json.loads((stage_run["root"] / "emergence_points" / "points.json").read_text())
+    assert summary == in_memory
+    for point in summary["points"]:
+        got = pd.read_parquet(tmp_path / "emergence_points" / point["file"])
+        want = pd.read_parquet(stage_run["root"] / "emergence_points" / point["file"])
+        pd.testing.assert_frame_equal(got.drop(columns=COMPARED), want.drop(columns=COMPARED))
+        assert got[COMPARED].isna().equals(want[COMPARED].isna())
+        assert np.nanmax(np.abs(got[COMPARED].to_numpy() - want[COMPARED].to_numpy())) <= 1e-9
+        assert got["excess_corr"].notna().sum() > 300  # live neurons were compared
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emergence_points"]
+
+
 def _post_activations(model_dir, tokens: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     """Reference activations ``[kept positions, layers * d_mlp]`` float64, from the plain Hugging
     Face model (a hook on each MLP's activation function), not through TransformerLens."""

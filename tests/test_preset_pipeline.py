@@ -1,6 +1,8 @@
 """A generated preset pipeline end to end with real DVC (issue 22): a pretrained group of tiny
 local Hugging Face GPT-2 directories standing in for a preset's members goes through every stage
-the preset runs, to families, a report and an MLflow run, without training outputs."""
+the preset runs, to families, a report and an MLflow run, without training outputs. The members
+carry a training checkpoint and their step 0 as local checkpoint folders: the emergence and null
+stages must give the numbers of the trained group's own paths on the same models."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import tiny_params_dict
 from mlflow.tracking import MlflowClient
@@ -24,6 +27,36 @@ def _hub_copy(model_dir, tokens_dir, dest):
     PreTrainedTokenizerFast(
         tokenizer_file=str(tokens_dir / "tokenizer.json"), eos_token="<|endoftext|>"
     ).save_pretrained(dest)
+    return str(dest)
+
+
+CHECKPOINT = "checkpoints/tokens_60000"
+"""The tiny group's training checkpoint (TINY_PARAMS: 60,000 tokens asked, 60,416 seen)."""
+
+
+def _with_checkpoints(model_dir, seed: int, tokens_dir, dest) -> str:
+    """A member as another project's train stage leaves it: the hub copy plus its
+    ``training.json``, its checkpoint at 60,000 tokens and its step 0 (``init_model`` of its
+    seed: exactly what the trained group's null stage builds), as local checkpoint folders."""
+    from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model
+    from universal_neurons.text.tokens import end_of_text_id, load_tokenizer
+
+    _hub_copy(model_dir, tokens_dir, dest)
+    shutil.copy2(model_dir / "training.json", dest / "training.json")
+    (dest / CHECKPOINT).mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "checkpoint.json"):
+        shutil.copy2(model_dir / CHECKPOINT / name, dest / CHECKPOINT / name)
+    tokenizer = load_tokenizer(tokens_dir)
+    params = tiny_params_dict()["model"]
+    from universal_neurons.config import ModelConfig
+
+    config = gpt2_config(
+        ModelConfig(**params),
+        tokenizer.get_vocab_size(),
+        tiny_params_dict()["tokens"]["context"],
+        end_of_text_id(tokenizer),
+    )
+    save_model(init_model(config, seed), dest / "checkpoints" / "tokens_0")
     return str(dest)
 
 
@@ -62,40 +95,90 @@ def _check_uncertainty(folder, members):
         assert len(model["per_layer"]) == 2
 
 
+COMPARED = ["mean_corr", "mean_baseline", "excess_corr"]
+
+
+def _assert_close(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """Same neurons, same dead flags; ``COMPARED`` within 1e-9 (NaN where NaN)."""
+    np.testing.assert_array_equal(got[["layer", "index", "dead"]], want[["layer", "index", "dead"]])
+    assert got[COMPARED].isna().equals(want[COMPARED].isna())
+    assert np.nanmax(np.abs(got[COMPARED].to_numpy() - want[COMPARED].to_numpy())) <= 1e-9
+
+
+def _check_in_memory_numbers(folder, tiny_group) -> None:
+    """The preset's emergence points (the stages' path above the full-pairs size, on the fetched
+    checkpoints) and null tables (on the fetched step 0) against the trained group's in-memory
+    paths on the same token set: the trained models themselves, and ``init_model`` of each seed."""
+    from stages import emergence_points, null_measures
+    from universal_neurons.config import load_params
+    from universal_neurons.pipeline.layout import Layout
+
+    params = load_params(folder / "params.yaml")
+    trained = params.model_copy(
+        update={"group": params.group.model_copy(update={"preset": "trained"})}
+    )
+    layout = Layout.at(folder, models=tiny_group[1].parent)
+    points = json.loads((folder / "data" / "emergence_points" / "points.json").read_text())
+    own = json.loads((tiny_group[1] / "training.json").read_text())["tokens"]
+    assert [p["tokens"] for p in points["points"]] == [60_416, own]
+    analysis = emergence_points.analysis_params(params).analysis
+    from universal_neurons.matching.activations import load_analysis_set
+
+    tokens, excluded, _ = load_analysis_set(layout.tokens, analysis)
+    for point in points["points"]:
+        measures = emergence_points.in_memory_measures(
+            params, layout, point["checkpoint"], (tokens, excluded)
+        )
+        got = pd.read_parquet(folder / "data" / "emergence_points" / point["file"])
+        for name, table in measures.tables.items():
+            _assert_close(got[got["model"] == name].reset_index(drop=True), table)
+    null, _ = null_measures.null_tables(trained, layout)
+    assert json.loads((folder / "data" / "null_measures" / "summary.json").read_text())["run"]
+    for name, table in null.items():
+        fetched = pd.read_parquet(folder / "data" / "null_measures" / f"{name}.parquet")
+        _assert_close(fetched, table)  # and every other column: weights, moments, percentiles
+        pd.testing.assert_frame_equal(fetched, table, check_exact=False, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.slow
 def test_a_preset_pipeline_runs_to_families_report_and_mlflow_run(
     tiny_group, tiny_tokens_dir, tmp_path
 ):
     """``dvc repro`` of gpt2-small's generated pipeline with a custom group of two local
-    members, above ``correlate.full_pairs_max_neurons`` as every preset is: every stage runs
-    (no emergence or training curve exists), the uncertainty stages through the slab path, the
-    families, the report with its neuron pages and the MLflow run record are written, and a
-    second ``dvc status`` finds nothing to do but the always-changed fetch."""
+    members, above ``correlate.full_pairs_max_neurons`` as every preset is: every stage runs,
+    the uncertainty stages through the slab path, the emergence stages over the members' local
+    checkpoints and the null stages over their step 0 through the stages' path, with the trained
+    group's in-memory numbers; the families, the report with its neuron pages and the MLflow run
+    record are written, and a second ``dvc status`` finds nothing to do but the always-changed
+    fetch."""
     members = {
-        f"member-{seed}": _hub_copy(tiny_group[seed], tiny_tokens_dir, tmp_path / "hub" / str(seed))
+        f"member-{seed}": _with_checkpoints(
+            tiny_group[seed], seed, tiny_tokens_dir, tmp_path / "hub" / str(seed)
+        )
         for seed in (1, 2)
     }
     params = tiny_params_dict(
         group={"preset": "custom", "models": members},
-        train={"seeds": [1, 2]},
+        train={"seeds": [1, 2], "checkpoint_tokens": [60_000]},
         tokenizer={"kind": "model", "path": "models/seed1"},
         universality={"threshold": 0.05},  # universal neurons in a tiny group of two
         effects={"max_sequences": 8, "controls": 1},
         # 128 neurons per member: above this, as every preset is (maxima, then slabs)
         correlate={"full_pairs_max_neurons": NEURONS // 2},
-        uncertainty={"null_group": "none", "resamples": RESAMPLES},
+        uncertainty={"null_group": "untrained", "resamples": RESAMPLES, "null_max_sequences": 0},
     )
     repo, folder = make_preset_repo(tmp_path / "repo", "gpt2-small", params)
     env = pipeline_env(repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlruns.db'}")
     run(repo, "dvc", "repro", "pipelines/gpt2-small/dvc.yaml", env=env)
 
+    _check_in_memory_numbers(folder, tiny_group)
     _check_uncertainty(folder, members=("seed1", "seed2"))
     families = json.loads((folder / "results" / "families.json").read_text())
     assert families and (folder / "data" / "families" / "seed1.parquet").is_file()
     index = (folder / "report" / "index.html").read_text()
     for section in ("universal-neuron-table", "families", "what-they-do", "how-sure"):
         assert f'<h2 id="{section}">' in index, section
-    assert "Across training" not in index and 'id="training"' not in index  # no training here
+    assert "Across training" in index and "Loss over training tokens" not in index  # no curves
     link = re.search(r'href="(neurons/seed1/\d+\.\d+\.html)"', index)
     assert link and (folder / "report" / link.group(1)).is_file()  # a neuron page
     record = json.loads((folder / "tracking" / "run.json").read_text())

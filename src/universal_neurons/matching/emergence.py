@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from transformers import GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 from universal_neurons.config import AnalysisConfig, BaselineConfig, CorrelateConfig
 from universal_neurons.matching.baseline import group_baselines
@@ -154,8 +154,11 @@ def configured_group_measures(
 
 def heldout_losses(model_dirs: Mapping[str, Path], heldout: np.ndarray, device: str) -> dict:
     """Held-out loss (nats/token, the train stage's ``heldout_loss``) of the Hugging Face
-    model in each directory of ``{name: directory}``; ``heldout``: ``[sequences, context]``."""
+    model (GPT-2, GPT-NeoX, ...) in each directory of ``{name: directory}``; ``heldout``:
+    ``[sequences, context]``."""
     return {
-        name: heldout_loss(GPT2LMHeadModel.from_pretrained(directory).to(device), heldout, device)
+        name: heldout_loss(
+            AutoModelForCausalLM.from_pretrained(directory).to(device), heldout, device
+        )
         for name, directory in model_dirs.items()
     }

@@ -12,8 +12,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from universal_neurons.config import GroupConfig
+from universal_neurons.config import GroupConfig, TrainConfig
 from universal_neurons.errors import UserError
+from universal_neurons.models.checkpoints import (
+    INITIAL,
+    CheckpointSource,
+    checkpoint_dir,
+    checkpoint_source,
+    final_tokens,
+)
 from universal_neurons.models.loading import ModelLoadError, resolve_model_source
 from universal_neurons.text.tokens import MIN_VOCAB
 
@@ -95,6 +102,11 @@ def member(config: GroupConfig, seed: int, seeds: list[int]) -> tuple[str, str]:
     return members[seed - 1]
 
 
+def preset_hub_id(config: GroupConfig, seed: int) -> str | None:
+    """The hub id of member ``seed`` of a preset (None for a custom group)."""
+    return PRESETS[config.preset][seed - 1] if config.preset in PRESETS else None
+
+
 def _usable_tokenizer(auto_tokenizer, source: str):
     """The tokenizer saved with the model ``source``, or None when it has none or an unusable
     one (fewer than ``MIN_VOCAB`` entries): then ``tokenizer.path`` must name another."""
@@ -114,8 +126,9 @@ def _usable_tokenizer(auto_tokenizer, source: str):
     return tokenizer if len(tokenizer) >= MIN_VOCAB else None
 
 
-def fetch_model(label: str, source: str, output_dir: Path) -> dict:
-    """Write the model ``source`` (local dir or hub id) to ``output_dir`` in Hugging Face format.
+def fetch_model(label: str, source: str, output_dir: Path, revision: str | None = None) -> dict:
+    """Write the model ``source`` (local dir or hub id, at ``revision`` if given) to
+    ``output_dir`` in Hugging Face format.
 
     Weights as safetensors (converted from ``*.bin`` if needed), config and tokenizer
     files, and ``source.json`` (``label, source``). Nothing is downloaded when ``source``
@@ -124,7 +137,8 @@ def fetch_model(label: str, source: str, output_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_model_source(source)
-    model = AutoModelForCausalLM.from_pretrained(resolved)
+    at = {"revision": revision} if revision else {}
+    model = AutoModelForCausalLM.from_pretrained(resolved, **at)
     output_dir.mkdir(parents=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer = _usable_tokenizer(AutoTokenizer, resolved)
@@ -136,5 +150,39 @@ def fetch_model(label: str, source: str, output_dir: Path) -> dict:
         "architecture": type(model).__name__,
         "tokenizer": tokenizer is not None,
     }
+    if revision:
+        info["revision"] = revision
     (output_dir / "source.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
+
+
+def fetch_member(
+    config: GroupConfig, train: TrainConfig, seed: int, output_dir: Path, initial: bool = False
+) -> dict:
+    """Member ``seed`` of the group into ``output_dir``, as the train stage lays out a model:
+    the final model, one ``checkpoints/tokens_{T}/`` (with ``checkpoint.json``) per
+    ``train.checkpoint_tokens``, with ``initial`` also the member at step 0 (``INITIAL``, the
+    null group), and ``training.json`` (its seed and training tokens). Every checkpoint is
+    located before anything is written: a missing one stops the stage at once."""
+    label, source = member(config, seed, train.seeds)
+    hub_id = preset_hub_id(config, seed)
+    total = final_tokens(label, source, hub_id, train.tokens_per_model)
+    points = [
+        (checkpoint_dir(t), checkpoint_source(label, source, hub_id, t))
+        for t in train.checkpoint_tokens
+    ]
+    if initial:
+        step0 = checkpoint_source(label, source, hub_id, 0, key="uncertainty.null_group")
+        points.append((INITIAL, step0))
+    info = fetch_model(label, source, output_dir)
+    for below, point in points:
+        _fetch_checkpoint(label, point, output_dir / below)
+    training = {"seed": seed, "tokens": total, "source": source}
+    (output_dir / "training.json").write_text(json.dumps(training, indent=2, sort_keys=True) + "\n")
+    return info | {"checkpoints": [below for below, _ in points], "tokens": total}
+
+
+def _fetch_checkpoint(label: str, point: CheckpointSource, target: Path) -> None:
+    """One checkpoint into ``target``, with its ``checkpoint.json``."""
+    fetch_model(label, point.where, target, point.revision)
+    (target / "checkpoint.json").write_text(json.dumps(point.record(), sort_keys=True) + "\n")

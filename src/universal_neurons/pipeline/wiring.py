@@ -19,7 +19,7 @@ import ast
 import functools
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -28,6 +28,8 @@ from universal_neurons.pipeline.command import ALL_PARAMS, Out, Stage
 from universal_neurons.pipeline.layout import Layout
 
 PACKAGE = "universal_neurons"
+STAGES = "stages"
+"""The stage files' package (``stages/`` beside ``src/``)."""
 PRESET_ONLY = {"fetch"}
 """Stages of the preset pipelines alone (``fetch`` replaces ``train`` there)."""
 COMMAND_LINE = ("pipeline", "runner.py")
@@ -61,7 +63,11 @@ def _import_statements(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
 
 
 def module_file(src: Path, module: str) -> Path | None:
-    """The file of a module of the package under ``src`` (None: another package, or none)."""
+    """The file of a module of the package under ``src``, or of a stage file (``stages.collect``:
+    ``stages/`` beside ``src``, for a stage that runs others); None: another package, or none."""
+    if module.startswith(STAGES + "."):
+        base = src.parent.joinpath(*module.split("."))
+        return base.with_suffix(".py") if base.with_suffix(".py").is_file() else None
     if module != PACKAGE and not module.startswith(PACKAGE + "."):
         return None
     base = src.joinpath(*module.split("."))
@@ -193,14 +199,27 @@ def _output_problems(name: str, written: dict[str, Out], declared: dict[str, Out
     return problems
 
 
+def preset_params(params: list, scale_params: Sequence[str]) -> list:
+    """A stage's parameters in a preset pipeline, whose groups are above
+    ``correlate.full_pairs_max_neurons``: its ``params`` and its ``scale_params``, a key of a
+    section listed whole there (``correlate.products`` under ``correlate``) left out."""
+    scale = [key for key in scale_params if key not in params]
+    covered = [
+        key
+        for key in params
+        if isinstance(key, str) and any(key.startswith(section + ".") for section in scale)
+    ]
+    return [key for key in params if key not in covered] + scale
+
+
 def _command_and_params(name: str, body: dict, stage: Stage, stages_dir: str, preset: bool):
     problems = []
     if body.get("cmd") != stage.command_line(stages_dir):
         problems.append(
             f"{name}: cmd {body.get('cmd')!r}, expected {stage.command_line(stages_dir)!r}"
         )
-    # the preset pipelines' groups are above correlate.full_pairs_max_neurons: scale_params too
-    declared = set(stage.params) | (set(stage.scale_params) if preset else set())
+    params = list(stage.params)
+    declared = set(preset_params(params, stage.scale_params) if preset else params)
     written = dvc_params(body)
     if declared - written:
         problems.append(f"{name}: params lack {sorted(declared - written)}")
