@@ -185,6 +185,26 @@ def test_effects_estimate_counts_every_ablation_by_hand():
     assert doubled["seconds"] == pytest.approx(2 * cost["seconds"])
 
 
+def test_effects_memory_is_the_count_by_hand():
+    """The clean pass's logits and probabilities plus each ablated copy's logits and softmax
+    (4 bytes per vocabulary entry of every token), one loaded model and the unembedding's float64
+    SVD; GPT2-small's vocabulary with the presets' batches: ~15 GiB of logits, and 16 copies
+    instead of 4 (the clean pass counted as one more) 17/5 of it."""
+    from universal_neurons.matching.preset_plan import PRESET_EFFECTS, effects_memory
+
+    shape = GroupShape(3, 2, 100, 16, 50, 32)
+    memory = effects_memory(shape, context=8, batch_size=2, neuron_batch=3)
+    assert memory["logits"] == 2 * 4 * (2 * 8) * 50 * 4
+    assert memory["model"] == shape.loaded_parameters() * 4
+    assert memory["svd"] == 3 * 16 * 50 * 8
+    assert memory["total"] == memory["logits"] + memory["model"] + memory["svd"]
+    gpt2 = GroupShape(5, 12, 3072, 768, 50257, 1024)
+    presets = effects_memory(gpt2, **PRESET_EFFECTS)
+    assert presets["logits"] == 2 * 5 * 16 * 512 * 50257 * 4  # 15.3 GiB
+    wide = effects_memory(gpt2, **(PRESET_EFFECTS | {"neuron_batch": 16}))
+    assert wide["logits"] * 5 == presets["logits"] * 17 and wide["total"] > 50 * 2**30
+
+
 # --- the uncertainty_resamples estimate ----------------------------------------------------
 
 

@@ -19,7 +19,6 @@ seed3 has none.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
@@ -31,14 +30,7 @@ from conftest import tiny_params_dict
 from mlflow.tracking import MlflowClient
 from pipeline_repo import make_preset_repo, pipeline_env, run
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.environ.get("UNIVERSAL_NEURONS_REAL_WIDTH"),
-        reason="opt-in (UNIVERSAL_NEURONS_REAL_WIDTH=1) until it has passed end to end in CI "
-        "time (issue 22): about 20 min on 2 cores",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 LAYERS, D_MODEL, D_MLP, VOCAB, HEADS = 3, 768, 3072, 50257, 12
 N = LAYERS * D_MLP
@@ -118,14 +110,15 @@ def _universal(folder, model: str) -> set[tuple[int, int]]:
 def test_a_real_width_planted_group_through_the_preset_pipeline(planted_group, tmp_path):
     """``dvc repro`` of gpt2-small's generated pipeline on the planted group: every stage runs;
     the planted partners are found with correlation 1 at the planted permutation; the universal
-    neurons are exactly the planted ones (none in the GPT-NeoX member); each planted pair falls
+    neurons are exactly the planted ones (none in the GPT-NeoX member); the emergence stages'
+    final point gives the universality stage's numbers at this width; each planted pair falls
     in one family; every universal neuron has its page, linked from the report; the MLflow run is
     logged; and no file of the workspace holds an ``[N, N]`` matrix."""
     members, permutation, planted = planted_group
     params = tiny_params_dict(
         group={"preset": "custom", "models": members},
         model={"n_layers": LAYERS, "d_model": D_MODEL, "n_heads": HEADS, "d_mlp": D_MLP},
-        train={"seeds": [1, 2, 3]},
+        train={"seeds": [1, 2, 3], "checkpoint_tokens": []},  # the curve: the final point
         tokenizer={"kind": "gpt2"},
         tokens={"context": CONTEXT},
         analysis={"max_sequences": 64, "batch_size": 16},
@@ -135,14 +128,23 @@ def test_a_real_width_planted_group_through_the_preset_pipeline(planted_group, t
         effects={"max_sequences": 4, "controls": 1},
         # one rotation draw each: the float64 rotations of 9,216 x 9,216 pairs are the cost
         baseline={"samples": 1},
+        # the null stages take the emergence stages' path above the full-pairs size, tested on
+        # fetched step-0 models in test_preset_pipeline: not repeated at this width
         uncertainty={"null_group": "none", "resamples": 10, "baseline_draws": 1},
+        # the final point over the analysis set itself: the universality stage's numbers
+        emergence={"max_sequences": 0},
     )
     repo, folder = make_preset_repo(tmp_path / "repo", "gpt2-small", params)
     env = pipeline_env(repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlruns.db'}")
     output = run(repo, "dvc", "repro", "pipelines/gpt2-small/dvc.yaml", env=env).stdout
     stages = set(yaml.safe_load((folder / "dvc.yaml").read_text())["stages"])
-    assert {s.split("@")[0] for s in re.findall(r"Running stage '([^']+)'", output)} == stages
+    ran = re.findall(r"Running stage '([^']+)'", output)  # 'pipelines/gpt2-small/dvc.yaml:fetch@1'
+    assert {name.rsplit(":", 1)[-1].split("@")[0] for name in ran} == stages
+    _check_planted_answer(folder, permutation, planted)
 
+
+def _check_planted_answer(folder, permutation, planted) -> None:
+    """Every output of the preset pipeline in ``folder`` against the planted answer."""
     # the planted partners: correlation 1 at the planted permutation, both ways
     maxima = pd.read_parquet(folder / "data" / "correlate" / "max_corr.parquet")
     forward = maxima[(maxima["model"] == "seed1") & (maxima["partner"] == "seed2")]
@@ -163,6 +165,18 @@ def test_a_real_width_planted_group_through_the_preset_pipeline(planted_group, t
     assert _universal(folder, "seed1") == expected
     assert _universal(folder, "seed2") == {(0, int(permutation[i])) for i in planted}
     assert _universal(folder, "seed3") == set()
+
+    # the emergence curve's one point (no checkpoints listed): the final models, measured by the
+    # stages' path at this width, with the universality stage's numbers
+    points = json.loads((folder / "data" / "emergence_points" / "points.json").read_text())
+    assert [p["checkpoint"] for p in points["points"]] == [""]
+    final = pd.read_parquet(folder / "data" / "emergence_points" / points["points"][0]["file"])
+    for model in ("seed1", "seed2", "seed3"):
+        table = pd.read_parquet(folder / "data" / "universality" / f"{model}.parquet")
+        got = final[final["model"] == model].reset_index(drop=True)
+        compared = ["mean_corr", "mean_baseline", "excess_corr"]
+        np.testing.assert_array_equal(got[["layer", "index"]], table[["layer", "index"]])
+        np.testing.assert_allclose(got[compared], table[compared], rtol=0, atol=1e-9)
 
     # families: a planted neuron and its copy are the same function of the tokens
     families = {

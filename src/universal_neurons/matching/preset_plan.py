@@ -79,7 +79,7 @@ def preset_costs(
     """One row per preset of ``ALL_PRESET_SHAPES`` (``models``: its member count): ``preset``,
     ``models``, ``neurons`` (per model), ``pairs``, ``tokens``, and ``cpu`` / ``gpu``:
     ``preset_cost`` at the ``cpu`` rates (float32, whole-model units) and at the ``gpu``
-    rates (bf16); ``effects``: ``effects_cost`` at each; ``uncertainty``: ``uncertainty_cost``
+    rates (bf16); ``effects``: ``effects_cost`` at each and ``effects_memory``; ``uncertainty``: ``uncertainty_cost``
     at each (its host work at the ``cpu`` rates on the GPU too)."""
     rows = []
     for preset, dims in ALL_PRESET_SHAPES.items():
@@ -93,7 +93,11 @@ def preset_costs(
                 "tokens": tokens,
                 "cpu": preset_cost(shape, tokens, cpu, cuda=False),
                 "gpu": preset_cost(shape, tokens, gpu, cuda=True),
-                "effects": {"cpu": effects_cost(shape, cpu), "gpu": effects_cost(shape, gpu)},
+                "effects": {
+                    "cpu": effects_cost(shape, cpu),
+                    "gpu": effects_cost(shape, gpu),
+                    "memory": effects_memory(shape, **PRESET_EFFECTS)["total"],
+                },
                 "uncertainty": {
                     "cpu": uncertainty_cost(shape, tokens, cpu, cpu, cuda=False),
                     "gpu": uncertainty_cost(shape, tokens, gpu, cpu, cuda=True),
@@ -130,6 +134,27 @@ def effects_cost(
         "ablations": ablations,
         "seconds": flops / rates.products,
     }
+
+
+PRESET_EFFECTS = {"context": 512, "batch_size": 16, "neuron_batch": 4}
+"""The presets' ``tokens.context``, ``effects.batch_size`` and ``effects.neuron_batch``."""
+
+
+def effects_memory(shape: GroupShape, *, context: int, batch_size: int, neuron_batch: int) -> dict:
+    """The effects stage's peak memory (bytes) on a group of ``shape`` with ``effects.batch_size``
+    sequences of ``context`` tokens per pass and ``effects.neuron_batch`` ablated copies of the
+    batch: the clean
+    pass's logits and probabilities and, per chunk, the copies' logits and their softmax
+    (4-byte ``[tokens, vocab]`` tensors: ``logits``, which dominate at GPT-2's vocabulary), one
+    loaded model, and the unembedding's float64 SVD for the roles (the centred copy, U and the
+    workspace: three ``[d_model, vocab]``). ``total`` is their sum."""
+    tokens = batch_size * context
+    parts = {
+        "logits": 2 * (1 + neuron_batch) * tokens * shape.d_vocab * 4,
+        "model": shape.loaded_parameters() * 4,
+        "svd": 3 * shape.d_model * shape.d_vocab * 8,
+    }
+    return parts | {"total": sum(parts.values())}
 
 
 # --- uncertainty_resamples ---------------------------------------------------------------------

@@ -199,14 +199,18 @@ def effects_lines(rows: list[dict]) -> list[str]:
     lines = [
         "",
         f"effects stage: {UNIVERSAL_FRACTION:.2%} of neurons universal (the paper's largest), "
-        "4 controls and a partner per other model each, 256 sequences of the model's context",
-        f"{'preset':<28}{'universal':>10}{'ablations':>11}{'CPU time':>12}{'GPU time':>12}",
+        "4 controls and a partner per other model each, 256 sequences of the model's context; "
+        "memory: the presets' batches of 16 sequences of 512 tokens x 4 ablated copies "
+        "(effects.batch_size, effects.neuron_batch: the copies' [tokens, vocab] logits dominate)",
+        f"{'preset':<28}{'universal':>10}{'ablations':>11}{'CPU time':>12}{'GPU time':>12}"
+        f"{'memory':>11}",
     ]
     for row in rows:
         cpu, gpu = row["effects"]["cpu"], row["effects"]["gpu"]
         lines.append(
             f"{row['preset']:<28}{cpu['universal']:>10,}{cpu['ablations']:>11,}"
             f"{_duration(cpu['seconds']):>12}{_duration(gpu['seconds']):>12}"
+            f"{row['effects']['memory'] / GIB:>7.1f} GiB"
         )
     return lines
 
