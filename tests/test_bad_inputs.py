@@ -834,6 +834,7 @@ CASES = [
         params=tiny_params_dict(
             group={"preset": "custom", "models": {"a": "members/a", "b": "members/b"}},
             train={"seeds": [1, 2]},
+            uncertainty={"null_group": "none"},  # the members have no step 0
         ),
         needs_models=True,
         setup=_member_with_tokenizer("a", b"{}"),

@@ -219,7 +219,9 @@ def test_fetch_of_a_member_without_tokenizer_writes_none(tiny_group, tiny_tokens
     token set cannot be built from it."""
     members = {"a": str(tiny_group[1]), "b": str(tiny_group[2])}
     params = tiny_params_dict(
-        group={"preset": "custom", "models": members}, train={"seeds": [1, 2]}
+        group={"preset": "custom", "models": members},
+        train={"seeds": [1, 2]},
+        uncertainty={"null_group": "none"},  # the members have no step 0
     )
     root = _workspace(tmp_path, tiny_tokens_dir, params)
     done = _cli(root, "fetch", "--seed", "1")
@@ -249,7 +251,11 @@ def test_fetch_refuses_a_member_with_a_missing_weight(tiny_group, tiny_tokens_di
     root = _workspace(
         tmp_path,
         tiny_tokens_dir,
-        tiny_params_dict(group={"preset": "custom", "models": members}, train={"seeds": [1, 2]}),
+        tiny_params_dict(
+            group={"preset": "custom", "models": members},
+            train={"seeds": [1, 2]},
+            uncertainty={"null_group": "none"},  # the members have no step 0
+        ),
     )
     before = snapshot(root)
     done = _cli(root, "fetch", "--seed", "2")

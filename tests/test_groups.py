@@ -71,7 +71,8 @@ def test_hub_preset_offline_fails_fast_naming_the_model(monkeypatch, tmp_path):
     from universal_neurons.pipeline.layout import Layout
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    params = params_from_dict({"group": {"preset": "pythia-160m"}, "train": {"seeds": [1, 2]}})
+    pythia = {"seeds": [1, 2], "tokens_per_model": 143_000 * 2_097_152}  # the members' training
+    params = params_from_dict({"group": {"preset": "pythia-160m"}, "train": pythia})
     with pytest.raises(
         Exception, match="EleutherAI/pythia-160m-seed2: not a local directory.*offline"
     ):
@@ -154,7 +155,8 @@ def test_local_pretrained_group_fetches_tokenizes_and_correlates(
     layout = Layout.at(tmp_path / "work", tokens=tokens_dir, models=models_dir)
     params = tiny_params(
         group={"preset": "custom", "models": sources},
-        train={"seeds": [1, 2]},
+        train={"seeds": [1, 2], "checkpoint_tokens": []},  # final models only (no step 0 either)
+        uncertainty={"null_group": "none"},
         tokenizer={"kind": "model", "path": str(models_dir / "seed1")},
         correlate={"products": "float64", "neuron_block": 48, "token_shards": 2},
     )

@@ -16,6 +16,7 @@ from universal_neurons.config import GroupConfig, TrainConfig
 from universal_neurons.errors import UserError
 from universal_neurons.models.checkpoints import (
     INITIAL,
+    CheckpointError,
     CheckpointSource,
     checkpoint_dir,
     checkpoint_source,
@@ -172,14 +173,23 @@ def fetch_member(
         for t in train.checkpoint_tokens
     ]
     if initial:
-        step0 = checkpoint_source(label, source, hub_id, 0, key="uncertainty.null_group")
-        points.append((INITIAL, step0))
+        points.append((INITIAL, _initial_source(label, source, hub_id)))
     info = fetch_model(label, source, output_dir)
     for below, point in points:
         _fetch_checkpoint(label, point, output_dir / below)
     training = {"seed": seed, "tokens": total, "source": source}
     (output_dir / "training.json").write_text(json.dumps(training, indent=2, sort_keys=True) + "\n")
     return info | {"checkpoints": [below for below, _ in points], "tokens": total}
+
+
+def _initial_source(label: str, source: str, hub_id: str | None) -> CheckpointSource:
+    """Where member ``label`` was at step 0 (the null group); the error says how to do without."""
+    try:
+        return checkpoint_source(label, source, hub_id, 0, key="uncertainty.null_group")
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc}; or set uncertainty.null_group: none (no null control)"
+        ) from None
 
 
 def _fetch_checkpoint(label: str, point: CheckpointSource, target: Path) -> None:
