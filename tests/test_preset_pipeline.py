@@ -34,30 +34,30 @@ CHECKPOINT = "checkpoints/tokens_60000"
 """The tiny group's training checkpoint (TINY_PARAMS: 60,000 tokens asked, 60,416 seen)."""
 
 
-def _with_checkpoints(model_dir, seed: int, tokens_dir, dest) -> str:
+def _with_checkpoints(model_dir, step0_dir, tokens_dir, dest) -> str:
     """A member as another project's train stage leaves it: the hub copy plus its
-    ``training.json``, its checkpoint at 60,000 tokens and its step 0 (``init_model`` of its
-    seed: exactly what the trained group's null stage builds), as local checkpoint folders."""
-    from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model
-    from universal_neurons.text.tokens import end_of_text_id, load_tokenizer
-
+    ``training.json``, its checkpoint at 60,000 tokens and its step 0 (``step0_dir``), as local
+    checkpoint folders."""
     _hub_copy(model_dir, tokens_dir, dest)
     shutil.copy2(model_dir / "training.json", dest / "training.json")
     (dest / CHECKPOINT).mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "checkpoint.json"):
         shutil.copy2(model_dir / CHECKPOINT / name, dest / CHECKPOINT / name)
-    tokenizer = load_tokenizer(tokens_dir)
-    params = tiny_params_dict()["model"]
-    from universal_neurons.config import ModelConfig
-
-    config = gpt2_config(
-        ModelConfig(**params),
-        tokenizer.get_vocab_size(),
-        tiny_params_dict()["tokens"]["context"],
-        end_of_text_id(tokenizer),
-    )
-    save_model(init_model(config, seed), dest / "checkpoints" / "tokens_0")
+    shutil.copytree(step0_dir, dest / "checkpoints" / "tokens_0")
     return str(dest)
+
+
+def _trained_step0(tokens_dir, scratch) -> None:
+    """The trained group's step 0 of seeds 1 and 2, as its null stage builds it
+    (``null_measures.untrained_models``), saved as ``scratch/seed{s}``."""
+    from conftest import tiny_params
+
+    from stages.null_measures import untrained_models
+    from universal_neurons.pipeline.layout import Layout
+
+    untrained_models(
+        tiny_params(train={"seeds": [1, 2]}), Layout.at(scratch, tokens=tokens_dir), scratch
+    )
 
 
 NEURONS = 2 * 64
@@ -151,9 +151,11 @@ def test_a_preset_pipeline_runs_to_families_report_and_mlflow_run(
     group's in-memory numbers; the families, the report with its neuron pages and the MLflow run
     record are written, and a second ``dvc status`` finds nothing to do but the always-changed
     fetch."""
+    step0 = tmp_path / "step0"
+    _trained_step0(tiny_tokens_dir, step0)
     members = {
         f"member-{seed}": _with_checkpoints(
-            tiny_group[seed], seed, tiny_tokens_dir, tmp_path / "hub" / str(seed)
+            tiny_group[seed], step0 / f"seed{seed}", tiny_tokens_dir, tmp_path / "hub" / str(seed)
         )
         for seed in (1, 2)
     }
