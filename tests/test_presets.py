@@ -209,8 +209,9 @@ def test_effects_memory_is_the_count_by_hand():
 
 
 def _slab_case():
-    """2 models of 3 layers x 4,096 = 12,288 neurons (above 8,192: the slab path), 1,000
-    tokens, batches of 100, 10 resamples of 4 blocks, 2 candidates, 1 draw."""
+    """2 models of 3 layers x 4,096 = 12,288 neurons (above 8,192: the slab path), batches of
+    100, 10 resamples of 4 blocks, 2 candidates, 1 draw. From 4 x 4,096 = 16,384 tokens on
+    the rotated squares come from each block's within-layer sums; below, token by token."""
     from universal_neurons.matching.preset_plan import UncertaintySizes
 
     return GroupShape(2, 3, 4096, 64, 100, 16), UncertaintySizes(10, 4, 2, 1)
@@ -219,12 +220,14 @@ def _slab_case():
 def test_uncertainty_slab_estimate_is_the_count_by_hand():
     """Per slab a candidate and a block-sums pass of every model: with 2 of 3 layers per slab
     each model has 2 slabs (4 in all), 2 passes of 2 models each; products 2·T·N² per
-    ordered pair and pass (4x correlate's one pair), the within-layer sums on top."""
+    ordered pair and pass (4x correlate's one pair), the within-layer sums on top; with fewer
+    tokens than blocks x d_mlp the rotated squares token by token instead of the within-layer
+    sums and their per-block rotations."""
     from universal_neurons.matching.plan import RUNTIME
     from universal_neurons.matching.preset_plan import uncertainty_cost
 
     shape, sizes = _slab_case()
-    n, d, t = 12288, 4096, 1000
+    n, d, t = 12288, 4096, 20_000
     sums = 8 * 4 * n * (2 * 4 + 4 * 2)  # keys: 2 models x (1 + 1 draw); links: 2 x 1 x 2
     fixed = sums + 2 * shape.loaded_parameters() * 4 + RUNTIME
 
@@ -251,6 +254,21 @@ def test_uncertainty_slab_estimate_is_the_count_by_hand():
     )
     expected = (forward + cost["products"]) / 1e9 + host / 5e8
     assert cost["seconds"] == pytest.approx(expected)
+    # 1,000 tokens < 4 blocks x 4,096: the rotated squares token by token, no within-layer sums
+    few = 1000
+    small = uncertainty_cost(
+        shape, few, CPU, CPU, cuda=False, sizes=sizes, memory=fixed + slab(2), batch_tokens=100
+    )
+    assert small["products"] == 4 * 1 * 2 * few * n * n
+    token_host = (
+        host
+        - 4 * 2 * 1 * 3 * 2 * d**3  # no per-block rotated columns ...
+        + 2 * 1 * 3 * 2 * few * d**2  # ... but each token's 3 layers rotated, 2 models, 1 draw
+    )
+    small_forward = forward / t * few
+    assert small["seconds"] == pytest.approx(
+        (small_forward + small["products"]) / 1e9 + token_host / 5e8
+    )
     # a byte less: one layer per slab, 3 slabs per model; far less: not even one layer fits
     less = uncertainty_cost(
         shape, t, CPU, CPU, cuda=False, sizes=sizes, memory=fixed + slab(2) - 1, batch_tokens=100
@@ -273,7 +291,7 @@ def test_uncertainty_estimate_on_the_gpu_follows_correlate_and_stays_on_the_devi
     )
 
     shape, sizes = _slab_case()
-    n, d, t = 12288, 4096, 1000
+    n, d, t = 12288, 4096, 20_000
     gpu, host = Rates(1e12, 1e11, "gpu"), Rates(1.0, 5e8, "host")
     cost = uncertainty_cost(shape, t, gpu, host, cuda=True, sizes=sizes, memory=10**15)
     assert (cost["layers"], cost["slabs"]) == (3, 2)  # all 3 layers: one slab per model

@@ -76,14 +76,15 @@ def _full_pairs_sums(models, analysis_set, within, rotations, batch_size, produc
     )
 
 
-def _slab_sums(models, analysis_set, inputs, slabs, settings):
-    """The slab path: candidates and block sums slab by slab."""
+def _slab_sums(models, analysis_set, inputs, slabs, settings, per_token=None):
+    """The slab path: candidates and block sums slab by slab (``per_token``: how the rotated
+    directions' squares are summed; default by cost)."""
     links = slab_candidate_links(slabs, models, analysis_set, settings, inputs)
     n = int(np.prod(model_shape(next(iter(models.values())))))
     draws = len(next(iter(inputs.rotations.values())))
     sums = CandidateSums(BLOCKS, _columns(list(models), n, draws), links)
     return accumulate_slabs(
-        models, analysis_set, settings, sums, inputs.rotations, slabs, progress=False
+        models, analysis_set, settings, sums, inputs.rotations, slabs, False, per_token
     )
 
 
@@ -130,9 +131,11 @@ def test_the_slab_path_takes_its_products_in_the_given_precision(
     assert 1e-6 < difference < 5e-2  # 0.012 measured: the largest over neurons and resamples
 
 
-def test_slab_path_equals_the_full_pairs_path(float64_models, analysis_set, tmp_path):
+@pytest.mark.parametrize("per_token", [False, True], ids=["block-squares", "token-squares"])
+def test_slab_path_equals_the_full_pairs_path(float64_models, analysis_set, tmp_path, per_token):
     """Two slabs of one layer per model: the same candidates as the pair statistics give,
-    and the same resampled and whole-set excess correlations within 1e-12."""
+    and the same resampled and whole-set excess correlations within 1e-12, whether the
+    rotated directions' squares come from each block's ``Σ y yᵀ`` or token by token."""
     models, batch_size = float64_models, 16
     n_layers, d_mlp = model_shape(models["seed1"])
     seeds = {name: int(name.removeprefix("seed")) for name in models}
@@ -146,7 +149,7 @@ def test_slab_path_equals_the_full_pairs_path(float64_models, analysis_set, tmp_
     assert len(slabs) == 2 * len(models)
     settings = PassSettings(batch_size, "float64")
     inputs = CandidateInputs(within, mapped, K)
-    slab = _slab_sums(models, analysis_set, inputs, slabs, settings)
+    slab = _slab_sums(models, analysis_set, inputs, slabs, settings, per_token)
 
     assert full.candidates.keys() == slab.candidates.keys()
     for link, candidates in full.candidates.items():
@@ -333,11 +336,13 @@ class HostCopies(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def test_the_slab_sums_stay_on_the_device_and_only_summaries_reach_the_host():
+@pytest.mark.parametrize("per_token", [False, True], ids=["block-squares", "token-squares"])
+def test_the_slab_sums_stay_on_the_device_and_only_summaries_reach_the_host(per_token):
     """On a device (``meta`` here, as CUDA would be): the slab's sums are float64 there, the
     products' inputs are cast to bfloat16 as correlate's, and the only copies to the host
     are the per-neuron totals (``[B]``, ``[B, k]``), never a ``[B, N]`` or ``[tokens, N]``
-    tensor; the candidate step's likewise (``[B, k]`` candidates)."""
+    tensor, whichever way the rotated squares are summed; the candidate step's likewise
+    (``[B, k]`` candidates)."""
     from universal_neurons.matching.correlation import CrossMoments
     from universal_neurons.matching.slabs import Slab, SlabProducts, device_side_candidates
 
@@ -348,11 +353,16 @@ def test_the_slab_sums_stay_on_the_device_and_only_summaries_reach_the_host():
     candidates = torch.randint(0, n, (n, k))
     links = {("x", "y"): candidates, ("x", rotated_key("y", 0)): candidates}
     with HostCopies() as copies:
-        products = SlabProducts(slab, ["y"], n, {}, "meta", "bfloat16")
+        own = rotations["x"][:, 1:2] if per_token else None  # x's matrices of the slab layer
+        products = SlabProducts(slab, ["y"], n, {}, "meta", "bfloat16", own)
         values = {m: torch.empty(tokens, n, device="meta", dtype=torch.bfloat16) for m in "xy"}
         products.add(values)
         totals = products.totals(links, rotations)
     assert {t.device.type for t in products.cross.values()} == {"meta"}
+    assert (products.within is None) == per_token
+    if per_token:
+        assert products.rotated_second.device.type == "meta"
+        assert products.rotated_second.shape == (DRAWS, rows)
     assert products.cross["y"].dtype == torch.float64 and products.cross["y"].shape == (rows, n)
     assert {(tokens, rows), (tokens, n)} <= copies.bfloat16  # x's slab and y, for the product
     assert sorted(set(copies.to_host)) == [(rows,), (rows, k)]
@@ -363,3 +373,36 @@ def test_the_slab_sums_stay_on_the_device_and_only_summaries_reach_the_host():
     with HostCopies() as copies:
         links = device_side_candidates(("x", "y"), pair, inputs)
     assert set(copies.to_host) == {(rows, k)} and len(links) == 1 + DRAWS
+
+
+def test_the_slab_reductions_choose_their_way_by_cost_and_chunk_to_the_cache(monkeypatch):
+    """The token path for the rotated squares is taken exactly when the analysis set has fewer
+    positions than ``blocks × d_mlp`` (the real-width rehearsal's 2,048 against 20 × 3,072;
+    a preset's million against the same); the rotated cross reduction takes 16 rows of
+    GPT-2's width per CPU chunk (3 MiB), 256 on a GPU, and gives numpy's float64 answer
+    whatever the chunk."""
+    from universal_neurons.matching import slabs
+
+    assert slabs.rotate_per_token(2048, 20, 3072)
+    assert not slabs.rotate_per_token(20 * 3072, 20, 3072)
+    assert not slabs.rotate_per_token(1_000_000, 20, 3072)
+    assert slabs.rotated_rows(torch.device("cpu"), 8, 3072) == 16
+    assert slabs.rotated_rows(torch.device("cuda"), 8, 3072) == 256
+
+    rng = np.random.default_rng(0)
+    layers, d_mlp, rows, k = 2, 6, 7, 3
+    cross = rng.standard_normal((rows, layers * d_mlp))
+    matrices = rng.standard_normal((layers, d_mlp, d_mlp))
+    candidates = rng.integers(0, layers * d_mlp, (rows, k))
+    layer, index = candidates // d_mlp, candidates % d_mlp
+    expected = np.einsum(
+        "rkm,rkm->rk",
+        cross.reshape(rows, layers, d_mlp)[np.arange(rows)[:, None], layer],
+        matrices[layer, index],
+    )
+    for chunk_bytes in (1, 8 * k * d_mlp * 2, 10**9):  # 1 row, 2 rows, all rows per chunk
+        monkeypatch.setattr(slabs, "ROTATED_CHUNK_BYTES_CPU", chunk_bytes)
+        got = slabs._chunked_rotated_cross(
+            torch.as_tensor(cross), torch.as_tensor(matrices), torch.as_tensor(candidates)
+        )
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)

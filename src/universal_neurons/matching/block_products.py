@@ -110,10 +110,15 @@ def rotated_columns(first: torch.Tensor, within: torch.Tensor, matrices: torch.T
     """``(Σỹ [L * d_mlp], Σỹ² [L * d_mlp])`` float64 of the directions ``ỹ_l = Q_l y_l`` of
     ``L`` consecutive layers, from the shifted sums ``first [L * d_mlp]``, the layers' sums
     of products ``within [L, d_mlp, d_mlp]`` and ``matrices [L, d_mlp, d_mlp]``."""
-    layers, d_mlp = matrices.shape[0], matrices.shape[1]
-    sums = torch.einsum("lij,lj->li", matrices, first.view(layers, d_mlp)).reshape(-1)
     squares = ((matrices @ within) * matrices).sum(dim=2).reshape(-1)
-    return sums, squares
+    return rotated_sums(first, matrices), squares
+
+
+def rotated_sums(first: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """``Σỹ [L * d_mlp]`` of the directions ``ỹ_l = Q_l y_l`` of ``L`` consecutive layers from
+    the shifted sums ``first [L * d_mlp]`` and ``matrices [L, d_mlp, d_mlp]``."""
+    layers, d_mlp = matrices.shape[0], matrices.shape[1]
+    return torch.einsum("lij,lj->li", matrices, first.view(layers, d_mlp)).reshape(-1)
 
 
 def rotated_cross(

@@ -20,7 +20,7 @@ from universal_neurons.matching.plan import (
     unit_count,
     unit_memory,
 )
-from universal_neurons.matching.slabs import candidate_sums_bytes, slab_memory
+from universal_neurons.matching.slabs import candidate_sums_bytes, rotate_per_token, slab_memory
 
 POLYPYTHIA_SHAPES = {  # (n_layers, d_mlp, d_model, d_vocab, context), from the models' configs
     "polypythia-14m": (6, 512, 128, 50304, 2048),
@@ -223,9 +223,15 @@ SLAB_DEVICE_PARTS = ("candidates", "columns", "rotated")
 the rotation draws' QR and the resamples stay on the host."""
 
 
-def slab_device_flops(shape: GroupShape, sizes: UncertaintySizes) -> float:
-    """Float64 FLOPs the slab path runs on the pass's device (``SLAB_DEVICE_PARTS``)."""
+def slab_device_flops(shape: GroupShape, sizes: UncertaintySizes, tokens: int) -> float:
+    """Float64 FLOPs the slab path runs on the pass's device (``SLAB_DEVICE_PARTS``) over
+    ``tokens`` analysis positions: the rotated columns' squares token by token
+    (``2·T·d_mlp²`` per model, draw and layer) where ``slabs.rotate_per_token`` takes that
+    way, as the stage does."""
     flops = rotation_flops(shape, sizes)
+    if rotate_per_token(tokens, sizes.blocks, shape.d_mlp):
+        layers = shape.models * sizes.draws * shape.n_layers
+        flops["columns"] = float(layers * 2 * tokens * shape.d_mlp**2)
     return sum(flops[part] for part in SLAB_DEVICE_PARTS)
 
 
@@ -342,7 +348,8 @@ def uncertainty_cost(
     bf16 on ``cuda`` (float32 on the CPU) and per slab a candidate and a block-sums pass run
     every model forward over all tokens (whole models, ``2·params·T`` each) at
     ``rates.products``, with the cross products of ``slab_products``; the within-layer sums
-    in float32 (``GPU_FLOAT32`` on ``cuda``); ``slab_device_flops`` at ``rates.float64``,
+    in float32 (``GPU_FLOAT32`` on ``cuda``), none where the rotated squares are summed token
+    by token (``slabs.rotate_per_token``); ``slab_device_flops`` at ``rates.float64``,
     ``slab_host_flops`` at ``host.float64`` and on ``cuda`` ``slab_transfer_bytes`` at
     ``HOST_TO_DEVICE``. Returns ``layers`` (per slab), ``slabs`` (group), ``fits``, ``sums``
     (``candidate_sums`` bytes), ``memory`` (bytes on the pass's device), ``products``
@@ -355,10 +362,12 @@ def uncertainty_cost(
     slabs = shape.models * -(-shape.n_layers // layers)
     forward = 2 * slabs * shape.models * 2 * shape.model_parameters() * tokens
     products = slab_products(shape, tokens)
+    if rotate_per_token(tokens, sizes.blocks, shape.d_mlp):  # no within-layer sums then
+        products = {**products, "sums": products["sums"] - products["within"], "within": 0.0}
     cross = products["candidates"] + products["sums"] - products["within"]
     within = products["within"] / (GPU_FLOAT32 if cuda else rates.products)
     time = (forward + cross) / rates.products + within
-    time += slab_device_flops(shape, sizes) / rates.float64
+    time += slab_device_flops(shape, sizes, tokens) / rates.float64
     time += slab_host_flops(shape, sizes) / host.float64
     if cuda:
         time += slab_transfer_bytes(shape, sizes, layers) / HOST_TO_DEVICE

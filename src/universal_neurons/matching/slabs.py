@@ -13,7 +13,9 @@ neurons of every other model of the group. Per slab:
 2. sums: a second pass, block by block, keeps the slab's shifted sums (``SlabProducts``:
    ``[B, N]`` per partner, the slab layers' ``[d_mlp, d_mlp]`` sums of products) and reduces
    them at the end of each block to the candidate sums of its rows and of x's rotated
-   directions of its layers (``block_products.rotated_columns`` / ``rotated_cross``).
+   directions of its layers (``block_products.rotated_columns`` / ``rotated_cross``); for an
+   analysis set of fewer positions than ``blocks × d_mlp`` the rotated directions' squares
+   are summed token by token instead of from the ``[d_mlp, d_mlp]`` sums (``rotate_per_token``).
 
 Every x neuron and every rotated direction lies in exactly one slab, so the slabs of every
 model fill ``CandidateSums`` once. The rotation matrices (``[draws, layers, d_mlp, d_mlp]``
@@ -42,7 +44,12 @@ from tqdm import tqdm
 from universal_neurons.config import Products
 from universal_neurons.errors import MissingInputError, UserError
 from universal_neurons.matching.baseline import mixing_matrix
-from universal_neurons.matching.block_products import batch_values, rotated_columns, rotated_cross
+from universal_neurons.matching.block_products import (
+    batch_values,
+    rotated_columns,
+    rotated_cross,
+    rotated_sums,
+)
 from universal_neurons.matching.correlation import _product as batch_product
 from universal_neurons.matching.plan import cuda_memory
 from universal_neurons.matching.resampling import (
@@ -60,8 +67,13 @@ from universal_neurons.resources import (
     memory_limit,
 )
 
-ROTATED_ROWS = 256
-"""x rows per chunk of a rotated cross reduction (``[rows, k, d_mlp]`` float64 at a time)."""
+ROTATED_ROWS_CUDA = 256
+"""x rows per chunk of a rotated cross reduction on a GPU (``[rows, k, d_mlp]`` float64)."""
+ROTATED_CHUNK_BYTES_CPU = 3 * 2**20
+"""Bytes of one ``[rows, k, d_mlp]`` float64 chunk of a rotated cross reduction on the CPU:
+cache-sized (``benchmarks/uncertainty_slabs.py``: 256 rows of GPT-2's 3,072 took 6.7x longer,
+mostly in page faults of the fresh 50 MB gathers; the rows are independent, so the result
+is the same to the bit at any chunk size)."""
 
 
 @dataclass(frozen=True)
@@ -287,7 +299,12 @@ class SlabProducts:
     across blocks and slabs: a model's first batch sets its shift, as in
     ``block_products.BlockProducts``). ``products``: the precision of each batch's cross
     products (``correlation._product``, as correlate: ``bfloat16`` inputs with float32
-    accumulation on CUDA, ``float32`` on the CPU, ``float64`` for a reference)."""
+    accumulation on CUDA, ``float32`` on the CPU, ``float64`` for a reference).
+
+    ``rotations``: x's matrices of the slab's layers ``[draws, layers of the slab, d_mlp,
+    d_mlp]`` float64 (host or device) when the rotated directions' ``Σỹ²`` are summed token by
+    token (``rotate_per_token``): then ``rotated_second [draws, B]`` = Σ (Q (x − shift))² in
+    float64 replaces ``within``. One instance serves every block of its slab (``reset``)."""
 
     def __init__(
         self,
@@ -297,18 +314,28 @@ class SlabProducts:
         shifts: dict,
         device="cpu",
         products: Products = "float32",
+        rotations: torch.Tensor | None = None,
     ):
         (r0, r1), (l0, l1) = slab.rows, slab.layers
         self.slab, self.partners, self.shifts, self.products = slab, partners, shifts, products
         self.work = torch.float64 if products == "float64" else torch.float32
+        self.rotations = rotations
         self.count = 0
 
         def zeros(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, dtype=torch.float64, device=device)
 
         self.first, self.second = zeros(r1 - r0), zeros(r1 - r0)
-        self.within = zeros(l1 - l0, slab.d_mlp, slab.d_mlp)
+        self.within = zeros(l1 - l0, slab.d_mlp, slab.d_mlp) if rotations is None else None
+        self.rotated_second = None if rotations is None else zeros(len(rotations), r1 - r0)
         self.cross = {partner: zeros(r1 - r0, n) for partner in partners}
+
+    def reset(self) -> None:
+        """Start the next block: every sum back to 0 in place (the shifts stay)."""
+        self.count = 0
+        sums = [self.first, self.second, *self.cross.values()]
+        for total in sums + [t for t in (self.within, self.rotated_second) if t is not None]:
+            total.zero_()
 
     def _centred(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """``value [tokens, N]`` (the model's dtype) minus the model's shift (set by its first
@@ -322,17 +349,30 @@ class SlabProducts:
     def add(self, values: Mapping[str, torch.Tensor]) -> None:
         """Add one batch: ``values[name] [tokens, N]`` of every model (same tokens, on the
         sums' device); the cross products in ``products`` precision, the slab's own sums in
-        the working precision, all summed into float64."""
+        the working precision (its rotated squares in float64), all summed into float64."""
         (r0, r1), (l0, l1) = self.slab.rows, self.slab.layers
         x = self._centred(self.slab.model, values[self.slab.model])[:, r0:r1]
         self.first += x.sum(dim=0, dtype=torch.float64)
         self.second += (x * x).sum(dim=0, dtype=torch.float64)
-        layers = x.T.reshape(l1 - l0, self.slab.d_mlp, -1)  # [layers, d_mlp, tokens]
-        self.within += (layers @ layers.transpose(1, 2)).to(torch.float64)
+        if self.rotations is None:
+            layers = x.T.reshape(l1 - l0, self.slab.d_mlp, -1)  # [layers, d_mlp, tokens]
+            self.within += (layers @ layers.transpose(1, 2)).to(torch.float64)
+        else:
+            self._add_rotated_squares(x)
         self.count += int(x.shape[0])
         for partner in self.partners:
             y = self._centred(partner, values[partner])
             self.cross[partner] += batch_product(x, y, self.products)
+
+    def _add_rotated_squares(self, x: torch.Tensor) -> None:
+        """Add Σ ỹ² of one batch's centred slab values ``x [tokens, B]`` for every draw:
+        ``ỹ_l = Q_l x_l`` per token, in float64 (one draw's matrices on the device at a time)."""
+        layers = x.shape[1] // self.slab.d_mlp
+        wide = x.to(torch.float64).reshape(x.shape[0], layers, -1).transpose(0, 1)
+        for draw, matrices in enumerate(self.rotations):
+            q = on_device(matrices, x.device)  # [layers, d_mlp, d_mlp]
+            rotated = wide @ q.transpose(1, 2)  # [layers, tokens, d_mlp]
+            self.rotated_second[draw] += (rotated * rotated).sum(dim=1).reshape(-1)
 
     def totals(self, links: Mapping, rotations: Mapping[str, torch.Tensor]) -> BlockTotals:
         """The block's ``BlockTotals`` of the slab (``rows``), reduced on the sums' device and
@@ -360,31 +400,50 @@ class SlabProducts:
     def _rotated_columns(self, draws: torch.Tensor) -> tuple[dict, dict]:
         """``({key: Σ [B]}, {key: Σ² [B]})`` on the host of x's slab neurons and, per draw of
         ``draws [draws, layers, d_mlp, d_mlp]`` (x's matrices), its rotated directions of
-        the slab's layers (``block_products.rotated_columns`` on the sums' device)."""
+        the slab's layers (``block_products.rotated_columns`` on the sums' device, or the
+        token-by-token ``rotated_second``)."""
         x, (l0, l1) = self.slab.model, self.slab.layers
         first, second = {x: self.first.cpu()}, {x: self.second.cpu()}
         for draw, matrices in enumerate(draws):
             key = rotated_key(x, draw)
             layers = on_device(matrices[l0:l1], self.first.device)
-            sums, squares = rotated_columns(self.first, self.within, layers)
+            if self.rotated_second is None:
+                sums, squares = rotated_columns(self.first, self.within, layers)
+            else:
+                sums, squares = rotated_sums(self.first, layers), self.rotated_second[draw]
             first[key], second[key] = sums.cpu(), squares.cpu()
         return first, second
+
+
+def rotate_per_token(positions: int, blocks: int, d_mlp: int) -> bool:
+    """Whether the rotated directions' ``Σỹ²`` are cheaper summed token by token (``ỹ = Q y``
+    at every position: ``2 positions d_mlp²`` FLOPs per layer and draw) than from each
+    block's ``Σ y yᵀ`` (``2 blocks d_mlp³``): when the analysis set's ``positions`` are fewer
+    than ``blocks × d_mlp`` (a small set at real width; a large one takes the block sums).
+    Both give the same sums up to rounding; the token path rotates in float64."""
+    return positions < blocks * d_mlp
+
+
+def rotated_rows(device: torch.device, k: int, d_mlp: int) -> int:
+    """x rows per chunk of a rotated cross reduction on ``device``: ``ROTATED_ROWS_CUDA`` on
+    a GPU, else as many as keep a ``[rows, k, d_mlp]`` float64 chunk within
+    ``ROTATED_CHUNK_BYTES_CPU``."""
+    if device.type == "cuda":
+        return ROTATED_ROWS_CUDA
+    return max(1, ROTATED_CHUNK_BYTES_CPU // (8 * k * d_mlp))
 
 
 def _chunked_rotated_cross(
     cross: torch.Tensor, matrices: torch.Tensor, candidates: torch.Tensor
 ) -> torch.Tensor:
     """``block_products.rotated_cross`` of ``cross [B, N]`` and ``candidates [B, k]``,
-    ``ROTATED_ROWS`` rows at a time (``[rows, k, d_mlp]`` gathered directions), on the
+    ``rotated_rows`` rows at a time (``[rows, k, d_mlp]`` gathered directions), on the
     device of its inputs: ``[B, k]`` float64 there."""
+    step = rotated_rows(cross.device, candidates.shape[1], matrices.shape[1])
     return torch.cat(
         [
-            rotated_cross(
-                cross[start : start + ROTATED_ROWS],
-                matrices,
-                candidates[start : start + ROTATED_ROWS],
-            )
-            for start in range(0, cross.shape[0], ROTATED_ROWS)
+            rotated_cross(cross[start : start + step], matrices, candidates[start : start + step])
+            for start in range(0, cross.shape[0], step)
         ]
     )
 
@@ -398,23 +457,30 @@ def accumulate_slabs(
     rotations: Mapping[str, np.ndarray],
     slabs: list[Slab],
     progress: bool = True,
+    per_token: bool | None = None,
 ) -> CandidateSums:
     """One pass of the analysis set ``(tokens [sequences, pos], excluded ids)`` per slab,
     block by block (``block_bounds`` of ``sums.blocks``), adding each block's slab sums to
     ``sums`` (its links; rotated directions from ``rotations[m] [draws, layers, d_mlp,
-    d_mlp]``, arrays or memory maps). The kept positions are counted in the first slab."""
+    d_mlp]``, arrays or memory maps). The kept positions are counted in the first slab.
+    ``per_token``: sum the rotated directions' squares token by token (default:
+    ``rotate_per_token`` of the analysis set's positions)."""
     tokens, excluded_ids = analysis_set
     names = list(models)
     n = sums.first[names[0]].shape[1]
     rotations = {m: torch.as_tensor(matrices) for m, matrices in rotations.items()}
     bounds = block_bounds(len(tokens), sums.blocks)
+    if per_token is None:
+        per_token = rotate_per_token(int(tokens.size), sums.blocks, slabs[0].d_mlp)
     batches = sum(-(-(stop - start) // settings.batch_size) for start, stop in bounds)
     bar = tqdm(total=len(slabs) * batches, desc="uncertainty slabs", disable=not progress)
     shifts: dict[str, torch.Tensor] = {}
     for number, slab in enumerate(slabs):
         partners = [name for name in names if name != slab.model]
+        own = rotations[slab.model][:, slab.layers[0] : slab.layers[1]] if per_token else None
+        products = SlabProducts(slab, partners, n, shifts, settings.device, settings.products, own)
         for block, (start, stop) in enumerate(bounds):
-            products = SlabProducts(slab, partners, n, shifts, settings.device, settings.products)
+            products.reset()
             for values in batch_values(
                 models, tokens[start:stop], excluded_ids, settings.batch_size, settings.device
             ):
