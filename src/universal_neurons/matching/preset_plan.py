@@ -79,8 +79,9 @@ def preset_costs(
     """One row per preset of ``ALL_PRESET_SHAPES`` (``models``: its member count): ``preset``,
     ``models``, ``neurons`` (per model), ``pairs``, ``tokens``, and ``cpu`` / ``gpu``:
     ``preset_cost`` at the ``cpu`` rates (float32, whole-model units) and at the ``gpu``
-    rates (bf16); ``effects``: ``effects_cost`` at each and ``effects_memory``; ``uncertainty``: ``uncertainty_cost``
-    at each (its host work at the ``cpu`` rates on the GPU too)."""
+    rates (bf16); ``effects``: ``effects_cost`` at each and ``effects_memory``;
+    ``uncertainty``: ``uncertainty_cost`` at each (its host work at the ``cpu`` rates on the
+    GPU too)."""
     rows = []
     for preset, dims in ALL_PRESET_SHAPES.items():
         shape = GroupShape(models[preset], *dims)
@@ -143,8 +144,8 @@ PRESET_EFFECTS = {"context": 512, "batch_size": 16, "neuron_batch": 4}
 def effects_memory(shape: GroupShape, *, context: int, batch_size: int, neuron_batch: int) -> dict:
     """The effects stage's peak memory (bytes) on a group of ``shape`` with ``effects.batch_size``
     sequences of ``context`` tokens per pass and ``effects.neuron_batch`` ablated copies of the
-    batch: the clean
-    pass's logits and probabilities and, per chunk, the copies' logits and their softmax
+    batch: the clean pass's logits and probabilities and, per chunk, the copies' logits and their
+    softmax
     (4-byte ``[tokens, vocab]`` tensors: ``logits``, which dominate at GPT-2's vocabulary), one
     loaded model, and the unembedding's float64 SVD for the roles (the centred copy, U and the
     workspace: three ``[d_model, vocab]``). ``total`` is their sum."""
@@ -183,17 +184,18 @@ HOST_TO_DEVICE = 16e9
 GPU: an assumption (PCIe 5 x16 carries 64 GB/s, pageable copies a fraction of it)."""
 
 
-def slab_products(shape: GroupShape, tokens: int) -> dict[str, float]:
+def slab_products(shape: GroupShape, tokens: int, per_token: bool = False) -> dict[str, float]:
     """FLOPs of the slab path's products over ``tokens`` tokens (``matching.slabs``): every
     slab of ``B`` neurons of a model x against all ``N`` neurons of each other model, ``2·T·B·N``
     per partner, once in the candidate pass and once in the block-sums pass. A model's slabs
     cover its ``N`` neurons, so each pass is ``2·T·N²`` per ordered pair, twice correlate's
     products per unordered pair; the block sums add each slab layer's ``[d_mlp, d_mlp]``
-    within-layer products (``2·T·L·d_mlp²`` per model, float32). Returns ``candidates``,
-    ``sums`` (both with the within-layer products) and ``within`` (those alone)."""
+    within-layer products (``2·T·L·d_mlp²`` per model, float32), none when the rotated
+    squares are summed ``per_token`` (``slabs.rotate_per_token``). Returns ``candidates``,
+    ``sums`` (with the within-layer products) and ``within`` (those alone)."""
     m, n = shape.models, shape.neurons
     cross = m * (m - 1) * 2 * tokens * n * n
-    within = m * 2 * tokens * shape.n_layers * shape.d_mlp**2
+    within = 0 if per_token else m * 2 * tokens * shape.n_layers * shape.d_mlp**2
     return {"candidates": float(cross), "sums": float(cross + within), "within": float(within)}
 
 
@@ -223,13 +225,15 @@ SLAB_DEVICE_PARTS = ("candidates", "columns", "rotated")
 the rotation draws' QR and the resamples stay on the host."""
 
 
-def slab_device_flops(shape: GroupShape, sizes: UncertaintySizes, tokens: int) -> float:
+def slab_device_flops(
+    shape: GroupShape, sizes: UncertaintySizes, tokens: int, per_token: bool = False
+) -> float:
     """Float64 FLOPs the slab path runs on the pass's device (``SLAB_DEVICE_PARTS``) over
-    ``tokens`` analysis positions: the rotated columns' squares token by token
-    (``2·T·d_mlp²`` per model, draw and layer) where ``slabs.rotate_per_token`` takes that
-    way, as the stage does."""
+    ``tokens`` analysis positions; ``per_token``: the rotated columns' squares summed token
+    by token (``2·T·d_mlp²`` per model, draw and layer, ``slabs.rotate_per_token``) instead of
+    per block."""
     flops = rotation_flops(shape, sizes)
-    if rotate_per_token(tokens, sizes.blocks, shape.d_mlp):
+    if per_token:
         layers = shape.models * sizes.draws * shape.n_layers
         flops["columns"] = float(layers * 2 * tokens * shape.d_mlp**2)
     return sum(flops[part] for part in SLAB_DEVICE_PARTS)
@@ -361,13 +365,12 @@ def uncertainty_cost(
     layers = fitting[0] if fitting else 1
     slabs = shape.models * -(-shape.n_layers // layers)
     forward = 2 * slabs * shape.models * 2 * shape.model_parameters() * tokens
-    products = slab_products(shape, tokens)
-    if rotate_per_token(tokens, sizes.blocks, shape.d_mlp):  # no within-layer sums then
-        products = {**products, "sums": products["sums"] - products["within"], "within": 0.0}
+    per_token = rotate_per_token(tokens, sizes.blocks, shape.d_mlp)
+    products = slab_products(shape, tokens, per_token)
     cross = products["candidates"] + products["sums"] - products["within"]
     within = products["within"] / (GPU_FLOAT32 if cuda else rates.products)
     time = (forward + cross) / rates.products + within
-    time += slab_device_flops(shape, sizes, tokens) / rates.float64
+    time += slab_device_flops(shape, sizes, tokens, per_token) / rates.float64
     time += slab_host_flops(shape, sizes) / host.float64
     if cuda:
         time += slab_transfer_bytes(shape, sizes, layers) / HOST_TO_DEVICE

@@ -33,6 +33,7 @@ from universal_neurons.matching.plan import (
 from universal_neurons.matching.preset_plan import (
     ALL_PRESET_SHAPES,
     GPU_MEMORY,
+    PRESET_EFFECTS,
     PRESET_UNCERTAINTY,
     UNIVERSAL_FRACTION,
     preset_costs,
@@ -200,7 +201,8 @@ def effects_lines(rows: list[dict]) -> list[str]:
         "",
         f"effects stage: {UNIVERSAL_FRACTION:.2%} of neurons universal (the paper's largest), "
         "4 controls and a partner per other model each, 256 sequences of the model's context; "
-        "memory: the presets' batches of 16 sequences of 512 tokens x 4 ablated copies "
+        f"memory: the presets' batches of {PRESET_EFFECTS['batch_size']} sequences of "
+        f"{PRESET_EFFECTS['context']} tokens x {PRESET_EFFECTS['neuron_batch']} ablated copies "
         "(effects.batch_size, effects.neuron_batch: the copies' [tokens, vocab] logits dominate)",
         f"{'preset':<28}{'universal':>10}{'ablations':>11}{'CPU time':>12}{'GPU time':>12}"
         f"{'memory':>11}",
