@@ -1,7 +1,12 @@
 """Stage classify: family of each universal neuron (variance reduction of features).
 
-Reads the token set, the syntax labels, each model and its stats table; writes
-``data/families/seed{s}.parquet`` (+ ``topics.json``), ``results/families.json`` (its
+The classify_candidates stage classified every candidate (excess above
+``universality.candidate_threshold``, at most τ) in a pass over the analysis token set; this
+stage keeps the universal neurons' rows (the stats tables' ``is_universal``; with
+``families.neurons`` a list or ``all``, every row) and counts the families, so a new τ costs
+seconds here.
+
+Writes ``data/families/seed{s}.parquet`` (+ ``topics.json``), ``results/families.json`` (its
 headline, the counts per activation family over all models: ``metrics/families.json``),
 ``metrics/families_per_layer.csv`` and ``metrics/families_per_layer.png``.
 """
@@ -11,34 +16,19 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from universal_neurons.description.families import (
     FAMILIES,
-    STORED_TOP_CONTEXTS,
     VOCAB_FAMILIES,
-    classify_model,
     family_metrics,
     headline_counts,
-    parse_neurons,
     per_layer_rows,
-    universal_mask,
-    with_top_contexts,
+    select_universal,
 )
-from universal_neurons.description.features import FeatureSet, load_analysis_features
-from universal_neurons.errors import MissingInputError
-from universal_neurons.io import atomic_outputs, read_parquet
-from universal_neurons.matching.activations import count_kept, token_set_record
-from universal_neurons.models.loading import load_model, model_shape
+from universal_neurons.io import atomic_outputs, read_json, read_parquet
 from universal_neurons.outputs.plots import plot_family_counts
 from universal_neurons.pipeline.command import Out, Stage, as_json
-from universal_neurons.pipeline.inputs import (
-    Provenance,
-    check_same_inputs,
-    group_names,
-    summary_of,
-)
 from universal_neurons.pipeline.layout import Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
 
@@ -48,35 +38,15 @@ if TYPE_CHECKING:
     from universal_neurons.config import Params
 
 
-def classify_seed(
-    params: Params,
-    layout: Layout,
-    seed: int,
-    analysis_set: tuple[np.ndarray, FeatureSet, np.ndarray],
-) -> tuple[pd.DataFrame, dict]:
-    """The family table (with each neuron's top contexts, for the ``neuron`` command) and the
-    family counts of the model of ``seed``; ``analysis_set``: ``(tokens, features, excluded ids)``."""
-    config, label = params.families, model_name(seed)
-    tokens, features, excluded = analysis_set
+def family_table(params: Params, layout: Layout, seed: int) -> tuple[pd.DataFrame, dict]:
+    """The family table of the model of ``seed`` (its candidates' rows that ``families.neurons``
+    asks for, ``is_universal`` from its neuron table) and its family counts."""
+    label = model_name(seed)
     stats = read_parquet(layout.table("stats", label), "stats")
-    model = load_model(str(layout.model(seed)), device=params.analysis.device)
-    n_layers, d_mlp = model_shape(model)
-    neurons = parse_neurons(config.neurons, n_layers, d_mlp, universal_mask(stats, n_layers, d_mlp))
-    table, top = classify_model(
-        model,
-        tokens,
-        features,
-        neurons,
-        excluded,
-        params.analysis,
-        config,
-        stats,
-        desc=f"classify {label}",
-        top_k=STORED_TOP_CONTEXTS,
-    )
-    if top is not None:
-        table = with_top_contexts(table, top)
-    return table, family_metrics(table, stats, n_layers, config)
+    candidates = read_parquet(layout.table("classify_candidates", label), "classify_candidates")
+    table = select_universal(candidates, stats, params.families)
+    n_layers = int(stats["layer"].max()) + 1
+    return table, family_metrics(table, stats, n_layers, params.families)
 
 
 def _write_tables(temp: Path, tables: dict[str, pd.DataFrame], topics: dict) -> None:
@@ -99,33 +69,15 @@ def _write(layout: Layout, tables: dict[str, pd.DataFrame], topics: dict, metric
         plot_family_counts(metrics, [*FAMILIES, *VOCAB_FAMILIES], figure)
 
 
-def _check_stats_inputs(params: Params, layout: Layout, tokens, excluded) -> None:
-    """The stats stage's tables were made from this analysis token set and group."""
-    stats = layout.summary("stats")
-    current = token_set_record(
-        tokens, excluded, count_kept(tokens, excluded), params.analysis.split
-    )
-    source = layout.tokens / f"{params.analysis.split}_tokens.npy"
-    check_same_inputs({stats: summary_of(stats), source: Provenance(current)}, group_names(params))
-
-
 def run(params: Params, layout: Layout) -> dict:
-    """Classify the chosen neurons of every model; write tables, metrics, CSV and plot."""
-    syntax_dir = layout.stage_dir("syntax")
-    if not syntax_dir.exists():
-        raise MissingInputError(f"{syntax_dir}: syntax labels not found (run the syntax stage)")
-    tokens, features, excluded, _ = load_analysis_features(
-        layout.tokens, params.analysis, params.families, syntax_dir
-    )
-    _check_stats_inputs(params, layout, tokens, excluded)
+    """The family tables and counts of every model; write tables, metrics, CSV and plot."""
+    topics_path = layout.stage_dir("classify_candidates") / "topics.json"
     metrics: dict = {"models": {}}
     tables: dict[str, pd.DataFrame] = {}
     for seed in params.train.seeds:
         label = model_name(seed)
-        tables[label], metrics["models"][label] = classify_seed(
-            params, layout, seed, (tokens, features, excluded)
-        )
-    _write(layout, tables, features.topic_words, metrics)
+        tables[label], metrics["models"][label] = family_table(params, layout, seed)
+    _write(layout, tables, read_json(topics_path), metrics)
     return metrics
 
 
@@ -138,13 +90,8 @@ def _summary(metrics: dict) -> str:
 
 COMMAND = Stage(
     name="classify",
-    params=("analysis", "families", "train.seeds"),
-    inputs=lambda layout: [
-        layout.tokens,
-        layout.stage_dir("syntax"),
-        layout.stage_dir("stats"),
-        layout.models,
-    ],
+    params=("families", "train.seeds"),
+    inputs=lambda layout: [layout.stage_dir("classify_candidates"), layout.stage_dir("stats")],
     outputs=lambda layout: [
         Out(layout.stage_dir("families")),
         Out(layout.result("families.json"), cache=False),

@@ -1,9 +1,11 @@
 """Stage effects: what the universal neurons do when ablated (SPEC "What a neuron does").
 
 Every universal neuron of every model, ``effects.controls`` matched control neurons per
-universal neuron and its best partner in every other model are ablated (``effects.ablation``)
-on the first ``effects.max_sequences`` held-out sequences; their weight-based roles
-(entropy, attention (de)activation, prediction, suppression) are set beside the effects.
+universal neuron and its best partner in every other model were ablated (``effects.ablation``)
+on the first ``effects.max_sequences`` held-out sequences by the effects_candidates stage,
+which measures every candidate (excess above ``universality.candidate_threshold``, at most
+τ); this stage keeps the rows of the universal neurons (the stats tables' ``is_universal``),
+so a new τ costs seconds here.
 
 Writes ``data/effects/``: ``seed{s}.parquet`` (one row per measured neuron; columns in
 ``description/effects.py``) and ``effects.png`` (universal vs control effect per layer);
@@ -15,63 +17,38 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-from tqdm import tqdm
-
 from universal_neurons.description.effects import (
-    ModelInputs,
-    add_group_columns,
     effects_summary,
     headline_metrics,
-    measure_model,
-    measured_neurons,
     per_layer_table,
+    select_universal,
     with_summary_columns,
 )
+from universal_neurons.description.neuron_profile import universal_neurons
 from universal_neurons.io import atomic_outputs, read_parquet
-from universal_neurons.matching.activations import excluded_token_ids
-from universal_neurons.models.loading import check_device
 from universal_neurons.outputs.effects_plot import plot_effects
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.layout import Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
-from universal_neurons.text.tokens import load_tokenizer, load_tokens
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
 
 
-def model_inputs(params: Params, layout: Layout, seed: int) -> ModelInputs:
-    """What the measurement of the model of ``seed`` reads (the held-out token set)."""
-    config = params.effects
-    tokens = load_tokens(layout.tokens, "heldout")
-    tokens = tokens if config.max_sequences == 0 else tokens[: config.max_sequences]
-    excluded = excluded_token_ids(load_tokenizer(layout.tokens), params.analysis)
-    return ModelInputs(
-        directory=str(layout.model(seed)),
-        stats=read_parquet(layout.table("stats", model_name(seed)), "stats"),
-        moments=read_parquet(layout.model_dir("collect", seed) / "moments.parquet", "collect"),
-        tokens=np.asarray(tokens, dtype=np.int64),
-        excluded=excluded,
-    )
-
-
-def run(params: Params, layout: Layout, progress: bool = True) -> dict:
-    """Measure every model's neurons and write the effects outputs; return the summary."""
-    check_device(params.effects.device, "effects.device")
-    inputs = {model_name(seed): model_inputs(params, layout, seed) for seed in params.train.seeds}
-    max_corr = read_parquet(layout.stage_dir("correlate") / "max_corr.parquet", "correlate")
-    stats = {name: found.stats for name, found in inputs.items()}
-    targets = measured_neurons(stats, max_corr, params.effects)
-    tables, per_token = {}, {}
-    for name in tqdm(inputs, desc="effects", unit="model", disable=not progress):
-        tables[name], found = measure_model(
-            inputs[name], targets[name], params.effects, params.families, progress
-        )
-        per_token.update({(name, *key): values for key, values in found.items()})
-    tables = {
-        name: with_summary_columns(t) for name, t in add_group_columns(tables, per_token).items()
+def run(params: Params, layout: Layout) -> dict:
+    """Select the universal neurons' rows of the candidates' effects; write the effects
+    outputs and return the summary."""
+    names = [model_name(seed) for seed in params.train.seeds]
+    candidates = {
+        name: read_parquet(layout.table("effects_candidates", name), "effects_candidates")
+        for name in names
     }
+    universal = {
+        name: universal_neurons(read_parquet(layout.table("stats", name), "stats"))
+        for name in names
+    }
+    selected = select_universal(candidates, universal)
+    tables = {name: with_summary_columns(table) for name, table in selected.items()}
     summary = effects_summary(tables, params.effects)
     with atomic_outputs() as outputs:  # the stage's outputs change together or not at all
         temp = outputs.path(layout.stage_dir("effects"))
@@ -88,14 +65,8 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
 
 COMMAND = Stage(
     name="effects",
-    params=("train.seeds", "analysis", "families", "effects"),
-    inputs=lambda layout: [
-        layout.tokens,
-        layout.models,
-        layout.stage_dir("collect"),
-        layout.stage_dir("correlate"),
-        layout.stage_dir("stats"),
-    ],
+    params=("train.seeds", "effects"),
+    inputs=lambda layout: [layout.stage_dir("effects_candidates"), layout.stage_dir("stats")],
     outputs=lambda layout: [
         Out(layout.stage_dir("effects")),
         Out(layout.result("effects.json"), cache=False),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from universal_neurons.description.neuron_profile import pages_file
 from universal_neurons.io import atomic_outputs, read_json
 from universal_neurons.outputs.neuron_page import NEURONS_DIR, write_group_pages
 from universal_neurons.outputs.report import (
@@ -64,8 +65,13 @@ def extra_inputs(layout: Layout) -> list[Path]:
 
 def page_inputs(layout: Layout) -> list[Path]:
     """What the neuron pages read besides the report's inputs: the token set, correlate's
-    maxima and the baseline."""
-    return [layout.tokens, layout.stage_dir("correlate"), layout.stage_dir("baseline")]
+    maxima, the baseline and the candidates' activations (classify_candidates)."""
+    return [
+        layout.tokens,
+        layout.stage_dir("correlate"),
+        layout.stage_dir("baseline"),
+        layout.stage_dir("classify_candidates"),
+    ]
 
 
 def write_neuron_pages(params: Params, layout: Layout, sources: ReportSources, out: Path) -> int:
@@ -88,8 +94,9 @@ def write_neuron_pages(params: Params, layout: Layout, sources: ReportSources, o
     tables = (stats, families, pd.read_parquet(max_corr), pd.read_parquet(baseline))
     threshold = threshold_of(sources.universality_metrics)
     extras = page_extras(layout, list(stats))
+    stored = {name: layout.stage_dir("classify_candidates") / pages_file(name) for name in stats}
     rows = write_group_pages(
-        out, sources.model_dirs, layout.tokens, params.analysis, *tables, threshold, extras
+        out, sources.model_dirs, layout.tokens, params.analysis, *tables, threshold, extras, stored
     )
     return len(rows)
 

@@ -13,6 +13,8 @@ layer and group) and ``plots/*.png``; ``results/stats.json``, ``metrics/findings
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -46,6 +48,11 @@ from universal_neurons.pipeline.inputs import (
 from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
 
+# ``python -P`` (as DVC runs a stage) leaves this folder off the import path: the folder above
+# it goes on the end of it, for the universality stage's tables (``candidate_tables``).
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from stages.universality import universality_tables  # noqa: E402
+
 if TYPE_CHECKING:
     from universal_neurons.config import Params
 
@@ -64,13 +71,38 @@ def model_table(params: Params, layout: Layout, seed: int) -> pd.DataFrame:
     missing input names the stage to run in the order a user meets them."""
     name = model_name(seed)
     universality = read_parquet(layout.table("universality", name), "universality")
-    moments = read_parquet(layout.model_dir("collect", seed) / "moments.parquet", "collect")
     first = first_universal(params, layout)
     emergence = None if first is None else first[first["model"] == name]
+    return neuron_statistics(params, layout, seed, universality, emergence)
+
+
+def neuron_statistics(
+    params: Params,
+    layout: Layout,
+    seed: int,
+    universality: pd.DataFrame,
+    emergence: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """``statistics.neuron_table`` of the model of ``seed``: its ``universality`` table
+    joined with the weight statistics of its weights and the activation statistics of its
+    collect moments (``emergence``: its first-universal rows, or None)."""
+    moments = read_parquet(layout.model_dir("collect", seed) / "moments.parquet", "collect")
     model = load_model(str(layout.model(seed)))
     weights = weight_statistics(processed_weights(model), params.stats.neuron_chunk)
     del model
     return neuron_table(universality, weights, activation_statistics(moments, "pre"), emergence)
+
+
+def candidate_tables(params: Params, layout: Layout) -> dict[str, pd.DataFrame]:
+    """Every model's neuron table with ``is_universal`` at ``universality.candidate_threshold``
+    (the candidates) instead of τ, and no emergence column values: what the stages that do
+    not depend on τ describe. Made from correlate and baseline, not from the universality
+    stage (whose tables change with τ)."""
+    _, tables = universality_tables(params, layout, params.universality.candidate_threshold)
+    return {
+        name: neuron_statistics(params, layout, seed, tables[name])
+        for seed, name in zip(params.train.seeds, tables, strict=True)
+    }
 
 
 def _write_tables(

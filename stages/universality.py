@@ -30,12 +30,17 @@ from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from universal_neurons.config import Params
+    from universal_neurons.pipeline.inputs import CorrelateSummary
 
 
-def run(params: Params, layout: Layout) -> dict:
-    """Build every model's neuron table and the universality metrics; return the metrics."""
-    threshold = params.universality.threshold
+def universality_tables(
+    params: Params, layout: Layout, threshold: float
+) -> tuple[CorrelateSummary, dict[str, pd.DataFrame]]:
+    """Correlate's summary (checked to describe the baseline's token set) and every model's
+    universality table with ``is_universal`` = excess above ``threshold``."""
     summary = correlate_summary(params, layout)
     baseline_path = layout.summary("baseline")
     correlate_path = layout.summary("correlate")
@@ -45,7 +50,13 @@ def run(params: Params, layout: Layout) -> dict:
     maxima = read_parquet(layout.stage_dir("correlate") / "max_corr.parquet", "correlate")
     baseline = read_parquet(layout.stage_dir("baseline") / "baseline.parquet", "baseline")
     names = [model_name(seed) for seed in params.train.seeds]
-    tables = {name: universality_table(maxima, baseline, name, threshold) for name in names}
+    return summary, {name: universality_table(maxima, baseline, name, threshold) for name in names}
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """Build every model's neuron table and the universality metrics; return the metrics."""
+    threshold = params.universality.threshold
+    summary, tables = universality_tables(params, layout, threshold)
     summaries = {name: model_summary(table, summary.n_layers) for name, table in tables.items()}
     metrics = universality_metrics(summaries, threshold, summary.kept_positions)
     with atomic_outputs() as outputs:  # the four outputs change together or not at all

@@ -62,7 +62,7 @@ def _neuron_tables(n_layers: int, d_mlp: int, seed: int) -> tuple[pd.DataFrame, 
 
 @pytest.fixture(scope="module")
 def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
-    from stages import classify, syntax
+    from stages import classify, classify_candidates, syntax
     from universal_neurons.pipeline.layout import Layout
 
     root = tmp_path_factory.mktemp("families")
@@ -82,6 +82,22 @@ def classified(tiny_group, tiny_tokens_dir, tmp_path_factory):
     layout = Layout.at(root, tokens=tiny_tokens_dir, models=models_dir)
     syntax.run(params, layout)
     metrics_dir, results_dir = layout.metrics, layout.results
+    # the candidates are the planted universal neurons (classify_candidates' own choice of them,
+    # from correlate, is tested with the pipeline): what classify selects from them is tested here
+    tokens, features, excluded, _ = load_analysis_features(
+        tiny_tokens_dir, params.analysis, params.families, data / "syntax"
+    )
+    tables = {
+        f"seed{seed}": classify_candidates.classify_seed(
+            params,
+            layout,
+            seed,
+            (tokens, features, excluded),
+            pd.read_parquet(data / "stats" / f"seed{seed}.parquet"),
+        )[0]
+        for seed in params.train.seeds
+    }
+    classify_candidates.write_tables(layout, tables, features.topic_words)
     metrics = classify.run(params, layout)
     return {
         "params": params,
@@ -309,7 +325,8 @@ def test_dvc_repro_runs_syntax_and_classify(classified, tmp_path):
         copy(REPO_ROOT / name, work / name)
     shutil.copy(classified["params_file"], work / "params.yaml")
     shutil.copytree(classified["tokens_dir"], work / "data" / "tokens")
-    shutil.copytree(classified["data"] / "stats", work / "data" / "stats")
+    for stage in ("stats", "classify_candidates"):
+        shutil.copytree(classified["data"] / stage, work / "data" / stage)
     for seed in (1, 2, 3):
         shutil.copytree(classified["models_dir"] / f"seed{seed}", work / "models" / f"seed{seed}")
     bin_dir = str(Path(sys.executable).parent)
@@ -360,3 +377,37 @@ def test_neurons_classified_in_chunks_equal_one_pass(classified):
     pd.testing.assert_frame_equal(chunked, whole)
     for name in ("values", "sequence", "position"):
         assert torch.equal(getattr(chunked_top, name), getattr(whole_top, name))
+
+
+def test_classify_keeps_the_universal_rows_of_the_candidates():
+    """The families of a τ are the candidates' rows of its universal neurons, flagged (and their
+    vocabulary families taken) from the stats table; a list of neurons keeps every row; a
+    universal neuron that was no candidate (candidates classified at a higher threshold) stops
+    the stage with its name."""
+    from universal_neurons.config import FamiliesConfig
+    from universal_neurons.description.families import (
+        FamiliesError,
+        add_vocab_families,
+        select_universal,
+    )
+
+    stats = pd.DataFrame(
+        {"layer": [0] * 6 + [1] * 6, "index": list(range(6)) * 2, "is_universal": True}
+    ).assign(vocab_var=0.001, vocab_skew=0.0, vocab_kurt=3.0)
+    family = pd.DataFrame(
+        {"layer": [0, 0, 1], "index": [3, 5, 2], "family": ["unigram", "position", "syntax"]}
+    )
+    candidates = add_vocab_families(family, stats, FamiliesConfig()).assign(top_positions=1)
+    stats["is_universal"] = False
+    stats.loc[5, ["is_universal", "vocab_kurt", "vocab_skew"]] = [True, 25.0, 2.0]  # neuron 0.5
+    chosen = select_universal(candidates, stats, FamiliesConfig())
+    assert list(chosen.columns) == list(candidates.columns)
+    assert chosen[["layer", "index", "family"]].values.tolist() == [[0, 5, "position"]]
+    assert chosen[["is_universal", "vocab_kurt", "vocab_family"]].values.tolist() == [
+        [True, 25.0, "prediction"]
+    ]
+    listed = select_universal(candidates, stats, FamiliesConfig(neurons=["0.3", "0.5", "1.2"]))
+    assert listed["is_universal"].tolist() == [False, True, False]
+    stats.loc[10, "is_universal"] = True  # neuron 1.4, no candidate
+    with pytest.raises(FamiliesError, match=r"neuron 1\.4 is universal but was not classified"):
+        select_universal(candidates, stats, FamiliesConfig())

@@ -63,6 +63,15 @@ BAD = [
         {"analysis": {"exclude": ["tabs"]}},
         "analysis.exclude.0: input should be 'special' or 'newline'",
     ),
+    (
+        {"universality": {"threshold": 0.3}},  # below the default candidate_threshold 0.4
+        "universality: threshold 0.3 is below candidate_threshold 0.4: neurons with an excess "
+        "in between were neither classified nor ablated; lower universality.candidate_threshold",
+    ),
+    (
+        {"universality": {"candidate_threshold": True}},
+        "universality.candidate_threshold: expected a number, got the boolean True",
+    ),
 ]
 
 

@@ -111,7 +111,7 @@ def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_pat
     before = set(json.loads(_run([BIN / "dvc", "status", "--json"], repo, env)))
     assert before <= downstream
     raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["universality"]["threshold"] = 0.01
+    raw["universality"].update(threshold=0.01, candidate_threshold=0.01)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw))
     status = json.loads(_run([BIN / "dvc", "status", "--json"], repo, env))
     # (validate reads the whole params.yaml, so it reruns too; its output stays the same, so it

@@ -284,51 +284,130 @@ def test_controls_share_the_deciles_are_deterministic_and_widen_when_needed():
     assert list(third["widening"]) == [1] * 5 and set(third["index"]) <= set(range(1, 8))
 
 
-@pytest.mark.slow
-def test_the_stage_writes_tables_that_agree_with_the_library(
-    tiny_analysis, tiny_group, tiny_tokens_dir, tmp_path
-):
-    from stages import effects as stage
-    from universal_neurons.description.statistics import (
-        activation_statistics,
-        neuron_table,
-        weight_statistics,
-    )
-    from universal_neurons.models.loading import processed_weights
+def _effects_layout(tmp_path, name, tiny_analysis, tiny_group, tiny_tokens_dir):
+    """A workspace named ``name`` with the tiny group's collect, correlate and baseline."""
     from universal_neurons.pipeline.layout import Layout
 
-    params = tiny_params(effects={"max_sequences": 6, "batch_size": 4, "controls": 2})
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("collect", "correlate"):
-        (data / name).symlink_to(tiny_analysis / name)
-    (data / "stats").mkdir()
-    for seed, model_dir in tiny_group.items():
-        universality = pd.read_parquet(tiny_analysis / "universality" / f"seed{seed}.parquet")
-        universality["is_universal"] = universality["index"].isin([2, 30])  # planted
-        moments = pd.read_parquet(tiny_analysis / "collect" / f"seed{seed}" / "moments.parquet")
-        weights = weight_statistics(processed_weights(load_model(str(model_dir))), 16)
-        table = neuron_table(universality, weights, activation_statistics(moments, "pre"), None)
-        table.to_parquet(data / "stats" / f"seed{seed}.parquet")
-    layout = Layout.at(tmp_path, tokens=tiny_tokens_dir, models=tiny_group[1].parent)
-    summary = stage.run(params, layout, progress=False)
-    table = pd.read_parquet(layout.stage_dir("effects") / "seed1.parquet")
-    universal = table[table["kind"] == "universal"]
-    assert len(universal) == 4 and (table["kind"] == "control").sum() == 8
-    assert (table["kind"] == "partner").sum() == 4 * 2  # two partners of 4 neurons elsewhere
-    assert summary["group"]["universal"] == 12
+    data = tmp_path / name / "data"
+    data.mkdir(parents=True)
+    for stage in ("collect", "correlate", "baseline"):
+        (data / stage).symlink_to(tiny_analysis / stage)
+    return Layout.at(tmp_path / name, tokens=tiny_tokens_dir, models=tiny_group[1].parent)
+
+
+def _excess(tiny_analysis, seed: int) -> pd.Series:
+    """``excess_corr`` of every neuron of ``seed`` by ``(layer, index)`` (τ-free)."""
+    table = pd.read_parquet(tiny_analysis / "universality" / f"seed{seed}.parquet")
+    return table.set_index(["layer", "index"])["excess_corr"]
+
+
+def _keys(table: pd.DataFrame, kind: str) -> set[tuple[int, int]]:
+    rows = table[table["kind"] == kind]
+    return set(zip(rows["layer"].astype(int), rows["index"].astype(int), strict=True))
+
+
+@pytest.mark.slow
+def test_the_stages_measure_the_candidates_and_select_the_universal_neurons(
+    tiny_analysis, tiny_group, tiny_tokens_dir, tmp_path
+):
+    """effects_candidates ablates every neuron above the candidate threshold (and its controls,
+    none a candidate, and partners); effects keeps the universal neurons' rows. Those rows are
+    the ones a run with the candidates at τ itself measures: τ only selects."""
+    from stages import effects, effects_candidates
+    from stages.stats import candidate_tables
+
+    pooled = pd.concat([_excess(tiny_analysis, seed) for seed in tiny_group])
+    low, high = (float(pooled.quantile(q)) for q in (0.93, 0.98))
+    assert 0 < low < high  # a few candidates per model, fewer universal neurons
+    config = {"effects": {"max_sequences": 6, "batch_size": 4, "controls": 2}}
+    wide = tiny_params(**config, universality={"threshold": high, "candidate_threshold": low})
+    exact = tiny_params(**config, universality={"threshold": high, "candidate_threshold": high})
+    runs = {}
+    for name, params in (("wide", wide), ("exact", exact)):
+        layout = _effects_layout(tmp_path, name, tiny_analysis, tiny_group, tiny_tokens_dir)
+        counts = effects_candidates.run(params, layout, progress=False)
+        (layout.data / "stats").mkdir()
+        for model, table in candidate_tables(exact, layout).items():  # universal: above high
+            table.to_parquet(layout.table("stats", model))
+        runs[name] = (layout, counts, effects.run(params, layout))
+    layout, counts, summary = runs["wide"]
+    for seed in tiny_group:
+        excess = _excess(tiny_analysis, seed)
+        candidates = pd.read_parquet(layout.table("effects_candidates", f"seed{seed}"))
+        assert _keys(candidates, "candidate") == set(excess[excess > low].index)
+        assert counts[f"seed{seed}"]["candidate"] == (excess > low).sum()
+        controls = candidates[candidates["kind"] == "control"]
+        control_keys = pd.MultiIndex.from_tuples(sorted(_keys(candidates, "control")))
+        assert len(control_keys) and (excess.reindex(control_keys).fillna(0) <= low).all()
+        assert all(
+            of.split(":")[1].startswith(f"{layer}.")
+            for of, layer in zip(controls["of"], controls["layer"], strict=True)
+        )
+        selected = pd.read_parquet(layout.table("effects", f"seed{seed}"))
+        assert _keys(selected, "universal") == set(excess[excess > high].index)
+        mine = {f"seed{seed}:{layer}.{index}" for layer, index in excess[excess > high].index}
+        others = {  # the universal neurons of the other models, whose partners are here
+            f"seed{s}:{layer}.{index}"
+            for s in tiny_group
+            if s != seed
+            for layer, index in _excess(tiny_analysis, s)[_excess(tiny_analysis, s) > high].index
+        }
+        assert set(selected.query("kind == 'control'")["of"]) == mine
+        assert set(selected.query("kind == 'partner'")["of"]) == others
+        alone = pd.read_parquet(runs["exact"][0].table("effects", f"seed{seed}"))
+        for kind in ("universal", "partner"):
+            mine = selected[selected["kind"] == kind].sort_values(["of", "layer", "index"])
+            theirs = alone[alone["kind"] == kind].sort_values(["of", "layer", "index"])
+            columns = ["delta_loss", "kl", "delta_entropy", "partner_effect_corr"]
+            np.testing.assert_allclose(mine[columns], theirs[columns], rtol=1e-5, atol=1e-7)
+            assert list(mine["role"]) == list(theirs["role"])
+    assert summary["group"]["universal"] == sum(
+        (_excess(tiny_analysis, s) > high).sum() for s in tiny_group
+    )
     headline = json.loads(layout.metric("effects.json").read_text())
     assert headline["median_delta_loss_universal"] == pytest.approx(
         float(pd.concat(_tables(layout)).query("kind == 'universal'")["delta_loss"].median())
     )
     assert (layout.stage_dir("effects") / "effects.png").stat().st_size > 1000
+    universal = pd.read_parquet(layout.table("effects", "seed1")).query("kind == 'universal'")
     row = universal.iloc[0]
-    inputs = stage.model_inputs(params, layout, 1)
+    inputs = effects_candidates.model_inputs(wide, layout, 1, None)
     ablation = Ablation(int(row["layer"]), int(row["index"]), _stage_mean(tiny_analysis, row))
     (effect,) = _measure(tiny_group[1], inputs.tokens, inputs.excluded, [ablation])
     assert row["delta_loss"] == pytest.approx(effect.delta_loss, abs=1e-5)
-    assert len(json.loads(row["top_tokens"])) == params.effects.top_tokens
+    assert len(json.loads(row["top_tokens"])) == wide.effects.top_tokens
     _check_views(layout, summary, row)
+
+
+@pytest.mark.slow
+def test_a_universal_neuron_that_was_not_a_candidate_stops_the_effects_stage(
+    tiny_analysis, tiny_group, tiny_tokens_dir, tmp_path
+):
+    """Candidates ablated at a higher threshold than the stats tables' τ: the stage names a
+    universal neuron it has no rows for instead of leaving it out."""
+    from stages import effects, effects_candidates
+    from stages.stats import candidate_tables
+    from universal_neurons.description.effects import EffectsError
+
+    pooled = pd.concat([_excess(tiny_analysis, seed) for seed in tiny_group])
+    low, high = (float(pooled.quantile(q)) for q in (0.9, 0.98))
+    config = {"effects": {"max_sequences": 2, "batch_size": 2, "controls": 1}}
+    high_params = tiny_params(
+        **config, universality={"threshold": high, "candidate_threshold": high}
+    )
+    low_params = tiny_params(**config, universality={"threshold": low, "candidate_threshold": low})
+    layout = _effects_layout(tmp_path, "stale", tiny_analysis, tiny_group, tiny_tokens_dir)
+    effects_candidates.run(high_params, layout, progress=False)
+    (layout.data / "stats").mkdir()
+    for model, table in candidate_tables(low_params, layout).items():
+        table.to_parquet(layout.table("stats", model))
+    with pytest.raises(
+        EffectsError,
+        match=r"seed\d neuron \d+\.\d+ is universal but was not "
+        r"ablated as a candidate .*dvc repro effects_candidates",
+    ):
+        effects.run(low_params, layout)
+    assert not layout.stage_dir("effects").exists()
 
 
 def _check_views(layout, summary: dict, row: pd.Series) -> None:

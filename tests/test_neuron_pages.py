@@ -101,6 +101,7 @@ def state(tiny_group, tiny_tokens_dir, tmp_path_factory):
     from stages import (
         baseline,
         classify,
+        classify_candidates,
         collect,
         correlate,
         emergence,
@@ -111,7 +112,10 @@ def state(tiny_group, tiny_tokens_dir, tmp_path_factory):
         universality,
     )
 
-    params = tiny_params(universality={"threshold": THRESHOLD}, emergence={"max_sequences": 0})
+    params = tiny_params(
+        universality={"threshold": THRESHOLD, "candidate_threshold": THRESHOLD},
+        emergence={"max_sequences": 0},
+    )
     work = tmp_path_factory.mktemp("pages")
     layout = Layout.at(work, tokens=tiny_tokens_dir, models=tiny_group[1].parent)
     data = layout.data
@@ -124,6 +128,7 @@ def state(tiny_group, tiny_tokens_dir, tmp_path_factory):
     emergence.run(params, layout)  # first_universal_tokens of the stats table
     stats.run(params, layout)
     syntax.run(params, layout)
+    classify_candidates.run(params, layout)
     classify.run(params, layout)
     result = report.run(params, layout)
     names = [f"seed{s}" for s in params.train.seeds]
@@ -534,3 +539,35 @@ def test_a_page_in_headless_chromium(state, tmp_path):
     assert shot.read_bytes()[:8] == PNG_MAGIC and shot.stat().st_size > 50_000
     if os.environ.get("NEURON_PAGE_SCREENSHOT"):  # keep a copy where a person can find it
         Path(os.environ["NEURON_PAGE_SCREENSHOT"]).write_bytes(shot.read_bytes())
+
+
+def test_pages_from_the_stored_pass_equal_a_fresh_pass(state, tmp_path, monkeypatch):
+    """The classify_candidates stage stores each candidate's top contexts and histogram: the
+    report's pages made from them, without a pass over the token set, are byte for byte those
+    of a pass made now."""
+    from universal_neurons.description import neuron_profile
+    from universal_neurons.description.neuron_profile import pages_file
+    from universal_neurons.outputs.neuron_page import write_group_pages
+
+    stored = {
+        name: state["work"] / "data" / "classify_candidates" / pages_file(name)
+        for name in state["names"]
+    }
+    assert all(path.is_file() for path in stored.values())
+    tables = (state["stats"], state["families"], state["max_corr"], state["baseline"])
+    models = {name: state["models"] / name for name in state["names"]}
+    analysis = state["params"].analysis
+    fresh = tmp_path / "fresh"
+    write_group_pages(fresh, models, state["tokens"], analysis, *tables, THRESHOLD)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the pages made a pass over the token set")
+
+    monkeypatch.setattr(neuron_profile, "activation_pass", no_pass)
+    reused = tmp_path / "stored"
+    write_group_pages(reused, models, state["tokens"], analysis, *tables, THRESHOLD, None, stored)
+    files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    assert len(files) > len(state["names"])  # pages and histograms of several neurons
+    assert files == sorted(p.relative_to(reused) for p in reused.rglob("*") if p.is_file())
+    for name in files:
+        assert (fresh / name).read_bytes() == (reused / name).read_bytes(), name

@@ -163,7 +163,10 @@ def test_a_preset_pipeline_runs_to_families_report_and_mlflow_run(
         group={"preset": "custom", "models": members},
         train={"seeds": [1, 2], "checkpoint_tokens": [60_000]},
         tokenizer={"kind": "model", "path": "models/seed1"},
-        universality={"threshold": 0.05},  # universal neurons in a tiny group of two
+        universality={
+            "threshold": 0.05,
+            "candidate_threshold": 0.05,
+        },  # universal neurons in a tiny group of two
         effects={"max_sequences": 8, "controls": 1},
         # 128 neurons per member: above this, as every preset is (maxima, then slabs)
         correlate={"full_pairs_max_neurons": NEURONS // 2},

@@ -124,7 +124,7 @@ def test_a_real_width_planted_group_through_the_preset_pipeline(planted_group, t
         analysis={"max_sequences": 64, "batch_size": 16},
         # a planted neuron has one exact partner of two: excess 0.18-0.36 here; no other neuron
         # of the group passes 0.15 (0.12 in seed1, 0.15 in seed3)
-        universality={"threshold": 0.16},
+        universality={"threshold": 0.16, "candidate_threshold": 0.16},
         effects={"max_sequences": 4, "controls": 1},
         # one rotation draw each: the float64 rotations of 9,216 x 9,216 pairs are the cost
         baseline={"samples": 1},

@@ -21,8 +21,7 @@ DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 # The choices of a parameter, written once; code that needs them as a tuple uses get_args.
 Device = Literal["cpu", "cuda"]
-Products = Literal["float64", "float32", "bfloat16"]
-"""Precision of the per-batch products of the correlation (accumulation is always float64)."""
+Products = Literal["float64", "float32", "bfloat16"]  # per-batch products (sums: float64)
 BaselineKind = Literal["rotation", "gaussian_rows"]
 Executor = Literal["inline", "local", "slurm"]
 GroupPreset = Literal[
@@ -52,16 +51,11 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 
 # Sane upper bounds: far above any model or run this project can hold, low enough that a typo
 # (an extra zero, 1e13) is refused at load; the stages estimate their memory before allocating.
-MAX_WIDTH = 2**24
-"""Largest ``model.d_model`` / ``model.d_mlp`` accepted (GPT-2 XL: 1,600 / 6,400)."""
-MAX_TOKENS = 10**15
-"""Largest ``train.tokens_per_model`` (GPT-2 was trained on ~10^11 tokens)."""
-MAX_BATCH = 2**24
-"""Largest batch (sequences) of training or analysis."""
-MAX_SEQUENCES = 10**9
-"""Largest ``analysis.max_sequences`` / ``emergence.max_sequences``."""
-MAX_SEED = 2**64 - 1
-"""Largest ``train.seeds`` entry: ``torch.manual_seed`` takes at most a 64-bit unsigned seed."""
+MAX_WIDTH = 2**24  # model.d_model / model.d_mlp (GPT-2 XL: 1,600 / 6,400)
+MAX_TOKENS = 10**15  # train.tokens_per_model (GPT-2 was trained on ~10^11 tokens)
+MAX_BATCH = 2**24  # sequences per batch of training or analysis
+MAX_SEQUENCES = 10**9  # analysis.max_sequences / emergence.max_sequences
+MAX_SEED = 2**64 - 1  # train.seeds: torch.manual_seed takes at most a 64-bit unsigned seed
 
 
 class ConfigError(UserError):
@@ -78,18 +72,11 @@ def _scalar_kinds(annotation: Any) -> set[type]:
     return kinds
 
 
-def _values(value: Any) -> list[Any]:
-    """A value and, for a list or mapping, its items."""
-    if isinstance(value, list):
-        return value
-    if isinstance(value, dict):
-        return list(value.values())
-    return [value]
-
-
 def _check_scalar_type(value: Any, kinds: set[type]) -> None:
-    """No boolean where a number is expected, no number where a boolean is expected."""
-    for item in _values(value):
+    """No boolean where a number is expected, no number where a boolean is expected (in a
+    value, or the items of a list or mapping)."""
+    items = list(value.values()) if isinstance(value, dict) else value
+    for item in items if isinstance(items, list) else [value]:
         if isinstance(item, bool) and kinds and bool not in kinds:
             raise ValueError(f"expected a number, got the boolean {item}")
         if kinds == {bool} and not isinstance(item, bool):
@@ -369,9 +356,12 @@ class BaselineConfig(_Section):
 
 
 class UniversalityConfig(_Section):
-    """A neuron is universal when mean_corr - mean_baseline > ``threshold`` (in (0, 1])."""
+    """A neuron is universal when mean_corr - mean_baseline > ``threshold`` (in (0, 1]). Those
+    above ``candidate_threshold`` (at most ``threshold``) are classified and ablated whatever τ
+    (``classify_candidates``, ``effects_candidates``): a τ down to it only selects among them."""
 
     threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    candidate_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.4
 
 
 class StatsConfig(_Section):
@@ -571,6 +561,17 @@ def _check_group_seeds(params: Params) -> None:
         )
 
 
+def _check_candidates(params: Params) -> None:
+    """τ is not below the candidate threshold: every universal neuron was described."""
+    found = params.universality
+    if found.candidate_threshold > found.threshold:
+        lower = f"lower universality.candidate_threshold to {found.threshold} or less too"
+        raise ValueError(
+            f"threshold {found.threshold} is below candidate_threshold {found.candidate_threshold}"
+            f": neurons with an excess in between were neither classified nor ablated; {lower}"
+        )
+
+
 def params_from_dict(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a parsed parameter mapping; raise ConfigError naming every bad key."""
     if not isinstance(raw, dict):
@@ -580,10 +581,11 @@ def params_from_dict(raw: Any, source: str = "params.yaml") -> Params:
     except ValidationError as exc:
         lines = [_format_error(error) for error in exc.errors()]
         raise ConfigError(f"{source}: invalid parameters\n  " + "\n  ".join(lines)) from None
-    try:
-        _check_group_seeds(params)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: invalid parameters\n  train.seeds: {exc}") from None
+    for key, check in (("train.seeds", _check_group_seeds), ("universality", _check_candidates)):
+        try:
+            check(params)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: invalid parameters\n  {key}: {exc}") from None
     return params
 
 

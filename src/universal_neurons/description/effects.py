@@ -48,6 +48,7 @@ from universal_neurons.description.roles import (
     null_fractions,
     role_table,
 )
+from universal_neurons.errors import UserError
 from universal_neurons.matching.activations import kept_mask
 from universal_neurons.models.loading import load_model, processed_weights
 from universal_neurons.models.tail import attention_context, forward_for
@@ -86,6 +87,58 @@ def measured_neurons(
                 rows[r.partner].append(("partner", of, r.layer, r.index, -1))
     columns = ["kind", "of", "layer", "index", "control_widening"]
     return {model: pd.DataFrame(found, columns=columns) for model, found in rows.items()}
+
+
+CANDIDATE = "candidate"
+"""The ``kind`` of a candidate's own row in ``effects_candidates``' tables (``universal`` once
+the effects stage has selected it)."""
+
+
+class EffectsError(UserError):
+    """Effects tables that do not cover what the effects stage is asked for."""
+
+
+def as_candidates(table: pd.DataFrame) -> pd.DataFrame:
+    """A table of ``measured_neurons`` made with the candidates as ``is_universal``: its
+    ``universal`` rows are the candidates' (``kind`` = ``CANDIDATE``)."""
+    if "kind" not in table:  # no row at all
+        return table
+    return table.assign(kind=table["kind"].replace("universal", CANDIDATE))
+
+
+def select_universal(
+    candidates: dict[str, pd.DataFrame], universal: dict[str, list[tuple[int, int]]]
+) -> dict[str, pd.DataFrame]:
+    """The effects tables of the universal neurons from those of the candidates: per model,
+    the rows of its ``universal`` ``(layer, index)`` (``kind`` back to ``universal``) and the
+    control and partner rows that belong to a universal neuron of any model, in their order.
+    ``candidates``: ``effects_candidates``' tables by model, in group order. Raises
+    EffectsError naming the first universal neuron that is not a candidate."""
+    labels = {neuron_label(m, layer, i) for m, keys in universal.items() for layer, i in keys}
+    selected = {}
+    for model, table in candidates.items():
+        if not len(table):  # a model with no candidate and no partner row: no columns either
+            table = pd.DataFrame(columns=["kind", "of", "layer", "index"])
+        own = table["kind"] == CANDIDATE
+        keys = list(zip(table["layer"].astype(int), table["index"].astype(int), strict=True))
+        measured = {key for key, is_own in zip(keys, own, strict=True) if is_own}
+        missing = [key for key in universal[model] if key not in measured]
+        if missing:
+            layer, index = missing[0]
+            raise EffectsError(
+                f"{model} neuron {layer}.{index} is universal but was not ablated as a "
+                f"candidate ({len(missing)} such): the effects_candidates outputs were made "
+                "with a universality.candidate_threshold above universality.threshold; run "
+                "effects_candidates again (dvc repro effects_candidates)"
+            )
+        wanted = set(universal[model])
+        keep = [
+            (key in wanted) if is_own else (of in labels)
+            for key, is_own, of in zip(keys, own, table["of"], strict=True)
+        ]
+        rows = table[np.asarray(keep, bool)].reset_index(drop=True)
+        selected[model] = rows.assign(kind=rows["kind"].replace(CANDIDATE, "universal"))
+    return selected
 
 
 def _json(value) -> str:

@@ -338,6 +338,33 @@ def classify_model(
     return table, top
 
 
+def select_universal(
+    table: pd.DataFrame, stats: pd.DataFrame, config: FamiliesConfig
+) -> pd.DataFrame:
+    """The family table of one model from its candidates' (``classify_candidates``):
+    ``is_universal`` and the vocabulary columns (``add_vocab_families``) from its neuron table
+    ``stats``, the one the stats stage wrote, in the columns' order; with
+    ``config.neurons`` ``universal``, only the universal neurons' rows. Raises
+    FamiliesError naming the first universal neuron that was not classified."""
+    flags = stats.set_index(["layer", "index"])["is_universal"].astype(bool)
+    joined = ["is_universal", "vocab_var", "vocab_skew", "vocab_kurt", "vocab_family"]
+    table = add_vocab_families(table.drop(columns=joined), stats, config)[list(table.columns)]
+    table["is_universal"] = table["is_universal"].fillna(False).astype(bool)
+    if config.neurons != "universal":
+        return table
+    classified = set(zip(table["layer"].astype(int), table["index"].astype(int), strict=True))
+    missing = [key for key in flags[flags].index if (int(key[0]), int(key[1])) not in classified]
+    if missing:
+        layer, index = missing[0]
+        raise FamiliesError(
+            f"neuron {layer}.{index} is universal but was not classified as a candidate "
+            f"({len(missing)} such): the classify_candidates outputs were made with a "
+            "universality.candidate_threshold above universality.threshold; run "
+            "classify_candidates again (dvc repro classify_candidates)"
+        )
+    return table[table["is_universal"]].reset_index(drop=True)
+
+
 def with_top_contexts(table: pd.DataFrame, top: TopActivations) -> pd.DataFrame:
     """``table`` (one row per neuron of ``top``, same order) with ``TOP_COLUMNS``: each neuron's
     top activations (float, descending; -inf past the last kept position) and where they are

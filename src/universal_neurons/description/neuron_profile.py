@@ -10,7 +10,7 @@ cover what is asked, else one pass over the token set.
 
 | part | from |
 |---|---|
-| top-activating contexts, the activation on every token | one streaming pass per model over the analysis token set (``activation_pass``) |
+| top-activating contexts, the activation on every token | one streaming pass per model over the analysis token set (``activation_pass``), made by the classify_candidates stage for every candidate and stored (``save_activations``); made here for neurons it does not cover |
 | activation histogram over the kept positions | the same pass (``analysis.histogram.StreamingHistogram``: exact counts, no activation stored) |
 | best-matching neuron in each partner model, its correlation and the baseline | ``data/correlate/max_corr.parquet``, ``data/baseline/baseline.parquet`` (mean over samples; ``partner_matches``) |
 | family, best feature and VR, top features | ``data/families/seed{s}.parquet`` |
@@ -232,6 +232,66 @@ class NeuronActivations:
     histogram: StreamingHistogram
 
 
+def pages_file(model: str) -> str:
+    """The name of a model's stored page activations: ``seed1.pages.safetensors``."""
+    return f"{model}.pages.safetensors"
+
+
+PAGE_ARRAYS = ("layer", "index", "values", "sequence", "position", "rows", "width", "low", "counts")
+"""The arrays of a stored ``NeuronActivations`` (``save_activations``), ``[n, ...]`` each."""
+
+
+def save_activations(found: NeuronActivations, path: Path) -> None:
+    """Write ``found`` to ``path`` (safetensors: no pickle; equal inputs give equal bytes)."""
+    from safetensors.numpy import save_file
+
+    layers, indices = zip(*found.neurons, strict=True) if found.neurons else ((), ())
+    top, histogram = found.top, found.histogram
+    assert top.rows is not None and top.per_sequence, "a page pass keeps rows, one per sequence"
+    arrays = (
+        np.asarray(layers, np.int64),
+        np.asarray(indices, np.int64),
+        top.values.numpy(),
+        top.sequence.numpy(),
+        top.position.numpy(),
+        top.rows.numpy(),
+        histogram.width,
+        histogram.low,
+        histogram.counts,
+    )
+    save_file({n: np.ascontiguousarray(a) for n, a in zip(PAGE_ARRAYS, arrays, strict=True)}, path)
+
+
+def load_activations(path: Path) -> NeuronActivations:
+    """The ``NeuronActivations`` that ``save_activations`` wrote to ``path``."""
+    from safetensors.numpy import load_file
+
+    a = load_file(path)
+    top = TopActivations(
+        *(torch.from_numpy(a[n]) for n in ("values", "sequence", "position", "rows")),
+        per_sequence=True,
+    )
+    neurons = [(int(layer), int(i)) for layer, i in zip(a["layer"], a["index"], strict=True)]
+    return NeuronActivations(neurons, top, StreamingHistogram(a["width"], a["low"], a["counts"]))
+
+
+def select_activations(
+    found: NeuronActivations, neurons: Sequence[tuple[int, int]]
+) -> NeuronActivations | None:
+    """The part of ``found`` for ``neurons``, in their order; None if one of them is missing."""
+    row = {neuron: n for n, neuron in enumerate(found.neurons)}
+    if any(neuron not in row for neuron in neurons):
+        return None
+    rows = [row[neuron] for neuron in neurons]
+    top, histogram = found.top, found.histogram
+    assert top.rows is not None
+    picked = TopActivations(
+        top.values[rows], top.sequence[rows], top.position[rows], top.rows[rows], per_sequence=True
+    )
+    counts = StreamingHistogram(histogram.width[rows], histogram.low[rows], histogram.counts[rows])
+    return NeuronActivations(list(neurons), picked, counts)
+
+
 def activation_pass(
     model,
     tokens: np.ndarray,
@@ -415,13 +475,18 @@ def model_pages(
     partners: pd.DataFrame,
     batch_size: int,
     device: str = "cpu",
+    stored: NeuronActivations | None = None,
 ) -> list[NeuronPage]:
     """The pages of ``model``'s universal neurons (``stats``: its neuron table; ``family``:
-    its family table or None; ``partners``: ``partner_matches`` of the model)."""
+    its family table or None; ``partners``: ``partner_matches`` of the model). ``stored``:
+    the classify_candidates stage's pass over the same token set (``load_activations``);
+    used when it covers every neuron, else one pass here."""
     neurons = universal_neurons(stats)
     if not neurons:
         return []
-    found = activation_pass(model, tokens, neurons, excluded_ids, batch_size, device)
+    found = None if stored is None else select_activations(stored, neurons)
+    if found is None:
+        found = activation_pass(model, tokens, neurons, excluded_ids, batch_size, device)
     weights = processed_weights(model)
     w_out = np.stack([weights["W_out"][layer, index].numpy() for layer, index in neurons])
     vocab = vocab_extremes(w_out, weights["W_U"].numpy())
@@ -455,16 +520,20 @@ def group_pages(
     family_tables: Mapping[str, pd.DataFrame],
     max_corr: pd.DataFrame,
     baseline: pd.DataFrame,
+    stored: Mapping[str, Path] | None = None,
 ) -> Iterator[NeuronPage]:
     """The pages of the universal neurons of every model, model after model (one loaded at a
     time; ``token_set``: ``(tokens, excluded ids)``; ``model_dirs``: per model name its
-    Hugging Face directory; the tables as in ``model_pages``)."""
+    Hugging Face directory; the tables as in ``model_pages``; ``stored``: per model the file
+    of its candidates' pass (``save_activations``), used where it exists)."""
     tokens, excluded = token_set
     for name, stats in stats_tables.items():
         if not universal_neurons(stats):
             continue
         model = load_model(str(model_dirs[name]), device=analysis.device)
         partners = partner_matches(max_corr, baseline, name)
+        path = (stored or {}).get(name)
+        found = load_activations(path) if path is not None and path.is_file() else None
         yield from model_pages(
             model,
             name,
@@ -475,5 +544,6 @@ def group_pages(
             partners,
             analysis.batch_size,
             analysis.device,
+            found,
         )
         del model

@@ -429,6 +429,7 @@ def write_group_pages(
     baseline: pd.DataFrame,
     threshold: float = DEFAULT_THRESHOLD,
     extras: Mapping[str, Mapping[tuple[int, int], tuple]] | None = None,
+    stored: Mapping[str, Path] | None = None,
 ) -> pd.DataFrame:
     """Write the page of every universal neuron of every model (its ``PAGES_PER_MODEL`` most
     universal) into ``out_dir/<model>/`` and the list of them all into ``out_dir/index.html``;
@@ -438,7 +439,9 @@ def write_group_pages(
     device); ``model_dirs``: per model name its Hugging Face directory; the tables as in
     ``analysis.neuron_profile.model_pages``. One streaming pass per model with universal
     neurons. ``threshold``: τ of the universality test (``results/universality.json``);
-    ``extras``: per model, per ``(layer, index)``, its effects and uncertainty rows.
+    ``extras``: per model, per ``(layer, index)``, its effects and uncertainty rows;
+    ``stored``: per model the candidates' pass of the classify_candidates stage (the pass is
+    made here for a model without one, or whose universal neurons it does not cover).
     """
     out_dir = Path(out_dir)
     universal = {name: set(universal_neurons(table)) for name, table in stats_tables.items()}
@@ -449,7 +452,7 @@ def write_group_pages(
     token_set = (np.asarray(tokens), excluded)
     pieces = display_pieces(load_tokenizer(tokens_dir))
     tables = (capped, family_tables, max_corr, baseline)
-    for page in group_pages(model_dirs, token_set, analysis, *tables):
+    for page in group_pages(model_dirs, token_set, analysis, *tables, stored):
         found = (extras or {}).get(page.model, {}).get((page.layer, page.index), (None, None))
         write_page(page, pieces, universal, out_dir / page.model, threshold, found, paged)
     out_dir.mkdir(parents=True, exist_ok=True)

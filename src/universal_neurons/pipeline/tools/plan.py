@@ -196,10 +196,13 @@ def render_presets(r: dict) -> str:
 
 
 def effects_lines(rows: list[dict]) -> list[str]:
-    """The effects stage's estimate per preset (``preset_plan.effects_cost``)."""
+    """The effects_candidates stage's estimate per preset (``preset_plan.effects_cost``; a
+    preset's ``universality.candidate_threshold`` is its τ: the candidates are the universal
+    neurons)."""
     lines = [
         "",
-        f"effects stage: {UNIVERSAL_FRACTION:.2%} of neurons universal (the paper's largest), "
+        f"effects_candidates stage: {UNIVERSAL_FRACTION:.2%} of neurons candidates (the paper's "
+        "largest universal share; a preset's candidate_threshold is its τ), "
         "4 controls and a partner per other model each, 256 sequences of the model's context; "
         f"memory: the presets' batches of {PRESET_EFFECTS['batch_size']} sequences of "
         f"{PRESET_EFFECTS['context']} tokens x {PRESET_EFFECTS['neuron_batch']} ablated copies "
