@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from universal_neurons.description.effects import (
@@ -44,8 +45,6 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 from stages.stats import candidate_tables  # noqa: E402
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from universal_neurons.config import Params
 
 
@@ -88,9 +87,9 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
         temp.mkdir()
         for name, table in tables.items():
             as_candidates(table).to_parquet(temp / f"{name}.parquet", index=False)
+    counts = {name: as_candidates(t).get("kind", pd.Series()) for name, t in tables.items()}
     return {
-        name: {kind: int(n) for kind, n in as_candidates(t)["kind"].value_counts().items()}
-        for name, t in tables.items()
+        name: {k: int(n) for k, n in kinds.value_counts().items()} for name, kinds in counts.items()
     }
 
 
