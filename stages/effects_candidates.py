@@ -81,16 +81,14 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
             inputs[name], targets[name], params.effects, params.families, progress
         )
         per_token.update({(name, *key): values for key, values in found.items()})
-    tables = add_group_columns(tables, per_token)
+    tables = {name: as_candidates(t) for name, t in add_group_columns(tables, per_token).items()}
     with atomic_outputs() as outputs:  # the tables change together or not at all
         temp = outputs.path(layout.stage_dir("effects_candidates"))
         temp.mkdir()
         for name, table in tables.items():
-            as_candidates(table).to_parquet(temp / f"{name}.parquet", index=False)
-    counts = {name: as_candidates(t).get("kind", pd.Series()) for name, t in tables.items()}
-    return {
-        name: {k: int(n) for k, n in kinds.value_counts().items()} for name, kinds in counts.items()
-    }
+            table.to_parquet(temp / f"{name}.parquet", index=False)
+    counts = {name: t.get("kind", pd.Series()).value_counts() for name, t in tables.items()}
+    return {name: {k: int(n) for k, n in kinds.items()} for name, kinds in counts.items()}
 
 
 COMMAND = Stage(
