@@ -40,6 +40,7 @@ PRESET_STAGES = (
     "baseline",
     "universality",
     "one_to_one",
+    "weight_stats",
     "stats",
     "syntax",
     "classify_candidates",

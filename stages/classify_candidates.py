@@ -10,9 +10,11 @@ token set.
 Reads the token set, the syntax labels, each model, collect's moments, correlate's maxima and
 the baseline; writes ``data/classify_candidates/seed{s}.parquet`` (the family tables, with
 ``is_universal`` = candidate and each neuron's top contexts), ``topics.json`` and
-``seed{s}.pages.safetensors`` (each neuron's top contexts with the activation of every token
-and its activation histogram: what the report's neuron pages show, so that the report makes
-no pass over the token set).
+``seed{s}.pages.safetensors`` (each neuron's top contexts with the activation of every token,
+its activation histogram and the vocabulary tokens its output weights raise and lower most)
+and ``seed{s}.histograms/<layer>.<index>.png`` (that histogram drawn): what the report's
+neuron pages show, so that the report makes no pass over the token set, loads no model and
+draws no histogram. The weight statistics come from the weight_stats stage.
 """
 
 from __future__ import annotations
@@ -35,13 +37,16 @@ from universal_neurons.description.features import FeatureSet, load_analysis_fea
 from universal_neurons.description.neuron_profile import (
     NeuronActivations,
     activation_pass,
+    histograms_dir,
     pages_file,
     save_activations,
+    with_vocab,
 )
 from universal_neurons.errors import MissingInputError
 from universal_neurons.io import atomic_outputs
 from universal_neurons.matching.activations import count_kept, token_set_record
 from universal_neurons.models.loading import load_model, model_shape
+from universal_neurons.outputs.plots import neuron_histogram
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.inputs import (
     Provenance,
@@ -83,7 +88,9 @@ def classify_seed(
     found = None
     if pages and neurons:  # no candidate: no pages (the report makes none either)
         batch_size, device = params.analysis.batch_size, params.analysis.device
-        found = activation_pass(model, tokens, neurons, excluded, batch_size, device)
+        found = with_vocab(
+            activation_pass(model, tokens, neurons, excluded, batch_size, device), model
+        )
     table, top = classify_model(
         model,
         tokens,
@@ -139,7 +146,8 @@ def write_tables(
     pages: dict[str, NeuronActivations | None] | None = None,
 ) -> None:
     """``data/classify_candidates``: the family table of every model, the topic words and
-    each model's page activations (``pages_file``), in one atomic step."""
+    each model's page activations (``pages_file``) and histograms (``histograms_dir``), in
+    one atomic step."""
     with atomic_outputs() as outputs:
         temp = outputs.path(layout.stage_dir("classify_candidates"))
         temp.mkdir()
@@ -149,6 +157,14 @@ def write_tables(
         for label, found in (pages or {}).items():
             if found is not None:
                 save_activations(found, temp / pages_file(label))
+                draw_histograms(label, found, temp / histograms_dir(label))
+
+
+def draw_histograms(model: str, found: NeuronActivations, folder: Path) -> None:
+    """Each neuron's page histogram of ``found`` as ``folder/<layer>.<index>.png``."""
+    for n, (layer, index) in enumerate(found.neurons):
+        edges, counts = found.histogram.display(n)
+        neuron_histogram(model, layer, index, edges, counts, folder / f"{layer}.{index}.png")
 
 
 COMMAND = Stage(
@@ -156,7 +172,6 @@ COMMAND = Stage(
     params=(
         "analysis",
         "families",
-        "stats.neuron_chunk",
         "train.seeds",
         "universality.candidate_threshold",
     ),
@@ -164,6 +179,7 @@ COMMAND = Stage(
         layout.tokens,
         layout.stage_dir("syntax"),
         layout.models,
+        layout.stage_dir("weight_stats"),
         layout.stage_dir("collect"),
         layout.stage_dir("correlate"),
         layout.stage_dir("baseline"),

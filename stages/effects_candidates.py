@@ -8,7 +8,7 @@ best partner in every other model are ablated (``effects.ablation``) on the firs
 ``effects.max_sequences`` held-out sequences; their weight-based roles (entropy, attention
 (de)activation, prediction, suppression) are set beside the effects. The effects stage then
 keeps the rows of the universal neurons: a new τ at or above the candidate threshold reruns
-no ablation.
+no ablation. The candidates' weight statistics come from the weight_stats stage.
 
 Writes ``data/effects_candidates/seed{s}.parquet``: one row per measured neuron, the columns
 of ``data/effects`` (``description/effects.py``) with ``kind`` = candidate | control | partner.
@@ -98,12 +98,12 @@ COMMAND = Stage(
         "analysis",
         "families",
         "effects",
-        "stats.neuron_chunk",
         "universality.candidate_threshold",
     ),
     inputs=lambda layout: [
         layout.tokens,
         layout.models,
+        layout.stage_dir("weight_stats"),
         layout.stage_dir("collect"),
         layout.stage_dir("correlate"),
         layout.stage_dir("baseline"),

@@ -1,6 +1,7 @@
 """Stage stats: the neuron table of every model and universal vs other neurons.
 
-Universality table + activation moments + processed weights -> the neuron table per model,
+Universality table + activation moments + weight statistics (the weight_stats stage) -> the
+neuron table per model,
 the universal-vs-other comparison (``results/stats.json``: per model, and ``pooled``: each of
 the paper's findings over the whole group, a stratified test and an effect-size interval,
 ``description.findings``; headline: in how many models each finding holds,
@@ -31,10 +32,8 @@ from universal_neurons.description.statistics import (
     per_layer_medians,
     universal_percentile_summary,
     universal_percentiles,
-    weight_statistics,
 )
 from universal_neurons.io import StageOutputs, atomic_outputs, read_parquet
-from universal_neurons.models.loading import load_model, processed_weights
 from universal_neurons.outputs.plots import plot_per_layer, plot_percentile_boxen
 from universal_neurons.pipeline.command import Out, Stage
 from universal_neurons.pipeline.inputs import (
@@ -73,23 +72,20 @@ def model_table(params: Params, layout: Layout, seed: int) -> pd.DataFrame:
     universality = read_parquet(layout.table("universality", name), "universality")
     first = first_universal(params, layout)
     emergence = None if first is None else first[first["model"] == name]
-    return neuron_statistics(params, layout, seed, universality, emergence)
+    return neuron_statistics(layout, seed, universality, emergence)
 
 
 def neuron_statistics(
-    params: Params,
     layout: Layout,
     seed: int,
     universality: pd.DataFrame,
     emergence: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """``statistics.neuron_table`` of the model of ``seed``: its ``universality`` table
-    joined with the weight statistics of its weights and the activation statistics of its
-    collect moments (``emergence``: its first-universal rows, or None)."""
+    joined with its weight statistics (the weight_stats stage's table) and the activation
+    statistics of its collect moments (``emergence``: its first-universal rows, or None)."""
     moments = read_parquet(layout.model_dir("collect", seed) / "moments.parquet", "collect")
-    model = load_model(str(layout.model(seed)))
-    weights = weight_statistics(processed_weights(model), params.stats.neuron_chunk)
-    del model
+    weights = read_parquet(layout.table("weight_stats", model_name(seed)), "weight_stats")
     return neuron_table(universality, weights, activation_statistics(moments, "pre"), emergence)
 
 
@@ -100,7 +96,7 @@ def candidate_tables(params: Params, layout: Layout) -> dict[str, pd.DataFrame]:
     stage (whose tables change with τ)."""
     _, tables = universality_tables(params, layout, params.universality.candidate_threshold)
     return {
-        name: neuron_statistics(params, layout, seed, tables[name])
+        name: neuron_statistics(layout, seed, tables[name])
         for seed, name in zip(params.train.seeds, tables, strict=True)
     }
 
@@ -176,7 +172,7 @@ COMMAND = Stage(
     name="stats",
     params=("train.seeds", "stats"),
     inputs=lambda layout: [
-        layout.models,
+        layout.stage_dir("weight_stats"),
         layout.stage_dir("collect"),
         layout.stage_dir("universality"),
     ],

@@ -166,8 +166,8 @@ def tiny_group(tiny_tokens_dir, tmp_path_factory) -> dict[int, Path]:
 @pytest.fixture(scope="session")
 def tiny_analysis(tiny_tokens_dir, tiny_group, tmp_path_factory) -> Path:
     """A workspace ``data/`` with the analysis outputs of the tiny group (collect of every
-    seed, correlate, baseline, universality), made with TINY_PARAMS."""
-    from stages import baseline, collect, correlate, universality
+    seed, correlate, baseline, universality, weight_stats), made with TINY_PARAMS."""
+    from stages import baseline, collect, correlate, universality, weight_stats
 
     params = tiny_params()
     root = tmp_path_factory.mktemp("analysis")
@@ -178,6 +178,7 @@ def tiny_analysis(tiny_tokens_dir, tiny_group, tmp_path_factory) -> Path:
     correlate.run(params, layout, progress=False)
     baseline.run(params, layout)
     universality.run(params, layout)
+    weight_stats.run(params, layout)
     return root / "data"
 
 

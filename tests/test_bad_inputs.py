@@ -708,7 +708,7 @@ CASES = [
     ),
     Case(
         "nan-output-weight-stats",
-        ["stats"],
+        ["weight_stats"],
         "models/seed2/model.safetensors: tensor transformer.h.1.mlp.c_proj.weight is not "
         "finite (NaN or inf in 1 of its 2048 entries); the weights are broken: retrain or "
         "re-fetch the model",

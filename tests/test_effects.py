@@ -285,12 +285,13 @@ def test_controls_share_the_deciles_are_deterministic_and_widen_when_needed():
 
 
 def _effects_layout(tmp_path, name, tiny_analysis, tiny_group, tiny_tokens_dir):
-    """A workspace named ``name`` with the tiny group's collect, correlate and baseline."""
+    """A workspace named ``name`` with the tiny group's collect, correlate, baseline and
+    weight statistics."""
     from universal_neurons.pipeline.layout import Layout
 
     data = tmp_path / name / "data"
     data.mkdir(parents=True)
-    for stage in ("collect", "correlate", "baseline"):
+    for stage in ("collect", "correlate", "baseline", "weight_stats"):
         (data / stage).symlink_to(tiny_analysis / stage)
     return Layout.at(tmp_path / name, tokens=tiny_tokens_dir, models=tiny_group[1].parent)
 

@@ -110,6 +110,7 @@ def state(tiny_group, tiny_tokens_dir, tmp_path_factory):
         stats,
         syntax,
         universality,
+        weight_stats,
     )
 
     params = tiny_params(
@@ -126,6 +127,7 @@ def state(tiny_group, tiny_tokens_dir, tmp_path_factory):
     universality.run(params, layout)
     emergence_points.run(params, layout, progress=False)
     emergence.run(params, layout)  # first_universal_tokens of the stats table
+    weight_stats.run(params, layout)
     stats.run(params, layout)
     syntax.run(params, layout)
     classify_candidates.run(params, layout)
@@ -542,11 +544,12 @@ def test_a_page_in_headless_chromium(state, tmp_path):
 
 
 def test_pages_from_the_stored_pass_equal_a_fresh_pass(state, tmp_path, monkeypatch):
-    """The classify_candidates stage stores each candidate's top contexts and histogram: the
-    report's pages made from them, without a pass over the token set, are byte for byte those
-    of a pass made now."""
+    """The classify_candidates stage stores each candidate's top contexts, histogram (drawn)
+    and vocabulary extremes: the report's pages made from them, without a pass over the token
+    set, a model loaded or a histogram drawn, are byte for byte those of a pass made now."""
     from universal_neurons.description import neuron_profile
-    from universal_neurons.description.neuron_profile import pages_file
+    from universal_neurons.description.neuron_profile import histograms_dir, pages_file
+    from universal_neurons.outputs import plots
     from universal_neurons.outputs.neuron_page import write_group_pages
 
     stored = {
@@ -563,7 +566,15 @@ def test_pages_from_the_stored_pass_equal_a_fresh_pass(state, tmp_path, monkeypa
     def no_pass(*args, **kwargs):
         raise AssertionError("the pages made a pass over the token set")
 
+    def no_model(*args, **kwargs):
+        raise AssertionError("the pages loaded a model")
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("the pages drew a histogram")
+
     monkeypatch.setattr(neuron_profile, "activation_pass", no_pass)
+    monkeypatch.setattr(neuron_profile, "load_model", no_model)
+    monkeypatch.setattr(plots, "neuron_histogram", no_drawing)
     reused = tmp_path / "stored"
     write_group_pages(reused, models, state["tokens"], analysis, *tables, THRESHOLD, None, stored)
     files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
@@ -571,3 +582,8 @@ def test_pages_from_the_stored_pass_equal_a_fresh_pass(state, tmp_path, monkeypa
     assert files == sorted(p.relative_to(reused) for p in reused.rglob("*") if p.is_file())
     for name in files:
         assert (fresh / name).read_bytes() == (reused / name).read_bytes(), name
+    # every candidate's picture is stored, the paged neurons' among them
+    for name in state["names"]:
+        pictures = state["work"] / "data" / "classify_candidates" / histograms_dir(name)
+        drawn = {p.name for p in (fresh / name).glob("*.png")}
+        assert drawn and drawn <= {p.name for p in pictures.glob("*.png")}

@@ -180,6 +180,7 @@ def stage_inputs(tiny_group, tiny_tokens_dir, tmp_path_factory) -> dict:
 def stage_outputs(stage_inputs, tmp_path_factory) -> dict:
     """The stats stage run on the tiny group."""
     from stages import stats as stage
+    from stages import weight_stats
     from universal_neurons.pipeline.layout import Layout
 
     out = tmp_path_factory.mktemp("stats_outputs")
@@ -191,6 +192,7 @@ def stage_outputs(stage_inputs, tmp_path_factory) -> dict:
         "findings_path": layout.metric("findings.json"),
         "percentiles_csv": layout.metric("stats_percentiles.csv"),
     }
+    weight_stats.run(tiny_params(), layout)  # the weight statistics stats joins
     comparison = stage.run(tiny_params(), layout)  # reads data/emergence too
     return {"comparison": comparison, **paths}
 
@@ -243,6 +245,35 @@ def test_weight_statistics_equal_direct_computation(tiny_group):
         )
     # a real model has spread in every statistic (a constant column would hide a broadcasting bug)
     assert (table[list(statistics.WEIGHT_METRICS + statistics.VOCAB_METRICS)].std() > 0).all()
+
+
+def test_the_weight_stats_stage_feeds_the_stats_stage_without_models(
+    stage_inputs, stage_outputs, tmp_path
+):
+    """weight_stats writes each model's ``weight_statistics``; the stats stage joins those
+    tables and loads no model: run again without any model it writes the same neuron tables
+    (so a new τ reruns stats in seconds)."""
+    from stages import stats as stage
+    from universal_neurons.pipeline.layout import Layout
+
+    data = stage_inputs["collect"].parent
+    params = tiny_params()
+    for seed in params.train.seeds:
+        written = pd.read_parquet(data / "weight_stats" / f"seed{seed}.parquet")
+        model = load_model(str(stage_inputs["models"] / f"seed{seed}"))
+        direct = statistics.weight_statistics(processed_weights(model), params.stats.neuron_chunk)
+        pd.testing.assert_frame_equal(written, direct, check_exact=True)
+    copy = tmp_path / "data"
+    for stage_dir in ("collect", "universality", "emergence", "weight_stats"):
+        shutil.copytree(data / stage_dir, copy / stage_dir)
+    stage.run(params, Layout.at(tmp_path, models=tmp_path / "no-models", data=copy))
+    for seed in params.train.seeds:
+        name = f"seed{seed}.parquet"
+        again = pd.read_parquet(copy / "stats" / name)
+        pd.testing.assert_frame_equal(again, pd.read_parquet(stage_outputs["output_dir"] / name))
+        written = pd.read_parquet(data / "weight_stats" / name)
+        columns = ["layer", "index", *statistics.WEIGHT_METRICS, *statistics.VOCAB_METRICS]
+        pd.testing.assert_frame_equal(again[columns], written[columns], check_exact=True)
 
 
 def test_weight_statistics_reject_mismatched_shapes():
@@ -737,7 +768,7 @@ def test_dvc_repro_runs_the_stats_stage(stage_inputs, tmp_path):
 
     run("git", "init", "-q")
     run(str(bin_dir / "dvc"), "init", "-q")
-    run(str(bin_dir / "dvc"), "repro", "--single-item", "validate", "stats")
+    run(str(bin_dir / "dvc"), "repro", "--single-item", "validate", "weight_stats", "stats")
     metrics = json.loads((repo / "results" / "stats.json").read_text())
     assert set(metrics["models"]) == {"seed1", "seed2", "seed3"}
     assert (repo / "data" / "stats" / "seed2.parquet").is_file()

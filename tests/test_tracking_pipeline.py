@@ -527,7 +527,8 @@ TAU_STAGES = {
 uncertainty, one_to_one, null_control) and those describing the universal set (stats, classify,
 effects, report, log). Never a measurement (collect, correlate, baseline, emergence_points,
 uncertainty_resamples, null_measures), the description of the candidates (classify_candidates,
-effects_candidates: every neuron above ``universality.candidate_threshold``) or the training."""
+effects_candidates: every neuron above ``universality.candidate_threshold``), the weight
+statistics (weight_stats) or the training."""
 
 
 def test_a_new_threshold_reruns_only_what_depends_on_it(tiny_repo, tmp_path):
@@ -543,5 +544,6 @@ def test_a_new_threshold_reruns_only_what_depends_on_it(tiny_repo, tmp_path):
     assert {"universality", "emergence", "uncertainty", "one_to_one", "null_control"} <= ran
     assert ran <= TAU_STAGES, output
     measurements = {"collect@1", "correlate", "baseline", "emergence_points", "train"}
-    candidates = {"classify_candidates", "effects_candidates"}  # τ = 0.4 is their threshold
+    # τ = 0.4 is their threshold; the weight statistics depend on the weights alone
+    candidates = {"classify_candidates", "effects_candidates", "weight_stats"}
     assert measurements | {"uncertainty_resamples", "null_measures"} | candidates <= skipped, output

@@ -191,7 +191,8 @@ def test_validate_names_a_listed_parameter_the_file_lacks(tmp_path):
     result = invoke_command(["validate", "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 2
     assert result.stderr == (
-        f"error: {tmp_path / 'params.yaml'}: stats is missing, but stage 'stats' of "
+        f"error: {tmp_path / 'params.yaml'}: stats.neuron_chunk is missing, but stage "
+        f"'weight_stats' of "
         f"{tmp_path / 'dvc.yaml'} lists it (DVC reads the file, not the defaults): add it, "
         "e.g. a stats: section as in the default params.yaml\n"
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +230,8 @@ class NeuronActivations:
     neurons: list[tuple[int, int]]
     top: TopActivations
     histogram: StreamingHistogram
+    vocab: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    """``vocab_extremes`` of the neurons' output weights (``with_vocab``), or None."""
 
 
 def pages_file(model: str) -> str:
@@ -237,8 +239,25 @@ def pages_file(model: str) -> str:
     return f"{model}.pages.safetensors"
 
 
+def histograms_dir(model: str) -> str:
+    """The folder of a model's stored page histograms beside its ``pages_file``:
+    ``seed1.histograms`` (``<layer>.<index>.png``, as the report's pages show them)."""
+    return f"{model}.histograms"
+
+
 PAGE_ARRAYS = ("layer", "index", "values", "sequence", "position", "rows", "width", "low", "counts")
 """The arrays of a stored ``NeuronActivations`` (``save_activations``), ``[n, ...]`` each."""
+VOCAB_ARRAYS = ("top_ids", "top_values", "bottom_ids", "bottom_values")
+"""Its ``vocab`` arrays, ``[n, VOCAB_TOKENS]`` each, when it has them."""
+
+
+def with_vocab(found: NeuronActivations, model) -> NeuronActivations:
+    """``found`` with the ``vocab_extremes`` of its neurons' output weights in ``model``
+    (its processed weights, as the neuron pages show them)."""
+    weights = processed_weights(model)
+    w_out = np.stack([weights["W_out"][layer, index].numpy() for layer, index in found.neurons])
+    vocab = vocab_extremes(w_out, weights["W_U"].numpy())
+    return NeuronActivations(found.neurons, found.top, found.histogram, vocab)
 
 
 def save_activations(found: NeuronActivations, path: Path) -> None:
@@ -259,7 +278,10 @@ def save_activations(found: NeuronActivations, path: Path) -> None:
         histogram.low,
         histogram.counts,
     )
-    save_file({n: np.ascontiguousarray(a) for n, a in zip(PAGE_ARRAYS, arrays, strict=True)}, path)
+    named = dict(zip(PAGE_ARRAYS, arrays, strict=True))
+    if found.vocab is not None:
+        named |= dict(zip(VOCAB_ARRAYS, found.vocab, strict=True))
+    save_file({n: np.ascontiguousarray(a) for n, a in named.items()}, path)
 
 
 def load_activations(path: Path) -> NeuronActivations:
@@ -272,7 +294,9 @@ def load_activations(path: Path) -> NeuronActivations:
         per_sequence=True,
     )
     neurons = [(int(layer), int(i)) for layer, i in zip(a["layer"], a["index"], strict=True)]
-    return NeuronActivations(neurons, top, StreamingHistogram(a["width"], a["low"], a["counts"]))
+    vocab = tuple(a[n] for n in VOCAB_ARRAYS) if all(n in a for n in VOCAB_ARRAYS) else None
+    histogram = StreamingHistogram(a["width"], a["low"], a["counts"])
+    return NeuronActivations(neurons, top, histogram, vocab)  # type: ignore[arg-type]
 
 
 def select_activations(
@@ -289,7 +313,8 @@ def select_activations(
         top.values[rows], top.sequence[rows], top.position[rows], top.rows[rows], per_sequence=True
     )
     counts = StreamingHistogram(histogram.width[rows], histogram.low[rows], histogram.counts[rows])
-    return NeuronActivations(list(neurons), picked, counts)
+    vocab = None if found.vocab is None else tuple(part[rows] for part in found.vocab)
+    return NeuronActivations(list(neurons), picked, counts, vocab)  # type: ignore[arg-type]
 
 
 def activation_pass(
@@ -452,7 +477,8 @@ def universal_rows(
 class NeuronPage:
     """Everything one page shows (``stats``: the neuron table row; ``family``: the family
     table row or None; ``partners``: rows of ``partner_matches``; ``vocab``: top ids, values,
-    bottom ids, values; ``histogram``: ``(edges, counts)``)."""
+    bottom ids, values; ``histogram``: ``(edges, counts)``; ``histogram_png``: the stored
+    picture of that histogram (``histograms_dir``), or None: draw it)."""
 
     model: str
     layer: int
@@ -463,6 +489,7 @@ class NeuronPage:
     contexts: list[Context]
     histogram: tuple[np.ndarray, np.ndarray]
     vocab: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    histogram_png: Path | None = None
 
 
 def model_pages(
@@ -480,16 +507,17 @@ def model_pages(
     """The pages of ``model``'s universal neurons (``stats``: its neuron table; ``family``:
     its family table or None; ``partners``: ``partner_matches`` of the model). ``stored``:
     the classify_candidates stage's pass over the same token set (``load_activations``);
-    used when it covers every neuron, else one pass here."""
+    used when it covers every neuron, else one pass here. ``model``: None when ``stored``
+    covers every neuron and holds their ``vocab``."""
     neurons = universal_neurons(stats)
     if not neurons:
         return []
     found = None if stored is None else select_activations(stored, neurons)
     if found is None:
         found = activation_pass(model, tokens, neurons, excluded_ids, batch_size, device)
-    weights = processed_weights(model)
-    w_out = np.stack([weights["W_out"][layer, index].numpy() for layer, index in neurons])
-    vocab = vocab_extremes(w_out, weights["W_U"].numpy())
+    if found.vocab is None:
+        found = with_vocab(found, model)
+    vocab = found.vocab
     by_neuron = stats.set_index(["layer", "index"])
     families = pd.DataFrame() if family is None else family.set_index(["layer", "index"])
     matches = partners.set_index(["layer", "index"]).sort_index()
@@ -528,22 +556,27 @@ def group_pages(
     of its candidates' pass (``save_activations``), used where it exists)."""
     tokens, excluded = token_set
     for name, stats in stats_tables.items():
-        if not universal_neurons(stats):
+        neurons = universal_neurons(stats)
+        if not neurons:
             continue
-        model = load_model(str(model_dirs[name]), device=analysis.device)
-        partners = partner_matches(max_corr, baseline, name)
         path = (stored or {}).get(name)
         found = load_activations(path) if path is not None and path.is_file() else None
-        yield from model_pages(
-            model,
-            name,
-            tokens,
-            excluded,
-            stats,
-            family_tables.get(name),
-            partners,
-            analysis.batch_size,
-            analysis.device,
-            found,
-        )
+        found = None if found is None else select_activations(found, neurons)
+        model = None  # the stored pass with its vocabulary extremes needs no model
+        if found is None or found.vocab is None:
+            model = load_model(str(model_dirs[name]), device=analysis.device)
+        partners = partner_matches(max_corr, baseline, name)
+        family = family_tables.get(name)
+        pages = model_pages(
+            model, name, tokens, excluded, stats, family, partners, analysis.batch_size,
+            analysis.device, found,
+        )  # fmt: skip
+        pictures = None if found is None else path.parent / histograms_dir(name)
+        yield from (_with_stored_histogram(page, pictures) for page in pages)
         del model
+
+
+def _with_stored_histogram(page: NeuronPage, folder: Path | None) -> NeuronPage:
+    """``page`` with ``histogram_png`` set when ``folder`` holds its picture."""
+    path = None if folder is None else folder / f"{page.layer}.{page.index}.png"
+    return page if path is None or not path.is_file() else replace(page, histogram_png=path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -314,21 +315,6 @@ def render_page(
     )
 
 
-def histogram_png(edges: np.ndarray, counts: np.ndarray, title: str, path: Path) -> Path:
-    """The activation histogram as a PNG (log count axis: most positions sit near 0)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 2.6))
-    if len(counts):
-        ax.stairs(counts, edges, fill=True, color="#e07020")
-        ax.set_yscale("log")
-    ax.set_xlabel("activation (post-GELU)")
-    ax.set_ylabel("positions")
-    ax.set_title(title, fontsize="medium")
-    ax.grid(alpha=0.3)
-    return plots.save(fig, path)
-
-
 def index_html(
     rows: pd.DataFrame,
     prefix: str | None,
@@ -372,9 +358,11 @@ def write_page(
     """Write ``folder/<layer>.<index>.html`` and its histogram ``.png``; return the HTML path
     (``paged``: per model the neurons with a page, None: every universal neuron)."""
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{page.layer}.{page.index}"
-    title = f"{page.model} L{page.layer}.N{page.index}: {int(page.histogram[1].sum()):,} positions"
-    histogram_png(*page.histogram, title, folder / f"{stem}.png")
+    picture = folder / f"{page.layer}.{page.index}.png"
+    if page.histogram_png is not None:  # drawn by the classify_candidates stage
+        shutil.copyfile(page.histogram_png, picture)
+    else:
+        plots.neuron_histogram(page.model, page.layer, page.index, *page.histogram, picture)
     path = folder / page_name(page.layer, page.index)
     html_text = render_page(page, pieces, universal, threshold, extras, paged)
     path.write_text(html_text, encoding="utf-8")

@@ -16,6 +16,8 @@ closes it, so a long run does not pile up open figures.
   ``plot_per_layer``: one panel per metric, the median per layer of the universal and of
   the other live neurons, one line per model.
 - The families (``metrics/families_per_layer.png``): ``plot_family_counts``.
+- The neuron pages (``report/neurons``, drawn once per candidate by the classify_candidates
+  stage): ``neuron_histogram``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def neuron_histogram(
+    model: str, layer: int, index: int, edges: np.ndarray, counts: np.ndarray, path: str | Path
+) -> Path:
+    """A neuron page's activation histogram (``edges [m + 1]``, ``counts [m]`` positions per
+    bin; log count axis: most positions sit near 0), titled with the neuron and its positions."""
+    fig, ax = plt.subplots(figsize=(6.4, 2.6))
+    if len(counts):
+        ax.stairs(counts, edges, fill=True, color="#e07020")
+        ax.set_yscale("log")
+    ax.set_xlabel("activation (post-GELU)")
+    ax.set_ylabel("positions")
+    ax.set_title(f"{model} L{layer}.N{index}: {int(counts.sum()):,} positions", fontsize="medium")
+    ax.grid(alpha=0.3)
+    return save(fig, path)
 
 
 def draw_per_layer(ax: plt.Axes, values: Mapping[str, Sequence[float]]) -> None:
