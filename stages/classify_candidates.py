@@ -34,13 +34,13 @@ from universal_neurons.description.families import (
     with_top_contexts,
 )
 from universal_neurons.description.features import FeatureSet, load_analysis_features
-from universal_neurons.description.neuron_profile import (
+from universal_neurons.description.neuron_profile import activation_pass, with_vocab
+from universal_neurons.description.page_store import (
     NeuronActivations,
-    activation_pass,
     histograms_dir,
+    pageable_neurons,
     pages_file,
     save_activations,
-    with_vocab,
 )
 from universal_neurons.errors import MissingInputError
 from universal_neurons.io import atomic_outputs
@@ -78,18 +78,19 @@ def classify_seed(
 ) -> tuple[pd.DataFrame, NeuronActivations | None]:
     """The family table (with each neuron's top contexts, for the ``neuron`` command) of the
     model of ``seed``; ``analysis_set``: ``(tokens, features, excluded ids)``; ``stats``: its
-    neuron table with the candidates as ``is_universal``. With ``pages``, also the neurons'
-    top contexts and histograms as the report's neuron pages show them (a second pass)."""
+    neuron table with the candidates as ``is_universal``. With ``pages``, also what the report's
+    neuron pages show of the candidates that can get one (``pageable_neurons``: at most
+    ``PAGES_PER_MODEL``), in a second pass: top contexts, histograms, vocabulary extremes."""
     config = params.families
     tokens, features, excluded = analysis_set
     model = load_model(str(layout.model(seed)), device=params.analysis.device)
     n_layers, d_mlp = model_shape(model)
     neurons = parse_neurons(config.neurons, n_layers, d_mlp, universal_mask(stats, n_layers, d_mlp))
-    found = None
-    if pages and neurons:  # no candidate: no pages (the report makes none either)
+    found, paged = None, pageable_neurons(stats)
+    if pages and paged:  # no candidate: no pages (the report makes none either)
         batch_size, device = params.analysis.batch_size, params.analysis.device
         found = with_vocab(
-            activation_pass(model, tokens, neurons, excluded, batch_size, device), model
+            activation_pass(model, tokens, paged, excluded, batch_size, device), model
         )
     table, top = classify_model(
         model,

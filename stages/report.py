@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from universal_neurons.description.neuron_profile import pages_file
+from universal_neurons.description.page_store import pages_file
 from universal_neurons.io import atomic_outputs, read_json
 from universal_neurons.outputs.neuron_page import NEURONS_DIR, write_group_pages
 from universal_neurons.outputs.report import (

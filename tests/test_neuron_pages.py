@@ -206,9 +206,10 @@ def test_pages_capped_per_model_every_universal_neuron_still_listed(state, tmp_p
     page (issue 22: ~27 min and ~200 MB for 12k pages); the list still holds every universal
     neuron with its numbers, links exactly the written pages, and says so; a partner link goes
     only to a page that exists, the partner still marked universal."""
+    from universal_neurons.description import page_store
     from universal_neurons.outputs import neuron_page
 
-    monkeypatch.setattr(neuron_page, "PAGES_PER_MODEL", 2)
+    monkeypatch.setattr(page_store, "PAGES_PER_MODEL", 2)
     out = tmp_path / "neurons"
     rows = neuron_page.write_group_pages(
         out,
@@ -548,7 +549,7 @@ def test_pages_from_the_stored_pass_equal_a_fresh_pass(state, tmp_path, monkeypa
     and vocabulary extremes: the report's pages made from them, without a pass over the token
     set, a model loaded or a histogram drawn, are byte for byte those of a pass made now."""
     from universal_neurons.description import neuron_profile
-    from universal_neurons.description.neuron_profile import histograms_dir, pages_file
+    from universal_neurons.description.page_store import histograms_dir, pages_file
     from universal_neurons.outputs import plots
     from universal_neurons.outputs.neuron_page import write_group_pages
 
@@ -587,3 +588,27 @@ def test_pages_from_the_stored_pass_equal_a_fresh_pass(state, tmp_path, monkeypa
         pictures = state["work"] / "data" / "classify_candidates" / histograms_dir(name)
         drawn = {p.name for p in (fresh / name).glob("*.png")}
         assert drawn and drawn <= {p.name for p in pictures.glob("*.png")}
+
+
+def test_the_stored_pages_cover_the_paged_neurons_at_every_higher_threshold(monkeypatch):
+    """classify_candidates stores pages for ``pageable_neurons`` of the candidates only (at most
+    PAGES_PER_MODEL): at the candidate threshold and at every τ above it, every neuron the
+    report pages (``paged_neurons`` of ``universal_rows``) is among them, ties included."""
+    from universal_neurons.description import neuron_profile, page_store
+
+    monkeypatch.setattr(page_store, "PAGES_PER_MODEL", 5)
+    rng = np.random.default_rng(0)
+    excess = rng.choice(np.round(np.linspace(0.0, 1.0, 21), 2), size=64)  # many ties
+    table = pd.DataFrame(
+        {"layer": np.repeat([0, 1], 32), "index": np.tile(np.arange(32), 2), "excess_corr": excess}
+    )
+    candidate = 0.3
+    stored = page_store.pageable_neurons(table.assign(is_universal=excess > candidate))
+    assert len(stored) == 5 and stored == sorted(stored)
+    above = table[excess > candidate].sort_values("excess_corr", ascending=False, kind="stable")
+    assert set(stored) == set(zip(above["layer"][:5], above["index"][:5], strict=True))
+    for tau in np.unique(excess[excess >= candidate]):
+        rows = neuron_profile.universal_rows({"m": table.assign(is_universal=excess > tau)}, {})
+        paged = page_store.paged_neurons(rows).get("m", set())
+        assert paged <= set(stored), tau
+        assert len(paged) == min(5, int((excess > tau).sum()))

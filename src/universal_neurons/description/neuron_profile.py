@@ -10,7 +10,7 @@ cover what is asked, else one pass over the token set.
 
 | part | from |
 |---|---|
-| top-activating contexts, the activation on every token | one streaming pass per model over the analysis token set (``activation_pass``), made by the classify_candidates stage for every candidate and stored (``save_activations``); made here for neurons it does not cover |
+| top-activating contexts, the activation on every token | one streaming pass per model over the analysis token set (``activation_pass``), made by the classify_candidates stage for the candidates and stored (``page_store``); made here for neurons it does not cover |
 | activation histogram over the kept positions | the same pass (``analysis.histogram.StreamingHistogram``: exact counts, no activation stored) |
 | best-matching neuron in each partner model, its correlation and the baseline | ``data/correlate/max_corr.parquet``, ``data/baseline/baseline.parquet`` (mean over samples; ``partner_matches``) |
 | family, best feature and VR, top features | ``data/families/seed{s}.parquet`` |
@@ -44,6 +44,12 @@ from universal_neurons.description.features import (
     token_pieces,
 )
 from universal_neurons.description.histogram import StreamingHistogram
+from universal_neurons.description.page_store import (
+    NeuronActivations,
+    histograms_dir,
+    load_activations,
+    select_activations,
+)
 from universal_neurons.description.variance import (
     TopActivations,
     collect_feature_sums,
@@ -221,36 +227,6 @@ def neuron_profile(
 # ============================================================================= universal neurons
 
 
-@dataclass
-class NeuronActivations:
-    """What one pass over the analysis token set gives for ``neurons`` (``(layer, index)``):
-    their top contexts (one per sequence, with the whole sequence's activations) and
-    their histograms over the kept positions."""
-
-    neurons: list[tuple[int, int]]
-    top: TopActivations
-    histogram: StreamingHistogram
-    vocab: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
-    """``vocab_extremes`` of the neurons' output weights (``with_vocab``), or None."""
-
-
-def pages_file(model: str) -> str:
-    """The name of a model's stored page activations: ``seed1.pages.safetensors``."""
-    return f"{model}.pages.safetensors"
-
-
-def histograms_dir(model: str) -> str:
-    """The folder of a model's stored page histograms beside its ``pages_file``:
-    ``seed1.histograms`` (``<layer>.<index>.png``, as the report's pages show them)."""
-    return f"{model}.histograms"
-
-
-PAGE_ARRAYS = ("layer", "index", "values", "sequence", "position", "rows", "width", "low", "counts")
-"""The arrays of a stored ``NeuronActivations`` (``save_activations``), ``[n, ...]`` each."""
-VOCAB_ARRAYS = ("top_ids", "top_values", "bottom_ids", "bottom_values")
-"""Its ``vocab`` arrays, ``[n, VOCAB_TOKENS]`` each, when it has them."""
-
-
 def with_vocab(found: NeuronActivations, model) -> NeuronActivations:
     """``found`` with the ``vocab_extremes`` of its neurons' output weights in ``model``
     (its processed weights, as the neuron pages show them)."""
@@ -258,63 +234,6 @@ def with_vocab(found: NeuronActivations, model) -> NeuronActivations:
     w_out = np.stack([weights["W_out"][layer, index].numpy() for layer, index in found.neurons])
     vocab = vocab_extremes(w_out, weights["W_U"].numpy())
     return NeuronActivations(found.neurons, found.top, found.histogram, vocab)
-
-
-def save_activations(found: NeuronActivations, path: Path) -> None:
-    """Write ``found`` to ``path`` (safetensors: no pickle; equal inputs give equal bytes)."""
-    from safetensors.numpy import save_file
-
-    layers, indices = zip(*found.neurons, strict=True) if found.neurons else ((), ())
-    top, histogram = found.top, found.histogram
-    assert top.rows is not None and top.per_sequence, "a page pass keeps rows, one per sequence"
-    arrays = (
-        np.asarray(layers, np.int64),
-        np.asarray(indices, np.int64),
-        top.values.numpy(),
-        top.sequence.numpy(),
-        top.position.numpy(),
-        top.rows.numpy(),
-        histogram.width,
-        histogram.low,
-        histogram.counts,
-    )
-    named = dict(zip(PAGE_ARRAYS, arrays, strict=True))
-    if found.vocab is not None:
-        named |= dict(zip(VOCAB_ARRAYS, found.vocab, strict=True))
-    save_file({n: np.ascontiguousarray(a) for n, a in named.items()}, path)
-
-
-def load_activations(path: Path) -> NeuronActivations:
-    """The ``NeuronActivations`` that ``save_activations`` wrote to ``path``."""
-    from safetensors.numpy import load_file
-
-    a = load_file(path)
-    top = TopActivations(
-        *(torch.from_numpy(a[n]) for n in ("values", "sequence", "position", "rows")),
-        per_sequence=True,
-    )
-    neurons = [(int(layer), int(i)) for layer, i in zip(a["layer"], a["index"], strict=True)]
-    vocab = tuple(a[n] for n in VOCAB_ARRAYS) if all(n in a for n in VOCAB_ARRAYS) else None
-    histogram = StreamingHistogram(a["width"], a["low"], a["counts"])
-    return NeuronActivations(neurons, top, histogram, vocab)  # type: ignore[arg-type]
-
-
-def select_activations(
-    found: NeuronActivations, neurons: Sequence[tuple[int, int]]
-) -> NeuronActivations | None:
-    """The part of ``found`` for ``neurons``, in their order; None if one of them is missing."""
-    row = {neuron: n for n, neuron in enumerate(found.neurons)}
-    if any(neuron not in row for neuron in neurons):
-        return None
-    rows = [row[neuron] for neuron in neurons]
-    top, histogram = found.top, found.histogram
-    assert top.rows is not None
-    picked = TopActivations(
-        top.values[rows], top.sequence[rows], top.position[rows], top.rows[rows], per_sequence=True
-    )
-    counts = StreamingHistogram(histogram.width[rows], histogram.low[rows], histogram.counts[rows])
-    vocab = None if found.vocab is None else tuple(part[rows] for part in found.vocab)
-    return NeuronActivations(list(neurons), picked, counts, vocab)  # type: ignore[arg-type]
 
 
 def activation_pass(

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from universal_neurons.config import AnalysisConfig
+from universal_neurons.description import page_store
 from universal_neurons.description.effects import effects_section
 from universal_neurons.description.neuron_profile import (
     Context,
@@ -46,11 +47,6 @@ from universal_neurons.text.tokens import load_tokenizer
 
 NEURONS_DIR = "neurons"
 INDEX_ROWS_PER_MODEL = 25
-PAGES_PER_MODEL = 200
-"""Pages written per model: its most universal neurons (largest excess correlation). At the
-paper's sizes (~2,000 universal neurons per GPT-2 small) a page each took ~27 min and ~200 MB;
-``neurons/index.html`` still lists every universal neuron with its numbers and says which have
-a page (the others: ``universal-neurons neuron``)."""
 DEFAULT_THRESHOLD = 0.5  # τ of the universality test where no results document gives it
 
 
@@ -376,7 +372,8 @@ def index_page(
     (``paged``: per model the neurons with one, None: all)."""
     count = sum(len(neurons) for neurons in paged.values()) if paged is not None else len(rows)
     note = "" if count == len(rows) else (
-        f"<p>Pages for the {count:,} most universal ({PAGES_PER_MODEL} per model at most, by "
+        f"<p>Pages for the {count:,} most universal ({page_store.PAGES_PER_MODEL} per model "
+        "at most, by "
         "excess correlation); the others are listed with their numbers, unlinked: "
         "<code>universal-neurons neuron MODEL LAYER.INDEX</code> describes any neuron.</p>"
     )  # fmt: skip
@@ -387,16 +384,6 @@ def index_page(
         f"<h1>Universal neurons ({len(rows):,})</h1>{note}"
         f"{index_html(rows, '', threshold, paged)}</body></html>\n"
     )
-
-
-def paged_neurons(rows: pd.DataFrame) -> dict[str, set]:
-    """Per model the neurons that get a page: the first ``PAGES_PER_MODEL`` of its
-    ``universal_rows`` (the most universal)."""
-    first = rows.groupby("model", sort=False).head(PAGES_PER_MODEL)
-    paged: dict[str, set] = {model: set() for model in rows["model"].unique()}
-    for r in first.itertuples(index=False):
-        paged[r.model].add((int(r.layer), int(r.index)))
-    return paged
 
 
 def _only_paged(table: pd.DataFrame, neurons: set) -> pd.DataFrame:
@@ -419,7 +406,8 @@ def write_group_pages(
     extras: Mapping[str, Mapping[tuple[int, int], tuple]] | None = None,
     stored: Mapping[str, Path] | None = None,
 ) -> pd.DataFrame:
-    """Write the page of every universal neuron of every model (its ``PAGES_PER_MODEL`` most
+    """Write the page of every universal neuron of every model (its
+    ``page_store.PAGES_PER_MODEL`` most
     universal) into ``out_dir/<model>/`` and the list of them all into ``out_dir/index.html``;
     return ``universal_rows``.
 
@@ -434,7 +422,7 @@ def write_group_pages(
     out_dir = Path(out_dir)
     universal = {name: set(universal_neurons(table)) for name, table in stats_tables.items()}
     rows = universal_rows(stats_tables, family_tables)
-    paged = paged_neurons(rows)
+    paged = page_store.paged_neurons(rows)
     capped = {name: _only_paged(t, paged.get(name, set())) for name, t in stats_tables.items()}
     tokens, excluded, _ = load_analysis_set(tokens_dir, analysis)
     token_set = (np.asarray(tokens), excluded)

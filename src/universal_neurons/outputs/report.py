@@ -504,7 +504,7 @@ def _universal_neurons_section(
 
 def _with_page(rows: pd.DataFrame, folder: Path) -> dict[str, set]:
     """Per model the neurons of ``rows`` whose page exists in ``folder`` (the report stage
-    writes pages for the ``neuron_page.PAGES_PER_MODEL`` most universal of each model only)."""
+    writes pages for the ``page_store.PAGES_PER_MODEL`` most universal of each model only)."""
     paged: dict[str, set] = {}
     for r in rows.itertuples(index=False):
         if (folder / r.model / neuron_page.page_name(r.layer, r.index)).is_file():
