@@ -37,6 +37,7 @@ from universal_neurons.description.features import FeatureSet, load_analysis_fea
 from universal_neurons.description.neuron_profile import activation_pass, with_vocab
 from universal_neurons.description.page_store import (
     NeuronActivations,
+    histogram_file,
     histograms_dir,
     pageable_neurons,
     pages_file,
@@ -165,7 +166,7 @@ def draw_histograms(model: str, found: NeuronActivations, folder: Path) -> None:
     """Each neuron's page histogram of ``found`` as ``folder/<layer>.<index>.png``."""
     for n, (layer, index) in enumerate(found.neurons):
         edges, counts = found.histogram.display(n)
-        neuron_histogram(model, layer, index, edges, counts, folder / f"{layer}.{index}.png")
+        neuron_histogram(model, layer, index, edges, counts, folder / histogram_file(layer, index))
 
 
 COMMAND = Stage(

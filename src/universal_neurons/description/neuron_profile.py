@@ -46,6 +46,7 @@ from universal_neurons.description.features import (
 from universal_neurons.description.histogram import StreamingHistogram
 from universal_neurons.description.page_store import (
     NeuronActivations,
+    histogram_file,
     histograms_dir,
     load_activations,
     select_activations,
@@ -497,5 +498,5 @@ def group_pages(
 
 def _with_stored_histogram(page: NeuronPage, folder: Path | None) -> NeuronPage:
     """``page`` with ``histogram_png`` set when ``folder`` holds its picture."""
-    path = None if folder is None else folder / f"{page.layer}.{page.index}.png"
+    path = None if folder is None else folder / histogram_file(page.layer, page.index)
     return page if path is None or not path.is_file() else replace(page, histogram_png=path)

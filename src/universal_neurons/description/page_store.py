@@ -54,6 +54,12 @@ def histograms_dir(model: str) -> str:
     return f"{model}.histograms"
 
 
+def histogram_file(layer: int, index: int) -> str:
+    """A neuron's histogram picture, in ``histograms_dir`` and beside its report page:
+    ``1.17.png``."""
+    return f"{layer}.{index}.png"
+
+
 PAGE_ARRAYS = ("layer", "index", "values", "sequence", "position", "rows", "width", "low", "counts")
 """The arrays of a stored ``NeuronActivations`` (``save_activations``), ``[n, ...]`` each."""
 VOCAB_ARRAYS = ("top_ids", "top_values", "bottom_ids", "bottom_values")

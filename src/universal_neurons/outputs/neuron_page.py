@@ -293,7 +293,7 @@ def render_page(
         f"colour: activation (orange positive, blue negative; the title of a token gives its "
         f"value); boxed: the max token.</p>{contexts}</section>"
         f'<section id="histogram"><h2>Activation histogram</h2>'
-        f'<img src="{page.layer}.{page.index}.png" alt="activation histogram of {_e(title)}">'
+        f'<img src="{page_store.histogram_file(page.layer, page.index)}" alt="activation histogram of {_e(title)}">'
         f"<p>{kept:,} kept positions, activations from {_num(edges[0])} to {_num(edges[-1])}"
         f" (bin edges).</p></section>"
         f'<section id="partners"><h2>Best match in each partner model</h2>'
@@ -354,7 +354,7 @@ def write_page(
     """Write ``folder/<layer>.<index>.html`` and its histogram ``.png``; return the HTML path
     (``paged``: per model the neurons with a page, None: every universal neuron)."""
     folder.mkdir(parents=True, exist_ok=True)
-    picture = folder / f"{page.layer}.{page.index}.png"
+    picture = folder / page_store.histogram_file(page.layer, page.index)
     if page.histogram_png is not None:  # drawn by the classify_candidates stage
         shutil.copyfile(page.histogram_png, picture)
     else:
