@@ -1,8 +1,9 @@
 """Benchmark of the uncertainty stage's pass on one real pair of a finished pipeline.
 
-Reads (never writes) a workspace that has run correlate: two models, the token set, the
-pair's statistics and collect's within-layer covariances. Times, for the first
-``--sequences`` analysis sequences cut into ``--blocks`` blocks: choosing the candidates
+Reads (never writes) a workspace that has run collect: two models, the token set and
+collect's within-layer covariances. Times, for the first ``--sequences`` analysis sequences
+cut into ``--blocks`` blocks: the pair's statistics over them (``correlate_group``: correlate
+keeps no ``[N, N]`` file, it takes the candidates in memory), choosing the candidates
 (both directions, ``--draws`` rotation draws), the pass (``accumulate_blocks``), one batch's
 forward pass per model, its products (``BlockProducts.add``: both models' within-layer
 products and the pair's ``[N, N]``), one block's reduction (``BlockProducts.totals``) and
@@ -39,7 +40,7 @@ from universal_neurons.matching.block_products import (  # noqa: E402
     accumulate_blocks,
 )
 from universal_neurons.matching.collect import kept_activations  # noqa: E402
-from universal_neurons.matching.correlation import CrossMoments  # noqa: E402
+from universal_neurons.matching.pairs import correlate_group  # noqa: E402
 from universal_neurons.matching.resampling import (  # noqa: E402
     CandidateSums,
     block_weights,
@@ -60,22 +61,24 @@ def _timed(function, *args):
     return result, time.perf_counter() - start
 
 
-def _setup(root: Path, seeds: tuple[int, int], draws: int, k: int):
-    """The pair's ``(names, shape, rotations, links)`` and the time to choose candidates."""
-    names = [f"seed{s}" for s in seeds]
-    stats, _ = CrossMoments.load(
-        root / "data/correlate/pairs" / f"{names[0]}__{names[1]}.safetensors"
+def _setup(root: Path, models: dict, tokens_of: tuple, draws: int, k: int, batch_size: int):
+    """The pair's ``(shape, rotations, links)``, the seconds of its statistics over the
+    ``tokens_of`` ``(tokens, excluded ids)`` and the seconds to choose the candidates."""
+    names = list(models)
+    stats, stats_s = _timed(
+        lambda: correlate_group(models, *tokens_of, batch_size, progress=False).pairs
     )
     within = {
         n: read_npy(root / "data/collect" / n / "within_layer_cov.npy", "collect") for n in names
     }
     shape = (within[names[0]].shape[0], within[names[0]].shape[1])
+    seeds = [int(n.removeprefix("seed")) for n in names]
     start = time.perf_counter()
     rotations = rotation_draws(
         "rotation", names, dict(zip(names, seeds, strict=True)), shape, draws, 0
     )
-    links = candidate_links([((names[0], names[1]), stats)], within, rotations, k)
-    return names, shape, rotations, links, time.perf_counter() - start
+    links = candidate_links(stats.items(), within, rotations, k)
+    return shape, rotations, links, stats_s, time.perf_counter() - start
 
 
 def main() -> None:
@@ -90,16 +93,17 @@ def main() -> None:
     params = params_from_dict(read_yaml_document(args.root / "params.yaml", "params"))
     tokens, excluded, _ = load_analysis_set(args.root / "data/tokens", params.analysis)
     tokens = tokens[: args.sequences]
-    names, shape, rotations, links, candidates_s = _setup(
-        args.root, (1, 2), args.draws, args.candidates
-    )
+    names = ["seed1", "seed2"]
     models = {n: load_model(str(args.root / "models" / n)) for n in names}
+    batch_size = params.analysis.batch_size
+    shape, rotations, links, statistics_s, candidates_s = _setup(
+        args.root, models, (tokens, excluded), args.draws, args.candidates, batch_size
+    )
     n = shape[0] * shape[1]
     columns = {name: n for name in names}
     columns |= {rotated_key(p, d): n for p in names for d in range(args.draws)}
     sums = CandidateSums(args.blocks, columns, links)
     matrices = {p: torch.as_tensor(m) for p, m in rotations.items()}
-    batch_size = params.analysis.batch_size
     _, pass_s = _timed(
         accumulate_blocks, models, tokens, excluded, batch_size, sums, matrices, shape[0]
     )
@@ -123,6 +127,7 @@ def main() -> None:
                 "blocks": args.blocks,
                 "kept_positions": int(sums.count.sum()),
                 "batch_kept_positions": int(mask.sum()),
+                "pair_statistics_s": statistics_s,
                 "candidates_s": candidates_s,
                 "pass_s": pass_s,
                 "forward_per_model_s": forward_s / 2,

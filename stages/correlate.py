@@ -1,16 +1,21 @@
-"""Stage correlate: every pair's correlation statistics and per-neuron maxima.
+"""Stage correlate: every pair's correlation statistics, reduced to what the later stages read.
 
 The pairs are split into work units (pair x block of neurons x token shard, ``correlate.*``;
 ``analysis.units``) that an executor runs; with the defaults (inline, no neuron blocks, one
 shard) that is one pass over the token set in this process, every model running once per
 batch. Writes ``data/correlate/``: ``max_corr.parquet`` (both directions of every pair, one
-row per (model, partner, neuron)) and ``summary.json``; and, for a group of at most
-``correlate.full_pairs_max_neurons`` neurons per model, ``pairs/seed{a}__seed{b}.safetensors``
-(the pair's ``CrossMoments``, x = seed a, y = seed b, a before b in train.seeds), which the
-baseline stage rotates; when the work was split, also ``units/`` (every unit's statistics)
-and a ``units`` summary. Above the threshold, each unit reduces its block to per-neuron
-maxima and the baseline draws of ``params.baseline`` (collect's within-layer covariances),
-and ``baseline_draws.parquet`` replaces the pair files: nothing ``[N, N]`` is written.
+row per (model, partner, neuron)), ``baseline_draws.parquet`` (the baseline maxima of every
+draw of ``params.baseline``, which the baseline stage checks and summarises) and
+``summary.json``. Nothing ``[N, N]`` is written at any size (docs/sharing.md):
+
+- for a group of at most ``correlate.full_pairs_max_neurons`` neurons per model the pass
+  merges every pair's full ``CrossMoments`` in memory, and ``matching.pair_reductions`` takes
+  from them the baseline draws, the one-to-one matching (for the one_to_one stage) and the
+  candidate links of ``uncertainty.candidates`` (for uncertainty_resamples); when the work was
+  split, also ``units/`` (every unit's statistics) and a ``units`` summary;
+- above it each unit reduces its block to per-neuron maxima and the baseline draws
+  (collect's within-layer covariances); one_to_one is then not available, and
+  uncertainty_resamples finds its candidates itself.
 
 Units write their files into ``data/.correlate-units.tmp/`` with the digest of their inputs;
 a rerun after a kill runs only the units without a complete file there.
@@ -28,9 +33,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from universal_neurons.errors import MissingInputError, UserError
-from universal_neurons.io import atomic_path
+from universal_neurons.io import atomic_path, read_npy
 from universal_neurons.matching.activations import load_analysis_set, token_set_record
 from universal_neurons.matching.maxima import BaselineDraws, check_whole_layers, pair_tables
+from universal_neurons.matching.pair_reductions import (
+    BASELINE_DRAWS,
+    CandidateSettings,
+    Reductions,
+    reduce_pairs,
+    save_reductions,
+)
 from universal_neurons.matching.pairs import (
     GroupStatistics,
     pair_key,
@@ -59,17 +71,19 @@ from universal_neurons.models.loading import (
     model_spec,
 )
 from universal_neurons.pipeline.command import Out, Stage
-from universal_neurons.pipeline.inputs import CorrelateSummary, collect_summaries, write_summary
+from universal_neurons.pipeline.inputs import (
+    CorrelateSummary,
+    Provenance,
+    check_same_inputs,
+    collect_summaries,
+    write_summary,
+)
 from universal_neurons.pipeline.layout import SUMMARY_FILE, Layout, model_name
 from universal_neurons.pipeline.runner import stage_main
 from universal_neurons.text.tokens import tokenizer_vocab
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
-
-BASELINE_DRAWS = "baseline_draws.parquet"
-"""Above the threshold: the baseline maxima of every draw, taken in correlate's units
-(rows ``model, partner, sample, layer, index, baseline``, as ``baseline.parquet``)."""
 
 
 def load_specs(seeds: list[int], layout: Layout) -> dict[str, ModelSpec]:
@@ -119,21 +133,48 @@ def _summary(
 
 
 def _write(
-    output_dir: Path, pairs: dict | None, summary: CorrelateSummary, tables: dict, units_dir
+    output_dir: Path,
+    reductions: Reductions | None,
+    summary: CorrelateSummary,
+    tables: dict,
+    units_dir,
 ) -> None:
-    """Write the tables (``{file name: DataFrame}``), the summary, the full pair statistics
-    ``pairs`` (None above the threshold) and the unit files (if given), atomically."""
+    """Write the tables (``{file name: DataFrame}``), the summary, the pair statistics'
+    ``reductions`` (None above the threshold) and the unit files (if given), atomically."""
     with atomic_path(output_dir) as temp:
         temp.mkdir(parents=True)
         if units_dir is not None:
             shutil.move(str(units_dir), str(temp / "units"))
-        if pairs is not None:
-            (temp / "pairs").mkdir()
-            for (a, b), pair in pairs.items():
-                pair.save(temp / "pairs" / f"{pair_key(a, b)}.safetensors", {"x": a, "y": b})
+        if reductions is not None:
+            save_reductions(temp, reductions)
         for name, table in tables.items():
             table.to_parquet(temp / name, index=False)
         write_summary(temp / SUMMARY_FILE, summary.as_dict())
+
+
+def within_covariances(params: Params, layout: Layout) -> dict[str, np.ndarray]:
+    """Per model, collect's within-layer covariance ``[layers, d_mlp, d_mlp]`` float64."""
+    return {
+        model_name(seed): read_npy(
+            layout.model_dir("collect", seed) / "within_layer_cov.npy", "collect"
+        )
+        for seed in params.train.seeds
+    }
+
+
+def pair_reductions(params: Params, pairs: dict, within: dict) -> Reductions:
+    """What the baseline, one_to_one and uncertainty_resamples stages read of the full pair
+    statistics ``pairs`` (``{(a, b): CrossMoments}``; ``matching.pair_reductions``);
+    ``within``: ``within_covariances``."""
+    partner_ids = {model_name(seed): seed for seed in params.train.seeds}
+    return reduce_pairs(
+        pairs,
+        partner_ids,
+        within,
+        params.baseline,
+        CandidateSettings.of(params),
+        params.correlate.dead_variance,
+    )
 
 
 def _group_shape(params: Params, layout: Layout, spec: ModelSpec, context: int) -> GroupShape:
@@ -211,16 +252,18 @@ def _run_units(params: Params, units: list[Unit], context: UnitContext, progress
         execute(pending, context, corr.executor, corr.workers, corr.log_dir, slurm, progress)
 
 
-def _full_outputs(params: Params, units, context, stats_of: tuple, n: int):
-    """Below the threshold: every pair's full statistics and the maxima table."""
+def _full_outputs(params: Params, within: dict, units, context, stats_of: tuple, n: int):
+    """Below the threshold: the maxima table and the reductions of every pair's full
+    statistics (merged in memory, never written); ``within``: ``within_covariances``."""
     names, spec, kept = stats_of
     pairs, batches = merge_units(units, context.units_dir, n)
     stats = GroupStatistics(names, spec.n_layers, spec.d_mlp, kept, batches, pairs)
     maxima, dead = pair_maxima(stats, params.correlate.dead_variance)
-    return stats, pairs, {"max_corr.parquet": maxima}, dead
+    reductions = pair_reductions(params, pairs, within)
+    return stats, reductions, {"max_corr.parquet": maxima}, dead
 
 
-def _maxima_outputs(params: Params, units, context, stats_of: tuple, n: int):
+def _maxima_outputs(params: Params, _within: None, units, context, stats_of: tuple, n: int):
     """Above the threshold: the maxima and baseline tables from the units' block maxima."""
     names, spec, kept = stats_of
     pairs, batches = merge_block_maxima(units, context, n)
@@ -245,6 +288,11 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     if not full:
         check_whole_layers(corr.neuron_block, spec.d_mlp)
     check_memory(params, _group_shape(params, layout, spec, tokens.shape[1]))
+    record = token_set_record(tokens, excluded, kept, cfg.split)
+    # the baseline draws read collect's covariances after the pass: checked before it
+    analysis_set = {Path(layout.tokens): Provenance(record, group=names)}
+    check_same_inputs(analysis_set | collect_summaries(params, layout))
+    within = within_covariances(params, layout) if full else None  # small: [layers, d, d]
     units = plan_units(names, n, len(tokens), cfg.batch_size, corr.neuron_block, corr.token_shards)
     output_dir = layout.stage_dir("correlate")
     work = _work_folder(output_dir)
@@ -256,7 +304,9 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
         shutil.rmtree(work, ignore_errors=True)
         raise
     outputs = _full_outputs if full else _maxima_outputs
-    stats, pairs, tables, dead = outputs(params, units, context, (names, spec, kept), n)
+    stats, reductions, tables, dead = outputs(
+        params, within, units, context, (names, spec, kept), n
+    )
     assert stats.kept_positions == kept
     summary = _summary(
         params,
@@ -265,20 +315,27 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
         excluded,
         dead,
         outputs="full_pairs" if full else "maxima",
-        token_set=token_set_record(tokens, excluded, kept, cfg.split),
-        baseline=None if full else params.baseline.model_dump(),
+        token_set=record,
+        baseline=params.baseline.model_dump(),
         units=units_summary(units) | {"executor": corr.executor} if corr.split() else None,
     )
     keep_units = work if corr.split() and full else None
-    _write(output_dir, pairs if full else None, summary, tables, keep_units)
+    _write(output_dir, reductions, summary, tables, keep_units)
     shutil.rmtree(work, ignore_errors=True)
     return summary.as_dict()
 
 
 COMMAND = Stage(
     name="correlate",
-    params=("analysis", "correlate", "train.seeds"),
-    scale_params=("baseline",),
+    params=(
+        "analysis",
+        "baseline",
+        "correlate",
+        "train.seeds",
+        "uncertainty.baseline_draws",
+        "uncertainty.candidates",
+        "uncertainty.seed",
+    ),
     inputs=lambda layout: [layout.tokens, layout.models, layout.stage_dir("collect")],
     outputs=lambda layout: [Out(layout.stage_dir("correlate"))],
     run=run,

@@ -1,7 +1,8 @@
 """Stage one_to_one: one-to-one matching, a stricter notion than max correlation.
 
-Correlate's full pair statistics + the universality tables -> per ordered model pair the
-maximum-weight assignment of the correlation matrix and the mutual best matches; per neuron
+Correlate's matching of every pair (the maximum-weight assignment of the correlation matrix
+and the mutual best matches, taken while it held the full pair statistics:
+``matching.pair_reductions``) + the universality tables -> per neuron
 its assigned partner and correlation per partner, the mean assigned correlation minus the
 universality baseline (``one_to_one_excess``), ``is_one_to_one_universal`` (above
 ``universality.threshold``) and ``mutual_partners``.
@@ -10,8 +11,9 @@ Writes ``data/one_to_one/seed{s}.parquet`` and ``summary.json``, ``results/one_t
 (per model: % universal by max correlation and by one-to-one matching, % mutual with every
 partner, overlap counts; per pair: mean assigned correlation, fraction of mutual matches)
 and its headline
-``metrics/one_to_one.json``. Above ``correlate.full_pairs_max_neurons`` correlate keeps no
-pair statistics: the stage then writes that the matching is not available at this size.
+``metrics/one_to_one.json``. Above ``correlate.full_pairs_max_neurons`` correlate never holds
+a pair's full statistics: the stage then writes that the matching is not available at this
+size.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from universal_neurons.io import atomic_outputs, read_parquet
-from universal_neurons.matching.correlation import CrossMoments
 from universal_neurons.matching.one_to_one import (
     NOT_AVAILABLE,
-    group_matches,
     headline,
     model_comparison,
     one_to_one_table,
 )
+from universal_neurons.matching.pair_reductions import load_matches
 from universal_neurons.pipeline.command import Out, Stage, as_json
 from universal_neurons.pipeline.inputs import (
     check_same_inputs,
@@ -41,15 +42,6 @@ if TYPE_CHECKING:
     from universal_neurons.config import Params
 
 
-def _correlations(params: Params, layout: Layout, pairs: list[str]):
-    """``((a, b), ρ [N_a, N_b])`` of every pair of correlate's ``pairs/``, loaded in turn."""
-    pairs_dir = layout.stage_dir("correlate") / "pairs"
-    for key in pairs:
-        stats = CrossMoments.load(pairs_dir / f"{key}.safetensors")[0]
-        a, b = key.split("__")
-        yield (a, b), stats.correlation(params.correlate.dead_variance).numpy()
-
-
 def run(params: Params, layout: Layout) -> dict:
     """Match every pair one-to-one (or record why not); return the results document."""
     summary = correlate_summary(params, layout)
@@ -61,7 +53,9 @@ def run(params: Params, layout: Layout) -> dict:
     results: dict = {"threshold": threshold, "available": summary.outputs == "full_pairs"}
     tables = {}
     if results["available"]:
-        matches, results["pairs"] = group_matches(_correlations(params, layout, summary.pairs))
+        n = summary.n_layers * summary.d_mlp
+        folder = layout.stage_dir("correlate")
+        matches, results["pairs"] = load_matches(folder, summary.pairs, n)
         for seed in params.train.seeds:
             name = model_name(seed)
             universality = read_parquet(layout.table("universality", name), "universality")
@@ -82,7 +76,7 @@ def run(params: Params, layout: Layout) -> dict:
 
 COMMAND = Stage(
     name="one_to_one",
-    params=("correlate.dead_variance", "train.seeds", "universality"),
+    params=("train.seeds", "universality"),
     inputs=lambda layout: [layout.stage_dir("correlate"), layout.stage_dir("universality")],
     outputs=lambda layout: [
         Out(layout.stage_dir("one_to_one")),

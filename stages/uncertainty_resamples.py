@@ -8,9 +8,10 @@ with bootstrap counts and takes baseline draw ``r mod uncertainty.baseline_draws
 (``matching.resampling``; docs/uncertainty.md). No threshold: the uncertainty stage applies
 τ, so a new τ reruns only that cheap stage.
 
-Candidates come from correlate's full pair statistics (``data/correlate/pairs/``: a group of
-at most ``correlate.full_pairs_max_neurons`` neurons per model). Above that correlate writes
-no pair files, and the stage finds them itself, slab by slab of whole layers, never holding an
+Candidates come from correlate, which takes them while it holds the full pair statistics
+(``candidate_links.safetensors``, ``matching.pair_reductions``: a group of at most
+``correlate.full_pairs_max_neurons`` neurons per model). Above that it never holds them, and
+the stage finds the candidates itself, slab by slab of whole layers, never holding an
 ``[N, N]`` matrix (``matching.slabs``: models in correlate's dtype, products in its
 precision, every ``[B, N]`` sum on ``analysis.device``; slabs sized to that device's memory,
 the GPU's on CUDA, or ``UNIVERSAL_NEURONS_MEMORY_GB``; the rotation matrices memory-mapped
@@ -29,16 +30,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from universal_neurons.io import atomic_outputs, read_npy
+from universal_neurons.io import atomic_outputs
 from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.matching.block_products import accumulate_blocks
-from universal_neurons.matching.correlation import CrossMoments
+from universal_neurons.matching.pair_reductions import CandidateSettings, load_links
 from universal_neurons.matching.plan import RUNTIME
 from universal_neurons.matching.resampling import (
     CandidateSums,
     block_bounds,
     block_weights,
-    candidate_links,
     rotated_key,
     rotation_draws,
 )
@@ -86,17 +86,7 @@ def _candidate_sums(params: Params, layout: Layout, summary, names: list[str]):
     rotations = rotation_draws(
         params.baseline.kind, names, seeds, shape, cfg.baseline_draws, cfg.seed
     )
-    within = {
-        name: read_npy(layout.model_dir("collect", seeds[name]) / "within_layer_cov.npy", "collect")
-        for name in names
-    }
-    pairs_dir = layout.stage_dir("correlate") / "pairs"
-    pairs = (
-        (tuple(key.split("__")), CrossMoments.load(pairs_dir / f"{key}.safetensors")[0])
-        for key in summary.pairs
-    )
-    dead_variance = params.correlate.dead_variance
-    links = candidate_links(pairs, within, rotations, cfg.candidates, dead_variance)
+    links = load_links(layout.stage_dir("correlate"), CandidateSettings.of(params))
     n = summary.n_layers * summary.d_mlp
     return CandidateSums(cfg.blocks, _columns(names, n, cfg.baseline_draws), links), rotations
 

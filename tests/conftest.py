@@ -98,6 +98,9 @@ TINY_PARAMS = {
         "threads": 1,
     },
     "analysis": {"split": "train", "max_sequences": 200, "batch_size": 32},
+    # correlate takes the candidate links with these (matching.pair_reductions), so the tests
+    # that resample tiny_analysis's outputs use them too
+    "uncertainty": {"candidates": 4, "baseline_draws": 3},
 }
 
 

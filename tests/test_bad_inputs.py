@@ -652,7 +652,7 @@ CASES = [
         "models seed2 (layer 1) and seed3 (layer 1): correlation statistics became non-finite "
         "at analysis batch 0 (neurons 5 x 5); the activations are too large for the per-batch "
         "products (correlate.products: float64 has more range)",
-        needs_models=True,
+        needs_analysis=True,  # collect's outputs, which correlate checks first
         setup=_chain(
             *(
                 _plant(seed, "transformer.h.1.mlp.c_fc.weight", _scale((slice(None), 5), 1e20))
@@ -808,11 +808,10 @@ CASES = [
         setup=_write("results/universality.json", b'{"models": {'),
     ),
     Case(
-        "baseline-after-collect-with-other-sequences",
-        ["baseline"],
-        "data/collect/seed3/summary.json: made from another token set than "
-        "data/correlate/summary.json (sequences 100 vs 200); rerun the stages between them "
-        "(dvc repro)",
+        "correlate-after-collect-with-other-sequences",
+        ["correlate"],
+        "data/collect/seed3/summary.json: made from another token set than data/tokens "
+        "(sequences 100 vs 200); rerun the stages between them (dvc repro)",
         needs_analysis=True,
         setup=_rerun("collect", 3, analysis={"max_sequences": 100}),
     ),
@@ -823,7 +822,10 @@ CASES = [
         "data/correlate/summary.json (kept_positions 6083 vs 6082); rerun the stages between "
         "them (dvc repro)",
         needs_analysis=True,
-        setup=_rerun("correlate", analysis={"exclude_ids": [5]}),
+        setup=_chain(  # correlate checks collect's token set: both rerun, baseline not
+            *(_rerun("collect", seed, analysis={"exclude_ids": [5]}) for seed in (1, 2, 3)),
+            _rerun("correlate", analysis={"exclude_ids": [5]}),
+        ),
     ),
     # ---- a stage never writes over its own input
     Case(
@@ -1030,8 +1032,8 @@ CASES = [
         setup=_copy_folder("data/collect/seed2", "data/collect/seed1"),
     ),
     Case(
-        "collect-output-copied-from-another-model-baseline",
-        ["baseline"],
+        "collect-output-copied-from-another-model-correlate",
+        ["correlate"],
         "data/collect/seed3/summary.json: made for model 'seed1', but it lies in the folder "
         "of seed3; rerun its stage for seed3 (was another model's output copied here?)",
         needs_analysis=True,
@@ -1107,7 +1109,7 @@ CASES = [
     ),
     Case(
         "truncated-within-layer-covariance",
-        ["baseline"],
+        ["correlate"],
         "data/collect/seed2/within_layer_cov.npy: not a readable .npy array (Failed to read "
         "all data for array. Expected (2, 64, 64) = 8192 elements, could only read 609 "
         "elements. (file seems not fully written?)); rerun the collect stage or restore it "

@@ -102,7 +102,10 @@ def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_pat
     assert json.loads((repo / "results" / "baseline.json").read_text())["kind"] == "rotation"
     plots = json.loads(_run([BIN / "dvc", "plots", "show", "--json"], repo, env))
     assert "metrics/universality_per_layer.csv" in plots["data"]
-    assert (repo / "data" / "correlate" / "pairs" / "seed1__seed3.safetensors").is_file()
+    # correlate kept what the later stages read of the pairs, not the [N, N] statistics
+    files = {p.name: p.stat().st_size for p in (repo / "data" / "correlate").iterdir()}
+    assert {"candidate_links.safetensors", "one_to_one_matches.parquet"} <= set(files)
+    assert "pairs" not in files and max(files.values()) < 8 * 128 * 128
 
     # the threshold is a param of universality alone: of the stages that ran, only that one is
     # out of date (the later stages, which this test never ran, are listed as not run)
@@ -123,14 +126,14 @@ def test_dvc_repro_runs_the_analysis_stages(tiny_group, tiny_tokens_dir, tmp_pat
     assert relaxed["threshold"] == 0.01
     assert relaxed["mean_percent_universal"] > written["mean_percent_universal"]
 
-    # the default group is below correlate.full_pairs_max_neurons: more baseline draws rotate
-    # correlate's pair files again, and correlate (the pass over the data) does not rerun
+    # correlate takes the baseline draws while it holds the pair statistics (no [N, N] file
+    # between stages, docs/sharing.md): more draws rerun correlate's pass, not collect
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["baseline"]["samples"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(raw))
     status = json.loads(_run([BIN / "dvc", "status", "--json"], repo, env))
-    assert set(status) - downstream == {"validate", "baseline"}
+    assert set(status) - downstream == {"validate", "correlate", "baseline"}
     out = _run([BIN / "dvc", "repro", "universality"], repo, env)
     assert "Running stage 'baseline'" in out and "Running stage 'universality'" in out
-    assert "Running stage 'correlate'" not in out and "Running stage 'collect" not in out
+    assert "Running stage 'correlate'" in out and "Running stage 'collect" not in out
     assert json.loads((repo / "results" / "baseline.json").read_text())["samples"] == 3

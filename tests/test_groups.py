@@ -137,7 +137,7 @@ def test_local_pretrained_group_fetches_tokenizes_and_correlates(
 ):
     """A custom group of two local HF directories: fetch -> tokenize (the models' own
     tokenizer) -> correlate in units; maxima equal numpy.corrcoef on HF's own activations."""
-    from stages import correlate, fetch, tokenize
+    from stages import collect, correlate, fetch, tokenize
     from universal_neurons.matching.activations import load_analysis_set
     from universal_neurons.pipeline.layout import Layout
 
@@ -171,6 +171,8 @@ def test_local_pretrained_group_fetches_tokenizes_and_correlates(
     np.testing.assert_array_equal(
         np.load(tokens_dir / "train_tokens.npy"), np.load(tiny_tokens_dir / "train_tokens.npy")
     )
+    for seed in (1, 2):
+        collect.run(params, layout, seed, progress=False)
     out = layout.stage_dir("correlate")
     result = correlate.run(params, layout, progress=False)
     assert result["units"]["units"] == 1 * 3 * 2  # 128 neurons in blocks of 48, 2 shards

@@ -19,10 +19,12 @@ from universal_neurons.matching.one_to_one import (
     NOT_AVAILABLE,
     assignment,
     match_pair,
+    match_pairs,
     mutual_best,
     one_to_one_table,
     side_by_side_rows,
 )
+from universal_neurons.matching.pair_reductions import save_matches
 
 
 @pytest.mark.parametrize("shape", [(6, 6), (7, 7), (5, 8), (30, 30)])
@@ -129,8 +131,9 @@ TOKEN_SET = {"split": "train", "sequences": 10, "kept_positions": TOKENS, "exclu
 
 def _workspace(root, full: bool = True) -> tuple[dict, dict]:
     """seed1's activations, seed2/seed3 planted permuted copies; neuron 3 of seed1 (and its
-    copies) dead. Writes correlate's summary and pairs and universality's tables and summary;
-    returns ``(activations, perms)``."""
+    copies) dead. Writes correlate's summary and matching (``pair_reductions.save_matches`` of
+    the pairs' real statistics, as correlate writes them) and universality's tables and
+    summary; returns ``(activations, perms)``."""
     n = N_LAYERS * D_MLP
     rng = np.random.default_rng(7)
     x = rng.standard_normal((TOKENS, n))
@@ -143,12 +146,13 @@ def _workspace(root, full: bool = True) -> tuple[dict, dict]:
     names = list(perms)
     pairs = [f"{a}__{b}" for a, b in itertools.combinations(names, 2)]
     correlate = root / "data" / "correlate"
-    (correlate / "pairs").mkdir(parents=True)
-    for key in pairs if full else []:
-        a, b = key.split("__")
-        CrossMoments.of_batch(acts[a], acts[b], "float64").save(
-            correlate / "pairs" / f"{key}.safetensors"
+    correlate.mkdir(parents=True)
+    if full:
+        correlations = (
+            ((a, b), CrossMoments.of_batch(acts[a], acts[b], "float64").correlation().numpy())
+            for a, b in itertools.combinations(names, 2)
         )
+        save_matches(correlate, match_pairs(correlations))
     summary = {
         "models": names, "pairs": pairs, "kept_positions": TOKENS, "batches": 1,
         "n_layers": N_LAYERS, "d_mlp": D_MLP, "products": "float64", "device": "cpu",

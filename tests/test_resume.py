@@ -24,8 +24,9 @@ SPLIT = {"neuron_block": 16, "token_shards": 4, "products": "float64"}
 ANALYSIS = {"batch_size": 16}
 
 
-def _workspace(root, tiny_group, tiny_tokens_dir):
+def _workspace(root, tiny_group, tiny_tokens_dir, collected):
     shutil.copytree(tiny_tokens_dir, root / "data" / "tokens")
+    shutil.copytree(collected, root / "data" / "collect")
     for seed, directory in tiny_group.items():
         shutil.copytree(directory, root / "models" / f"seed{seed}")
     raw = tiny_params_dict(correlate=SPLIT, analysis=ANALYSIS)
@@ -33,9 +34,11 @@ def _workspace(root, tiny_group, tiny_tokens_dir):
 
 
 @pytest.mark.slow
-def test_killed_unit_run_resumes_with_the_missing_units_only(tiny_group, tiny_tokens_dir, tmp_path):
+def test_killed_unit_run_resumes_with_the_missing_units_only(
+    tiny_group, tiny_tokens_dir, tiny_analysis, tmp_path
+):
     root = tmp_path / "ws"
-    _workspace(root, tiny_group, tiny_tokens_dir)
+    _workspace(root, tiny_group, tiny_tokens_dir, tiny_analysis / "collect")
     work = root / "data" / ".correlate-units.tmp"
     command = command_argv("correlate")
     process = subprocess.Popen(
@@ -70,6 +73,7 @@ def test_killed_unit_run_resumes_with_the_missing_units_only(tiny_group, tiny_to
     assert not work.exists()
 
     reference = Layout.at(tmp_path / "ref", tokens=root / "data" / "tokens", models=root / "models")
+    shutil.copytree(root / "data" / "collect", reference.stage_dir("collect"))
     correlate.run(params, reference, progress=False)
     got = pd.read_parquet(root / "data" / "correlate" / "max_corr.parquet")
     want = pd.read_parquet(reference.stage_dir("correlate") / "max_corr.parquet")

@@ -72,7 +72,12 @@ def test_maxima_path_gives_the_full_pairs_numbers(collected, tmp_path, split):
     s_full, m_full, max_full, base_full, out_full = _run(full, collected, tmp_path / "full")
     s_scale, m_scale, max_scale, base_scale, out_scale = _run(scale, collected, tmp_path / "scale")
 
-    assert (out_full / "pairs").is_dir() and not (out_scale / "pairs").exists()
+    # the full pairs are reduced in memory: one-to-one matches and candidate links, no [N, N]
+    n = 2 * 64
+    full_files = {p.name: p.stat().st_size for p in out_full.iterdir()}
+    assert {"one_to_one_matches.parquet", "candidate_links.safetensors"} <= set(full_files)
+    assert max(full_files.values()) < 8 * n * n
+    assert not (out_scale / "candidate_links.safetensors").exists()
     assert s_full["outputs"] == "full_pairs" and s_scale["outputs"] == "maxima"
     assert len(max_full) == 3 * 2 * 128 and len(base_full) == 3 * 2 * 2 * 128
     _assert_same(max_scale, max_full, "max_corr")

@@ -266,6 +266,14 @@ def test_stage_agrees_with_the_universality_stage_and_the_library(
     too_many = tiny_params(uncertainty={"blocks": 201})  # the tiny set has 200 sequences
     with pytest.raises(UserError, match=r"uncertainty\.blocks"):
         uncertainty_resamples.run(too_many, layout, progress=False)
+    # correlate took the candidate links with 4 candidates and 3 draws: other settings are
+    # refused by name, before any pass, and the outputs stay
+    before = (root / "data" / "uncertainty_resamples" / "seed1_whole.npy").read_bytes()
+    for changed in ({"candidates": 5}, {"baseline_draws": 2}, {"seed": 1}):
+        other = tiny_params(uncertainty={"resamples": 40, "blocks": 8} | changed)
+        with pytest.raises(UserError, match=r"uncertainty\.candidates.*rerun correlate"):
+            uncertainty_resamples.run(other, layout, progress=False)
+    assert (root / "data" / "uncertainty_resamples" / "seed1_whole.npy").read_bytes() == before
     # a new τ: the resampled excess is reused, the stability follows it
     strict = tiny_params(
         uncertainty={"resamples": 40, "blocks": 8, "candidates": 4, "baseline_draws": 3},

@@ -268,10 +268,10 @@ def test_the_slab_path_never_creates_an_n_by_n_tensor(tiny_group, analysis_set, 
 
 
 @pytest.mark.slow
-def test_stage_without_pair_files_takes_the_slab_path(
+def test_stage_without_candidate_links_takes_the_slab_path(
     tmp_path, tiny_analysis, tiny_tokens_dir, tiny_group, monkeypatch
 ):
-    """The stage on correlate outputs without pair files (as above
+    """The stage on correlate outputs without candidate links (as above
     ``correlate.full_pairs_max_neurons``): no refusal, the excess of the full-pairs run to
     float32 rounding, no scratch left under data/; a memory limit below one slab is named."""
     import json
@@ -293,7 +293,7 @@ def test_stage_without_pair_files_takes_the_slab_path(
             summary_path = root / "data" / "correlate" / "summary.json"
             summary = json.loads(summary_path.read_text()) | {"outputs": "maxima"}
             summary_path.write_text(json.dumps(summary))
-            shutil.rmtree(root / "data" / "correlate" / "pairs")
+            (root / "data" / "correlate" / "candidate_links.safetensors").unlink()
         layout = Layout.at(root, tokens=tiny_tokens_dir, models=models)
         uncertainty_resamples.run(params, layout, progress=False)
         runs[kind] = root / "data"

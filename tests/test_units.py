@@ -1,6 +1,7 @@
 """correlate in work units (pair x neuron block x token shard): exact merge, executors."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -91,17 +92,21 @@ def test_missing_or_foreign_unit_files_are_named(unit_setup, tmp_path):
         merge_units(units, tmp_path, 128)
 
 
-def _run_stage(params, tiny_group, tiny_tokens_dir, root):
+def _run_stage(params, tiny_group, tiny_tokens_dir, root, collected):
+    """correlate on the tiny group in ``root``, beside a copy of the ``collected`` outputs."""
     from stages import correlate
     from universal_neurons.pipeline.layout import Layout
 
     models_dir = tiny_group[1].parent
     layout = Layout.at(root, tokens=tiny_tokens_dir, models=models_dir)
+    shutil.copytree(collected, layout.stage_dir("collect"))
     return correlate.run(params, layout, progress=False), layout.stage_dir("correlate")
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_gives_the_inline_maxima(tiny_group, tiny_tokens_dir, tmp_path):
+def test_submitit_local_executor_gives_the_inline_maxima(
+    tiny_group, tiny_tokens_dir, tiny_analysis, tmp_path
+):
     base = {"products": "float64"}
     inline = tiny_params(correlate=base)
     local = tiny_params(
@@ -114,8 +119,11 @@ def test_submitit_local_executor_gives_the_inline_maxima(tiny_group, tiny_tokens
             "log_dir": str(tmp_path / "submitit"),
         }
     )
-    want, inline_dir = _run_stage(inline, tiny_group, tiny_tokens_dir, tmp_path / "inline")
-    got, local_dir = _run_stage(local, tiny_group, tiny_tokens_dir, tmp_path / "local")
+    collected = tiny_analysis / "collect"
+    want, inline_dir = _run_stage(
+        inline, tiny_group, tiny_tokens_dir, tmp_path / "inline", collected
+    )
+    got, local_dir = _run_stage(local, tiny_group, tiny_tokens_dir, tmp_path / "local", collected)
     assert got["units"] == {
         "units": 3 * 2 * 2,
         "pairs": 3,
@@ -137,11 +145,15 @@ def test_submitit_local_executor_gives_the_inline_maxima(tiny_group, tiny_tokens
     assert len(list((local_dir / "units").glob("*.safetensors"))) == 12
     summary = json.loads((local_dir / "summary.json").read_text())
     assert summary["units"]["executor"] == "local"
-    from universal_neurons.matching.correlation import CrossMoments
-
-    pair_a, _ = CrossMoments.load(inline_dir / "pairs" / "seed1__seed3.safetensors")
-    pair_b, _ = CrossMoments.load(local_dir / "pairs" / "seed1__seed3.safetensors")
-    assert torch.allclose(pair_a.cxy, pair_b.cxy, rtol=1e-9, atol=1e-9)
+    # what the later stages read of the merged pair statistics agrees too: the baseline
+    # draws (analytic from the whole cross-covariance) and the one-to-one matching
+    base_a = pd.read_parquet(inline_dir / "baseline_draws.parquet")
+    base_b = pd.read_parquet(local_dir / "baseline_draws.parquet")
+    assert np.nanmax(np.abs(base_a["baseline"] - base_b["baseline"])) <= 1e-9
+    match_a = pd.read_parquet(inline_dir / "one_to_one_matches.parquet")
+    match_b = pd.read_parquet(local_dir / "one_to_one_matches.parquet")
+    assert match_a["partner"].equals(match_b["partner"])
+    assert np.nanmax(np.abs(match_a["corr"] - match_b["corr"])) <= 1e-9
 
 
 @pytest.mark.xfail(

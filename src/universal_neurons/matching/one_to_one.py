@@ -143,26 +143,39 @@ def one_to_one_table(
     return out
 
 
-def group_matches(
+def match_pairs(
     pairs: Iterable[tuple[tuple[str, str], np.ndarray]],
-) -> tuple[dict[str, dict[str, PairMatch]], dict[str, dict]]:
-    """Match every pair, each once (its reverse is the inverse assignment: the optimum of
-    ρᵀ is the same set of pairs). ``pairs``: ``((a, b), corr [N_a, N_b])``, a generator may
-    load each in turn. Returns ``({a: {m: PairMatch}}, {"a__b": pair record})``, the record:
-    ``mean_assigned_corr`` and ``mutual_fraction`` over a's live neurons (no wall time: the
-    record goes into results/, which a rerun must write byte for byte the same)."""
-    matches: dict[str, dict[str, PairMatch]] = {}
-    records = {}
+) -> dict[tuple[str, str], tuple[PairMatch, dict]]:
+    """Match every pair once, from a's side (correlate does this while it holds the pair
+    statistics). ``pairs``: ``((a, b), corr [N_a, N_b])``, a generator may load each in turn.
+    Returns ``{(a, b): (PairMatch, record)}``, the record: ``mean_assigned_corr`` and
+    ``mutual_fraction`` over a's live neurons (no wall time: the record goes into results/,
+    which a rerun must write byte for byte the same)."""
+    matched = {}
     for (a, b), corr in pairs:
         match = match_pair(corr)
-        matches.setdefault(a, {})[b] = match
-        matches.setdefault(b, {})[a] = match.reversed(corr.shape[1])
         live = np.isfinite(corr).any(axis=1)
-        records[f"{a}__{b}"] = {
-            "mean_assigned_corr": _finite_mean(match.corr),
-            "mutual_fraction": float(match.mutual[live].mean()) if live.any() else None,
-        }
-    return matches, records
+        matched[(a, b)] = (
+            match,
+            {
+                "mean_assigned_corr": _finite_mean(match.corr),
+                "mutual_fraction": float(match.mutual[live].mean()) if live.any() else None,
+            },
+        )
+    return matched
+
+
+def matches_by_model(
+    pair_matches: Iterable[tuple[tuple[str, str], PairMatch]], n_b: int
+) -> dict[str, dict[str, PairMatch]]:
+    """``{a: {m: PairMatch}}``: every pair's matching from both sides (its reverse is the
+    inverse assignment: the optimum of ρᵀ is the same set of pairs), in the order of
+    ``pair_matches`` (``((a, b), match from a's side)``); ``n_b``: neurons per model."""
+    matches: dict[str, dict[str, PairMatch]] = {}
+    for (a, b), match in pair_matches:
+        matches.setdefault(a, {})[b] = match
+        matches.setdefault(b, {})[a] = match.reversed(n_b)
+    return matches
 
 
 def model_comparison(table: pd.DataFrame) -> dict:

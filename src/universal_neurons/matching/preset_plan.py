@@ -289,8 +289,9 @@ def slab_path_memory(shape: GroupShape, layers: int, batch_tokens: int, fixed: i
 
 
 FULL_PAIRS_MAX_NEURONS = 8192
-"""``correlate.full_pairs_max_neurons`` of every preset: up to it correlate writes full pair
-statistics and uncertainty_resamples takes its candidates from them (one pass, no slabs)."""
+"""``correlate.full_pairs_max_neurons`` of every preset: up to it correlate holds full pair
+statistics and takes the candidate links from them (``pair_reductions``), and
+uncertainty_resamples sums them in one pass (no slabs)."""
 
 
 def full_pairs_uncertainty_cost(
@@ -302,8 +303,8 @@ def full_pairs_uncertainty_cost(
     sizes: UncertaintySizes,
     memory: int = GPU_MEMORY,
 ) -> dict:
-    """``uncertainty_cost`` of a group up to ``FULL_PAIRS_MAX_NEURONS``: candidates from the
-    pair files, one pass of every float32 model over all tokens, whose activations the host
+    """``uncertainty_cost`` of a group up to ``FULL_PAIRS_MAX_NEURONS``: candidates from
+    correlate's links, one pass of every float32 model over all tokens, whose activations the host
     CPU sums (``block_products.BlockProducts``: ``2·T·N²`` per unordered pair and the
     within-layer products, at ``host.products``) into ``[N, N]`` float64 per pair; ``fits``
     within ``memory`` bytes."""

@@ -1,7 +1,7 @@
 """The uncertainty pass without full pair statistics: slabs of whole layers (SPEC "Uncertainty").
 
-Above ``correlate.full_pairs_max_neurons`` correlate writes no ``[N, N]`` pair file, and the
-block bootstrap (``resampling``) must find each neuron's candidates and its per-block sums
+Above ``correlate.full_pairs_max_neurons`` correlate never holds a pair's full statistics (so
+it takes no candidate links, ``pair_reductions``), and the block bootstrap (``resampling``) must find each neuron's candidates and its per-block sums
 itself, without ever holding an ``[N, N]`` matrix. The work is cut into *slabs*: the neurons
 of a few whole layers of one model x (rows ``r0:r1``, ``B`` neurons) against all ``N``
 neurons of every other model of the group. Per slab:
