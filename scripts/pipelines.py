@@ -9,7 +9,8 @@ are ``PRESET_STAGES`` with ``fetch`` (a pretrained group's member i becomes
 file and code paths two folders up (DVC runs a pipeline from its own folder), the data a
 stage reads only for the trained group (``Stage.trained_inputs``) or that no preset stage
 writes (the emergence curve, the training times: ``produced``) left out, the parameters
-read only above ``correlate.full_pairs_max_neurons`` added (``Stage.scale_params``), and
+read only above ``correlate.full_pairs_max_neurons`` added (``Stage.scale_params``), those
+read only up to it left out for a larger group (``wiring.FULL_PAIRS_PARAMS``), and
 ``EXTRA_DEPS``; ``fetch`` is ``always_changed``: DVC reruns it at every ``repro``, so a
 member replaced in place (a local directory, a hub revision) is fetched again, and when its
 output is the same as before the later stages stay cached. The PolyPythia presets
@@ -28,8 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stages import all_stages  # noqa: E402
+from universal_neurons.config import params_from_dict  # noqa: E402
+from universal_neurons.matching.preset_plan import ALL_PRESET_SHAPES  # noqa: E402
 from universal_neurons.pipeline.layout import Layout  # noqa: E402
-from universal_neurons.pipeline.wiring import code_deps, made_by, preset_params  # noqa: E402
+from universal_neurons.pipeline.wiring import (  # noqa: E402
+    FULL_PAIRS_PARAMS,
+    code_deps,
+    made_by,
+    preset_params,
+)
 
 PRESET_STAGES = (
     "validate",
@@ -185,9 +193,21 @@ def produced(by_name: dict) -> set[str]:
     return {str(out.path) for stage in stages for out in stage.declared_outputs(Layout())}
 
 
-def _preset_entry(name: str, written: dict | None, stage, base: Path, made: set[str]) -> dict:
+def full_pairs(preset_dir: Path) -> bool:
+    """Whether the preset's group has full pair statistics (at most its
+    ``correlate.full_pairs_max_neurons`` neurons per model; ``ALL_PRESET_SHAPES``)."""
+    name = preset_dir.name
+    text = params_text(name) if name in POLYPYTHIA else (preset_dir / "params.yaml").read_text()
+    n_layers, d_mlp = ALL_PRESET_SHAPES[name][:2]
+    return params_from_dict(yaml.safe_load(text)).correlate.full_pairs(n_layers * d_mlp)
+
+
+def _preset_entry(
+    name: str, written: dict | None, stage, base: Path, made: set[str], full: bool
+) -> dict:
     """The preset's entry of stage ``name`` (``written``: its ``dvc.yaml`` entry, if any;
-    ``made``: what the preset's stages write: a dep on anything else is left out)."""
+    ``made``: what the preset's stages write: a dep on anything else is left out; ``full``:
+    the group has full pair statistics, ``full_pairs``)."""
     entry = dict(written) if written is not None else {}
     body = dict(entry.get("do", entry))
     trained = {str(path) for path in stage.trained_inputs(Layout())}
@@ -204,7 +224,9 @@ def _preset_entry(name: str, written: dict | None, stage, base: Path, made: set[
         + EXTRA_DEPS.get(name, [])
         + code_deps(ROOT / "stages" / f"{name}.py", ROOT / "src", base)
     )
-    body["params"] = preset_params(list(body.get("params") or stage.params), stage.scale_params)
+    full_only = () if full else FULL_PAIRS_PARAMS.get(name, ())
+    params = list(body.get("params") or stage.params)
+    body["params"] = preset_params(params, stage.scale_params, full_only)
     if written is None:
         body.update(_outs_entry(stage))
     if name == "fetch":  # refetched at every repro: see the module docstring
@@ -223,8 +245,9 @@ def preset_text(preset_dir: Path) -> str:
     by_name = {stage.name: stage for stage in all_stages()}
     made = produced(by_name)
     base = preset_dir.resolve()
+    full = full_pairs(preset_dir)
     stages = {
-        name: _preset_entry(name, default.get(name), by_name[name], base, made)
+        name: _preset_entry(name, default.get(name), by_name[name], base, made, full)
         for name in PRESET_STAGES
     }
     text = yaml.dump({"stages": stages}, Dumper=_Dumper, sort_keys=False, width=100)

@@ -23,6 +23,7 @@ from stages import all_stages
 from universal_neurons.pipeline.wiring import (
     PACKAGE,
     code_closure,
+    dvc_params,
     missing_params,
     wiring_problems,
 )
@@ -197,3 +198,24 @@ def test_validate_names_a_listed_parameter_the_file_lacks(tmp_path):
         "e.g. a stats: section as in the default params.yaml\n"
     )
     assert not (tmp_path / "data").exists()
+
+
+def test_only_a_preset_of_full_pair_statistics_reruns_correlate_for_the_candidates():
+    """correlate takes uncertainty_resamples' candidate links only for a group of at most
+    correlate.full_pairs_max_neurons neurons per model (``wiring.FULL_PAIRS_PARAMS``): the
+    presets of such groups list those keys under correlate, the larger ones do not (a new
+    uncertainty.candidates must not rerun GPT2-small's pass), and both pass the check."""
+    from universal_neurons.matching.preset_plan import ALL_PRESET_SHAPES
+    from universal_neurons.pipeline.wiring import FULL_PAIRS_PARAMS
+
+    keys = set(FULL_PAIRS_PARAMS["correlate"])
+    default = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["correlate"]
+    assert keys < dvc_params(default)
+    full = {}
+    for preset in PRESETS:
+        entry = yaml.safe_load(preset.read_text())["stages"]["correlate"]
+        n_layers, d_mlp = ALL_PRESET_SHAPES[preset.parent.name][:2]
+        full[preset.parent.name] = n_layers * d_mlp <= 8192
+        assert (keys <= dvc_params(entry)) == full[preset.parent.name], preset
+        assert "baseline" in dvc_params(entry)
+    assert full["polypythia-14m"] and not full["gpt2-small"]

@@ -246,7 +246,7 @@ def uncertainty_lines(rows: list[dict]) -> list[str]:
             line += f"  {slabs:>9}{memory:>11}{_duration(c['seconds']):>10}"
         lines.append(line)
     lines.append(
-        "pairs: up to 8,192 neurons, candidates from correlate's pair files, one pass summed on "
+        "pairs: up to 8,192 neurons, candidates taken by correlate (its links), one pass summed on "
         "the CPU; !: over the memory even with one layer per slab: lower analysis.batch_size "
         "(the activations of one batch of every model) or give more (UNIVERSAL_NEURONS_MEMORY_GB)"
     )
