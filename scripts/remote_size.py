@@ -99,6 +99,12 @@ def stage_sizes(lock: dict, remote: Path, flags: dict[str, bool]) -> list[dict[s
     return rows
 
 
+def _overlap(dep: str, out: str) -> bool:
+    """``dep`` reads ``out``: the same path, a file inside it, or a folder holding it (the
+    stages after collect list ``data/collect``, each collect@s writes ``data/collect/seed{s}``)."""
+    return dep == out or dep.startswith(out + "/") or out.startswith(dep + "/")
+
+
 def downstream(lock: dict, start: str) -> list[str]:
     """``start`` and every stage of ``lock`` that depends on it, directly or not."""
     stages = lock.get("stages", {})
@@ -108,7 +114,7 @@ def downstream(lock: dict, start: str) -> list[str]:
     while frontier:
         made = outs[frontier.pop()]
         for name in stages:
-            uses = any(d == o or d.startswith(o + "/") for d in deps[name] for o in made)
+            uses = any(_overlap(d, o) for d in deps[name] for o in made)
             if uses and name not in found:
                 found.append(name)
                 frontier.append(name)

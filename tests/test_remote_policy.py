@@ -86,3 +86,25 @@ def test_a_partial_clone_holds_only_the_current_state(tmp_path):
     assert size["partial"] == 4_000_000  # one state's object, checked out and packed
     assert abs(on_disk - size["partial"]) < 0.03 * size["partial"]  # + git's own files
     assert on_disk < size["total"] - 3_900_000  # two older states left on the server
+
+
+def test_a_per_seed_output_reaches_the_stages_that_read_its_folder():
+    """collect@s writes ``data/collect/seed{s}`` and correlate lists ``data/collect``: a rerun
+    of one collect reaches correlate and what follows (it was counted as collect's 4 MB alone)."""
+    lock = {
+        "stages": {
+            "collect@1": {"outs": [{"path": "data/collect/seed1"}], "deps": []},
+            "correlate": {
+                "outs": [{"path": "data/correlate"}],
+                "deps": [{"path": "data/collect"}],
+            },
+            "baseline": {
+                "outs": [{"path": "data/baseline"}],
+                "deps": [{"path": "data/correlate/summary.json"}],
+            },
+            "syntax": {"outs": [{"path": "data/syntax"}], "deps": [{"path": "data/tokens"}]},
+        }
+    }
+    assert remote_size.downstream(lock, "collect@1") == ["collect@1", "correlate", "baseline"]
+    committed = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text())
+    assert {"correlate", "report"} <= set(remote_size.downstream(committed, "collect@1"))
