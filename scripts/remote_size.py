@@ -14,7 +14,13 @@ docs/sharing.md):
   ``cache: false``), and of its objects now in ``dvc-remote/`` (an object shared with another
   stage counted once, at the first);
 - **per change**: what re-running a stage and everything downstream of it adds to git, at
-  most: the pushed outputs of those stages (every one of their objects new).
+  most: the pushed outputs of those stages (every one of their objects new);
+- **per parameter**: the same for a change of one parameter of ``params.yaml``: the stages
+  that list it (or its section) in ``dvc.lock`` and everything downstream of them; by section
+  (the parameter of each that costs most), every parameter with ``--parameters``.
+
+``validate``'s output (``data/params.valid``) is the same line for any valid parameters, so
+nothing downstream of it reruns when a parameter changes (``INVARIANT_OUTPUTS``).
 
 ``--budget-clone-mb`` / ``--budget-change-mb`` (400 / 25, docs/sharing.md) mark what is over;
 ``--json`` prints the numbers instead. Exit status 0 always: a report, not a check.
@@ -31,6 +37,9 @@ from typing import Any
 import yaml
 
 MB = 1e6
+INVARIANT_OUTPUTS = {"data/params.valid"}
+"""Outputs whose bytes no parameter changes (the validate stage writes one fixed line): a
+rerun of their stage reaches no stage after it."""
 
 
 def object_path(remote: Path, md5: str) -> Path:
@@ -112,7 +121,7 @@ def downstream(lock: dict, start: str) -> list[str]:
     deps = {name: [d["path"] for d in s.get("deps") or []] for name, s in stages.items()}
     found, frontier = [start], [start]
     while frontier:
-        made = outs[frontier.pop()]
+        made = [o for o in outs[frontier.pop()] if o not in INVARIANT_OUTPUTS]
         for name in stages:
             uses = any(_overlap(d, o) for d in deps[name] for o in made)
             if uses and name not in found:
@@ -126,6 +135,44 @@ def change_costs(lock: dict, rows: list[dict[str, Any]]) -> dict[str, int]:
     it adds to git at most)."""
     pushed = {row["stage"]: row["pushed"] for row in rows}
     return {row["stage"]: sum(pushed[s] for s in downstream(lock, row["stage"])) for row in rows}
+
+
+def parameter_leaves(params: dict, prefix: str = "") -> list[str]:
+    """Every parameter of a params file, dotted (``analysis.max_sequences``); a list or an
+    empty mapping is one parameter."""
+    leaves = []
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            leaves += parameter_leaves(value, name + ".")
+        else:
+            leaves.append(name)
+    return leaves
+
+
+def _lists(listed: str, key: str) -> bool:
+    """A stage whose params list ``listed`` (a section or a dotted key) reruns when ``key``
+    changes."""
+    return key == listed or key.startswith(listed + ".")
+
+
+def parameter_costs(
+    lock: dict, rows: list[dict[str, Any]], keys: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per parameter of ``keys``: ``stages`` (those that list it or its section in ``lock``),
+    ``rerun`` (they and everything downstream) and ``bytes`` (their pushed outputs: what the
+    change adds to git at most)."""
+    pushed = {row["stage"]: row["pushed"] for row in rows}
+    listed = {
+        name: [key for values in (stage.get("params") or {}).values() for key in values]
+        for name, stage in lock.get("stages", {}).items()
+    }
+    costs = {}
+    for key in keys:
+        first = [name for name, names in listed.items() if any(_lists(n, key) for n in names)]
+        rerun = list(dict.fromkeys(s for name in first for s in downstream(lock, name)))
+        costs[key] = {"stages": first, "rerun": rerun, "bytes": sum(pushed[s] for s in rerun)}
+    return costs
 
 
 def _git(root: Path, *args: str) -> str:
@@ -191,16 +238,48 @@ def report(root: Path) -> dict[str, Any]:
     remote = root / "dvc-remote"
     flags = pushed_flags(root / "dvc.yaml")
     rows = stage_sizes(lock, remote, flags)
+    keys = parameter_leaves(yaml.safe_load((root / "params.yaml").read_text()) or {})
     return {
         "clone": clone_size(root, remote),
         "stages": rows,
         "change": change_costs(lock, rows),
+        "parameters": parameter_costs(lock, rows, keys),
         "remote": remote_state(lock, remote, flags),
     }
 
 
-def render(numbers: dict[str, Any], clone_mb: float, change_mb: float) -> str:
-    """The report as text, over-budget numbers marked."""
+def render_parameters(costs: dict[str, dict[str, Any]], change_mb: float, every: bool) -> list[str]:
+    """Lines of the parameter changes: per section the parameter that costs most (``every``:
+    each parameter), with the stages it reruns; over-budget numbers marked."""
+    if every:
+        shown = {key: key for key in costs}
+    else:
+        sections: dict[str, str] = {}
+        for key, cost in costs.items():
+            section = key.split(".")[0]
+            if section not in sections or cost["bytes"] > costs[sections[section]]["bytes"]:
+                sections[section] = key
+        shown = {section: key for section, key in sections.items()}
+    width = max([len(key) for key in shown.values()] + [9])
+    lines = [
+        f"parameter change: the stages that list it and all downstream (budget {change_mb:.0f} MB)",
+        f"{'parameter':<{width}} {'change MB':>9} {'stages rerun':>12}  first",
+    ]
+    for key in shown.values():
+        cost = costs[key]
+        mark = "  OVER" if cost["bytes"] > change_mb * MB else ""
+        first = ", ".join(cost["stages"])
+        first = first if len(first) <= 40 else first[:37] + "..."
+        lines.append(
+            f"{key:<{width}} {cost['bytes'] / MB:>9.1f} {len(cost['rerun']):>12}  {first}{mark}"
+        )
+    if not every:
+        lines.append("(per section its costliest parameter; --parameters lists every one)")
+    return lines
+
+
+def render(numbers: dict[str, Any], clone_mb: float, change_mb: float, every: bool = False) -> str:
+    """The report as text, over-budget numbers marked (``every``: each parameter's change)."""
     clone = numbers["clone"]
     over = "  OVER" if clone["partial"] > clone_mb * MB else ""
     width = max(len(row["stage"]) for row in numbers["stages"])
@@ -221,6 +300,7 @@ def render(numbers: dict[str, Any], clone_mb: float, change_mb: float) -> str:
             f"{row['in_remote'] / MB:>12.1f} {change / MB:>9.1f}{mark}"
         )
     lines.append(f"\nchange: re-running the stage and all downstream (budget {change_mb:.0f} MB)")
+    lines += ["", *render_parameters(numbers["parameters"], change_mb, every)]
     state = numbers["remote"]
     lines.append(
         f"dvc-remote/: {len(state['missing'])} objects of this state missing, "
@@ -237,12 +317,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-clone-mb", type=float, default=400)
     parser.add_argument("--budget-change-mb", type=float, default=25)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--parameters", action="store_true", help="every parameter's change, not per section"
+    )
     args = parser.parse_args(argv)
     numbers = report(args.root)
     if args.json:
         print(json.dumps(numbers, indent=2))
     else:
-        print(render(numbers, args.budget_clone_mb, args.budget_change_mb))
+        print(render(numbers, args.budget_clone_mb, args.budget_change_mb, args.parameters))
 
 
 if __name__ == "__main__":

@@ -108,3 +108,78 @@ def test_a_per_seed_output_reaches_the_stages_that_read_its_folder():
     assert remote_size.downstream(lock, "collect@1") == ["collect@1", "correlate", "baseline"]
     committed = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text())
     assert {"correlate", "report"} <= set(remote_size.downstream(committed, "collect@1"))
+
+
+def test_a_parameter_change_reruns_the_stages_that_list_it_and_all_after_them():
+    """A parameter reaches the stages that list it or its section, then everything
+    downstream; validate's fixed line reaches nothing; a list is one parameter."""
+    lock = {
+        "stages": {
+            "validate": {
+                "params": {"params.yaml": {"analysis": {}, "universality": {}}},
+                "outs": [{"path": "data/params.valid"}],
+                "deps": [],
+            },
+            "collect@1": {
+                "params": {"params.yaml": {"analysis": {}}},
+                "outs": [{"path": "data/collect/seed1"}],
+                "deps": [{"path": "data/params.valid"}],
+            },
+            "correlate": {
+                "params": {"params.yaml": {"analysis.split": "train"}},
+                "outs": [{"path": "data/correlate"}],
+                "deps": [{"path": "data/collect"}, {"path": "data/params.valid"}],
+            },
+            "universality": {
+                "params": {"params.yaml": {"universality.threshold": 0.5}},
+                "outs": [{"path": "data/universality"}],
+                "deps": [{"path": "data/correlate"}, {"path": "data/params.valid"}],
+            },
+        }
+    }
+    rows = [
+        {"stage": name, "pushed": size}
+        for name, size in (
+            ("validate", 0),
+            ("collect@1", 4),
+            ("correlate", 20),
+            ("universality", 1),
+        )
+    ]
+    params = {
+        "analysis": {"split": "train", "exclude": ["special"]},
+        "universality": {"threshold": 0.5},
+    }
+    keys = remote_size.parameter_leaves(params)
+    assert keys == ["analysis.split", "analysis.exclude", "universality.threshold"]
+    costs = remote_size.parameter_costs(lock, rows, keys)
+    assert costs["analysis.split"]["stages"] == ["validate", "collect@1", "correlate"]
+    assert costs["analysis.split"]["bytes"] == 4 + 20 + 1
+    # correlate lists analysis.split only: a change of analysis.exclude reaches it through collect
+    assert costs["analysis.exclude"]["stages"] == ["validate", "collect@1"]
+    assert costs["analysis.exclude"]["rerun"] == [
+        "validate",
+        "collect@1",
+        "correlate",
+        "universality",
+    ]
+    # validate lists universality too, but its unchanged output reruns nothing after it
+    assert costs["universality.threshold"]["rerun"] == ["validate", "universality"]
+    assert costs["universality.threshold"]["bytes"] == 1
+    lines = remote_size.render_parameters(costs, change_mb=20e-6, every=False)
+    assert [line.split()[0] for line in lines[2:4]] == ["analysis.split", "universality.threshold"]
+    assert lines[2].endswith("OVER") and not lines[3].endswith("OVER")
+
+
+def test_the_report_fits_a_120_column_terminal():
+    """The committed state's report, every parameter listed, in at most 120 columns; the
+    analysis section's costliest parameter reruns every collect."""
+    numbers = remote_size.report(REPO_ROOT)
+    text = remote_size.render(numbers, 400, 25, every=True)
+    assert max(len(line) for line in text.splitlines()) <= 120
+    analysis = numbers["parameters"]["analysis.max_sequences"]
+    collects = {name for name in analysis["stages"] if name.startswith("collect@")}
+    assert len(collects) == len(
+        yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["train"]["seeds"]
+    )
+    assert analysis["bytes"] > numbers["change"]["correlate"]
