@@ -406,3 +406,31 @@ def test_the_slab_reductions_choose_their_way_by_cost_and_chunk_to_the_cache(mon
             torch.as_tensor(cross), torch.as_tensor(matrices), torch.as_tensor(candidates)
         )
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_slab_sums_add_float32_products_through_one_reused_float64_buffer():
+    """SlabProducts adds each batch's float32 product to its float64 sums through one reused
+    buffer: the sums equal, bit for bit, float64 sums of the same products (numpy), and a
+    second batch reuses the first one's buffer (no fresh [B, N] float64 per batch)."""
+    from universal_neurons.matching.correlation import SCRATCH
+    from universal_neurons.matching.slabs import Slab, SlabProducts, _widened
+
+    rng = np.random.default_rng(0)
+    d_mlp, n_layers, tokens = 8, 2, 24
+    n = d_mlp * n_layers
+    slab = Slab("x", (0, n_layers), d_mlp)
+    products = SlabProducts(slab, ["y"], n, {}, "cpu", "float32")
+    batches = [
+        {name: torch.as_tensor(rng.normal(size=(tokens, n)), dtype=torch.float32) for name in "xy"}
+        for _ in range(3)
+    ]
+    for values in batches:
+        products.add(values)
+    expected = np.zeros((n, n))
+    for values in batches:  # centred in float32 by the float32 shift, as correlate's batches
+        x, y = (values[name] - products.shifts[name].float() for name in "xy")
+        expected += (x.T @ y).numpy().astype(np.float64)
+    np.testing.assert_array_equal(products.cross["y"].numpy(), expected)
+    first = _widened(torch.ones(3, 5)).data_ptr()
+    assert _widened(torch.zeros(3, 5)).data_ptr() == first
+    SCRATCH.clear()

@@ -50,6 +50,7 @@ from universal_neurons.matching.block_products import (
     rotated_cross,
     rotated_sums,
 )
+from universal_neurons.matching.correlation import SCRATCH
 from universal_neurons.matching.correlation import _product as batch_product
 from universal_neurons.matching.plan import cuda_memory
 from universal_neurons.matching.resampling import (
@@ -362,7 +363,7 @@ class SlabProducts:
         self.count += int(x.shape[0])
         for partner in self.partners:
             y = self._centred(partner, values[partner])
-            self.cross[partner] += batch_product(x, y, self.products)
+            self.cross[partner] += _widened(batch_product(x, y, self.products))
 
     def _add_rotated_squares(self, x: torch.Tensor) -> None:
         """Add Σ ỹ² of one batch's centred slab values ``x [tokens, B]`` for every draw:
@@ -413,6 +414,17 @@ class SlabProducts:
                 sums, squares = rotated_sums(self.first, layers), self.rotated_second[draw]
             first[key], second[key] = sums.cpu(), squares.cpu()
         return first, second
+
+
+def _widened(product: torch.Tensor) -> torch.Tensor:
+    """A batch's float32 product ``[B, N]`` copied into a reused float64 buffer on the CPU, so
+    that adding it to the float64 sums allocates nothing: a mixed-dtype in-place add there
+    widens into a fresh ``[B, N]`` float64 temporary, a page fault per 4 kB page in every
+    batch (``slab_memory`` counts the buffer under the batch products). The same sums: the
+    widening is exact. On CUDA, or already float64, ``product`` itself."""
+    if product.dtype == torch.float64 or product.device.type != "cpu":
+        return product
+    return SCRATCH.get("slab_product64", tuple(product.shape), torch.float64, "cpu").copy_(product)
 
 
 def rotate_per_token(positions: int, blocks: int, d_mlp: int) -> bool:
@@ -489,4 +501,5 @@ def accumulate_slabs(
             totals = products.totals(sums.candidates, rotations)
             sums.add_totals(block, totals if number == 0 else replace(totals, count=0))
     bar.close()
+    SCRATCH.clear()  # the batch products' buffers
     return sums
