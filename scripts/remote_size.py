@@ -167,10 +167,11 @@ def parameter_costs(
         name: [key for values in (stage.get("params") or {}).values() for key in values]
         for name, stage in lock.get("stages", {}).items()
     }
+    reach = {name: downstream(lock, name) for name in listed}
     costs = {}
     for key in keys:
         first = [name for name, names in listed.items() if any(_lists(n, key) for n in names)]
-        rerun = list(dict.fromkeys(s for name in first for s in downstream(lock, name)))
+        rerun = list(dict.fromkeys(s for name in first for s in reach[name]))
         costs[key] = {"stages": first, "rerun": rerun, "bytes": sum(pushed[s] for s in rerun)}
     return costs
 
@@ -251,21 +252,20 @@ def report(root: Path) -> dict[str, Any]:
 def render_parameters(costs: dict[str, dict[str, Any]], change_mb: float, every: bool) -> list[str]:
     """Lines of the parameter changes: per section the parameter that costs most (``every``:
     each parameter), with the stages it reruns; over-budget numbers marked."""
-    if every:
-        shown = {key: key for key in costs}
-    else:
-        sections: dict[str, str] = {}
+    shown = list(costs)
+    if not every:
+        costliest: dict[str, str] = {}  # section -> its costliest parameter
         for key, cost in costs.items():
             section = key.split(".")[0]
-            if section not in sections or cost["bytes"] > costs[sections[section]]["bytes"]:
-                sections[section] = key
-        shown = {section: key for section, key in sections.items()}
-    width = max([len(key) for key in shown.values()] + [9])
+            if section not in costliest or cost["bytes"] > costs[costliest[section]]["bytes"]:
+                costliest[section] = key
+        shown = list(costliest.values())
+    width = max([len(key) for key in shown] + [9])
     lines = [
         f"parameter change: the stages that list it and all downstream (budget {change_mb:.0f} MB)",
         f"{'parameter':<{width}} {'change MB':>9} {'stages rerun':>12}  first",
     ]
-    for key in shown.values():
+    for key in shown:
         cost = costs[key]
         mark = "  OVER" if cost["bytes"] > change_mb * MB else ""
         first = ", ".join(cost["stages"])

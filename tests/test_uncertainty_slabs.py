@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_leaves
 
 from universal_neurons.matching.activations import load_analysis_set
 from universal_neurons.matching.block_products import accumulate_blocks, batch_values
+from universal_neurons.matching.correlation import SCRATCH
 from universal_neurons.matching.pairs import correlate_group
 from universal_neurons.matching.resampling import (
     CandidateSums,
@@ -25,6 +26,9 @@ from universal_neurons.matching.resampling import (
 )
 from universal_neurons.matching.slabs import (
     CandidateInputs,
+    Slab,
+    SlabProducts,
+    _widened,
     accumulate_slabs,
     mapped_rotation_draws,
     plan_slabs,
@@ -412,9 +416,6 @@ def test_slab_sums_add_float32_products_through_one_reused_float64_buffer():
     """SlabProducts adds each batch's float32 product to its float64 sums through one reused
     buffer: the sums equal, bit for bit, float64 sums of the same products (numpy), and a
     second batch reuses the first one's buffer (no fresh [B, N] float64 per batch)."""
-    from universal_neurons.matching.correlation import SCRATCH
-    from universal_neurons.matching.slabs import Slab, SlabProducts, _widened
-
     rng = np.random.default_rng(0)
     d_mlp, n_layers, tokens = 8, 2, 24
     n = d_mlp * n_layers
