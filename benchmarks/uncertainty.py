@@ -1,7 +1,8 @@
 """Benchmark of the uncertainty stage's pass on one real pair of a finished pipeline.
 
-Reads (never writes) a workspace that has run collect: two models, the token set and
-collect's within-layer covariances. Times, for the first ``--sequences`` analysis sequences
+Reads (never writes) a workspace that has trained its group: two models and the token set (the
+within-layer covariances are taken over the same sequences by collect's pass, as correlate
+takes them below ``correlate.full_pairs_max_neurons``). Times, for the first ``--sequences`` analysis sequences
 cut into ``--blocks`` blocks: the pair's statistics over them (``correlate_group``: correlate
 keeps no ``[N, N]`` file, it takes the candidates in memory), choosing the candidates
 (both directions, ``--draws`` rotation draws), the pass (``accumulate_blocks``), one batch's
@@ -29,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from universal_neurons.config import params_from_dict  # noqa: E402
-from universal_neurons.io import read_npy, read_yaml_document  # noqa: E402
+from universal_neurons.io import read_yaml_document  # noqa: E402
 from universal_neurons.matching.activations import (  # noqa: E402
     iter_batches,
     kept_mask,
@@ -39,7 +40,7 @@ from universal_neurons.matching.block_products import (  # noqa: E402
     BlockProducts,
     accumulate_blocks,
 )
-from universal_neurons.matching.collect import kept_activations  # noqa: E402
+from universal_neurons.matching.collect import collect_model, kept_activations  # noqa: E402
 from universal_neurons.matching.pairs import correlate_group  # noqa: E402
 from universal_neurons.matching.resampling import (  # noqa: E402
     CandidateSums,
@@ -61,7 +62,7 @@ def _timed(function, *args):
     return result, time.perf_counter() - start
 
 
-def _setup(root: Path, models: dict, tokens_of: tuple, draws: int, k: int, batch_size: int):
+def _setup(models: dict, tokens_of: tuple, draws: int, k: int, batch_size: int):
     """The pair's ``(shape, rotations, links)``, the seconds of its statistics over the
     ``tokens_of`` ``(tokens, excluded ids)`` and the seconds to choose the candidates."""
     names = list(models)
@@ -69,7 +70,8 @@ def _setup(root: Path, models: dict, tokens_of: tuple, draws: int, k: int, batch
         lambda: correlate_group(models, *tokens_of, batch_size, progress=False).pairs
     )
     within = {
-        n: read_npy(root / "data/collect" / n / "within_layer_cov.npy", "collect") for n in names
+        n: collect_model(model, n, *tokens_of, batch_size, progress=False).within_layer_covariance()
+        for n, model in models.items()
     }
     shape = (within[names[0]].shape[0], within[names[0]].shape[1])
     seeds = [int(n.removeprefix("seed")) for n in names]
@@ -97,7 +99,7 @@ def main() -> None:
     models = {n: load_model(str(args.root / "models" / n)) for n in names}
     batch_size = params.analysis.batch_size
     shape, rotations, links, statistics_s, candidates_s = _setup(
-        args.root, models, (tokens, excluded), args.draws, args.candidates, batch_size
+        models, (tokens, excluded), args.draws, args.candidates, batch_size
     )
     n = shape[0] * shape[1]
     columns = {name: n for name in names}

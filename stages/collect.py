@@ -2,9 +2,13 @@
 
 One model, one streaming pass -> per-neuron moments + within-layer covariance.
 
-Writes ``data/collect/seed{s}/``: ``moments.parquet`` (one row per neuron), ``within_layer_cov.npy``
+Writes ``data/collect/seed{s}/``: ``moments.parquet`` (one row per neuron) and ``summary.json``;
+above ``correlate.full_pairs_max_neurons`` neurons per model also ``within_layer_cov.npy``
 (float64 ``[layers, d_mlp, d_mlp]``, population covariance of post-activations over the kept
-positions) and ``summary.json``.
+positions), which correlate's units and uncertainty_resamples' slabs read there. Below it
+correlate takes the covariances by this same pass in its own process (``correlate.
+within_covariances``): 4 MB a model that every change of ``analysis.*`` would add to git
+(docs/sharing.md).
 """
 
 from __future__ import annotations
@@ -64,6 +68,12 @@ def _check_memory(cfg, layout: Layout, seed: int, spec, shape: tuple[int, int]) 
     )
 
 
+def writes_within(params: Params, n_layers: int, d_mlp: int) -> bool:
+    """Whether collect writes the within-layer covariances: only above
+    ``correlate.full_pairs_max_neurons`` neurons per model (see the module's docstring)."""
+    return not params.correlate.full_pairs(n_layers * d_mlp)
+
+
 def run(params: Params, layout: Layout, seed: int, progress: bool = True) -> dict:
     """Collect the statistics of the model of ``seed``; return the summary."""
     if seed not in params.train.seeds:
@@ -86,15 +96,16 @@ def run(params: Params, layout: Layout, seed: int, progress: bool = True) -> dic
     with atomic_path(layout.model_dir("collect", seed)) as temp:
         temp.mkdir()
         moments_table(result).to_parquet(temp / "moments.parquet", index=False)
-        with (temp / "within_layer_cov.npy").open("wb") as handle:
-            np.save(handle, result.within_layer_covariance(), allow_pickle=False)
+        if writes_within(params, spec.n_layers, spec.d_mlp):
+            with (temp / "within_layer_cov.npy").open("wb") as handle:
+                np.save(handle, result.within_layer_covariance(), allow_pickle=False)
         write_summary(temp / SUMMARY_FILE, summary)
     return summary
 
 
 COMMAND = Stage(
     name="collect",
-    params=("analysis", "train.seeds"),
+    params=("analysis", "correlate.full_pairs_max_neurons", "train.seeds"),
     inputs=lambda layout, seed: [layout.tokens, layout.model(seed)],
     outputs=lambda layout, seed: [Out(layout.model_dir("collect", seed))],
     run=run,

@@ -11,8 +11,9 @@ draw of ``params.baseline``, which the baseline stage checks and summarises) and
 - for a group of at most ``correlate.full_pairs_max_neurons`` neurons per model the pass
   merges every pair's full ``CrossMoments`` in memory, and ``matching.pair_reductions`` takes
   from them the baseline draws, the one-to-one matching (for the one_to_one stage) and the
-  candidate links of ``uncertainty.candidates`` (for uncertainty_resamples); when the work was
-  split, also ``units/`` (every unit's statistics) and a ``units`` summary;
+  candidate links of ``uncertainty.candidates`` (for uncertainty_resamples), with each model's
+  within-layer covariances taken here by collect's pass (``within_covariances``); when the
+  work was split, also ``units/`` (every unit's statistics) and a ``units`` summary;
 - above it each unit reduces its block to per-neuron maxima and the baseline draws
   (collect's within-layer covariances); one_to_one is then not available, and
   uncertainty_resamples finds its candidates itself.
@@ -33,8 +34,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from universal_neurons.errors import MissingInputError, UserError
-from universal_neurons.io import atomic_path, read_npy
+from universal_neurons.io import atomic_path
 from universal_neurons.matching.activations import load_analysis_set, token_set_record
+from universal_neurons.matching.collect import collect_model
 from universal_neurons.matching.maxima import BaselineDraws, check_whole_layers, pair_tables
 from universal_neurons.matching.pair_reductions import (
     BASELINE_DRAWS,
@@ -152,14 +154,32 @@ def _write(
         write_summary(temp / SUMMARY_FILE, summary.as_dict())
 
 
-def within_covariances(params: Params, layout: Layout) -> dict[str, np.ndarray]:
-    """Per model, collect's within-layer covariance ``[layers, d_mlp, d_mlp]`` float64."""
-    return {
-        model_name(seed): read_npy(
-            layout.model_dir("collect", seed) / "within_layer_cov.npy", "collect"
+def within_covariances(
+    params: Params, layout: Layout, analysis_set: tuple[np.ndarray, np.ndarray], progress: bool
+) -> dict[str, np.ndarray]:
+    """Per model, the within-layer covariance ``[layers, d_mlp, d_mlp]`` float64 of its
+    post-activations over ``analysis_set`` (``(tokens [sequences, pos], excluded ids)``), by
+    collect's own pass (``matching.collect.collect_model``: the numbers collect writes above
+    ``correlate.full_pairs_max_neurons``, bit for bit). Below that size collect leaves them
+    out of its outputs (docs/sharing.md), and they are small: ``[layers, d, d]``."""
+    cfg = params.analysis
+    if progress:
+        print(
+            "correlate: each model's within-layer covariances, by collect's pass", file=sys.stderr
         )
-        for seed in params.train.seeds
-    }
+    within = {}
+    for seed in params.train.seeds:
+        model = load_model(str(layout.model(seed)), device=cfg.device)
+        result = collect_model(
+            model,
+            model_name(seed),
+            *analysis_set,
+            cfg.batch_size,
+            device=cfg.device,
+            progress=progress,
+        )
+        within[model_name(seed)] = result.within_layer_covariance()
+    return within
 
 
 def pair_reductions(params: Params, pairs: dict, within: dict) -> Reductions:
@@ -186,18 +206,30 @@ def _group_shape(params: Params, layout: Layout, spec: ModelSpec, context: int) 
     )
 
 
+def _check_within_file(path: Path) -> None:
+    """Stop before the pass unless collect's within-layer covariances ``path`` are a whole
+    ``.npy`` array (a memory map checks the header against the size and reads nothing)."""
+    rerun = "rerun collect with this params.yaml"
+    if not path.is_file():
+        raise MissingInputError(
+            f"{path}: not found (collect writes it above correlate.full_pairs_max_neurons: {rerun})"
+        )
+    try:
+        np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UserError(f"{path}: not a readable .npy array ({reason}); {rerun}") from None
+
+
 def _draws(params: Params, layout: Layout, work: Path) -> BaselineDraws:
     """The baseline draws the units take above the threshold (``params.baseline``), with
     collect's within-layer covariances and a cache of drawn matrices in the work folder."""
     cfg = params.baseline
     seeds = params.train.seeds
-    within = {
-        model_name(s): str((layout.model_dir("collect", s) / "within_layer_cov.npy").resolve())
-        for s in seeds
-    }
-    for path in within.values():
-        if not Path(path).is_file():
-            raise MissingInputError(f"{path}: not found (run collect before correlate)")
+    paths = {model_name(s): layout.model_dir("collect", s) / "within_layer_cov.npy" for s in seeds}
+    for path in paths.values():
+        _check_within_file(path)
+    within = {name: str(path.resolve()) for name, path in paths.items()}
     collect_summaries(params, layout)  # each folder's output is about its own model
     partner_ids = {model_name(s): s for s in seeds}
     cache = str((work / "mixing").resolve())
@@ -289,10 +321,11 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
         check_whole_layers(corr.neuron_block, spec.d_mlp)
     check_memory(params, _group_shape(params, layout, spec, tokens.shape[1]))
     record = token_set_record(tokens, excluded, kept, cfg.split)
-    # the baseline draws read collect's covariances after the pass: checked before it
+    # collect's outputs (moments, and above the threshold the covariances the baseline draws
+    # read after the pass): checked before it
     analysis_set = {Path(layout.tokens): Provenance(record, group=names)}
     check_same_inputs(analysis_set | collect_summaries(params, layout))
-    within = within_covariances(params, layout) if full else None  # small: [layers, d, d]
+    within = within_covariances(params, layout, (tokens, excluded), progress) if full else None
     units = plan_units(names, n, len(tokens), cfg.batch_size, corr.neuron_block, corr.token_shards)
     output_dir = layout.stage_dir("correlate")
     work = _work_folder(output_dir)

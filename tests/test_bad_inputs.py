@@ -91,6 +91,21 @@ def _corpus(name: str, content: bytes | None = None, directory: bool = False):
     return setup
 
 
+def _within_covariances(truncated: str | None = None):
+    """Setup: every tiny model's within-layer covariances in collect's folder, as collect writes
+    them above ``correlate.full_pairs_max_neurons`` (``[2, 64, 64]`` float64), the file of
+    ``truncated`` (if given) cut short."""
+
+    def setup(root: Path) -> None:
+        for folder in sorted((root / "data" / "collect").iterdir()):
+            path = folder / "within_layer_cov.npy"
+            save_npy(path, np.zeros((2, 64, 64)))
+            if folder.name == truncated:
+                path.write_bytes(path.read_bytes()[:5000])
+
+    return setup
+
+
 def _local_corpus(name: str, **corpus) -> dict:
     return tiny_params_dict(corpus={"sources": ["news", f"corpus/{name}"], **corpus})
 
@@ -649,15 +664,20 @@ CASES = [
         "huge-activations-overflow-the-statistics-correlate",
         ["correlate"],
         # Only the product of two huge activations overflows: seed1 x seed2 stays finite.
+        # Above correlate.full_pairs_max_neurons, so that correlate takes the within-layer
+        # covariances from collect's files (below, its own within pass stops first, with
+        # collect's message, as in the case above)
         "models seed2 (layer 1) and seed3 (layer 1): correlation statistics became non-finite "
         "at analysis batch 0 (neurons 5 x 5); the activations are too large for the per-batch "
         "products (correlate.products: float64 has more range)",
+        params=tiny_params_dict(correlate={"full_pairs_max_neurons": 64}),
         needs_analysis=True,  # collect's outputs, which correlate checks first
         setup=_chain(
+            _within_covariances(),
             *(
                 _plant(seed, "transformer.h.1.mlp.c_fc.weight", _scale((slice(None), 5), 1e20))
                 for seed in (2, 3)
-            )
+            ),
         ),
     ),
     Case(
@@ -1108,16 +1128,14 @@ CASES = [
         ),
     ),
     Case(
+        # above correlate.full_pairs_max_neurons collect writes them and the units read them
         "truncated-within-layer-covariance",
         ["correlate"],
-        "data/collect/seed2/within_layer_cov.npy: not a readable .npy array (Failed to read "
-        "all data for array. Expected (2, 64, 64) = 8192 elements, could only read 609 "
-        "elements. (file seems not fully written?)); rerun the collect stage or restore it "
-        "with `dvc checkout`",
+        "data/collect/seed2/within_layer_cov.npy: not a readable .npy array (mmap length is "
+        "greater than file size); rerun collect with this params.yaml",
+        params=tiny_params_dict(correlate={"full_pairs_max_neurons": 64}),
         needs_analysis=True,
-        setup=lambda root: (root / "data/collect/seed2/within_layer_cov.npy").write_bytes(
-            (root / "data/collect/seed2/within_layer_cov.npy").read_bytes()[:5000]
-        ),
+        setup=_within_covariances(truncated="seed2"),
     ),
     Case(
         "tracking-uri-under-a-regular-file",

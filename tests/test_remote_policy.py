@@ -183,3 +183,19 @@ def test_the_report_fits_a_120_column_terminal():
         yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["train"]["seeds"]
     )
     assert analysis["bytes"] > numbers["change"]["correlate"]
+
+
+def test_collect_keeps_no_within_layer_covariances_in_the_remote():
+    """The default group is below ``correlate.full_pairs_max_neurons``: each collect output
+    holds its moments only (the within-layer covariances, 4.2 MB a model, are correlate's to
+    take), so a change of ``analysis.*`` costs what the correlate rerun costs and little more
+    (docs/sharing.md)."""
+    numbers = remote_size.report(REPO_ROOT)
+    collects = [row for row in numbers["stages"] if row["stage"].startswith("collect@")]
+    assert collects and all(row["outputs"] < 500_000 for row in collects)
+    lock = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text())["stages"]
+    for name in (row["stage"] for row in collects):
+        (out,) = lock[name]["outs"]
+        assert out["nfiles"] == 2, (name, out)  # moments.parquet, summary.json
+    extra = numbers["parameters"]["analysis.batch_size"]["bytes"] - numbers["change"]["correlate"]
+    assert 0 < extra < 5 * 500_000 + 4_000_000  # the collects, emergence and null measures

@@ -24,10 +24,12 @@ from universal_neurons.pipeline.tools import plan as plan_tool
 
 @pytest.fixture(scope="module")
 def collected(tiny_group, tiny_tokens_dir, tmp_path_factory):
-    """collect's outputs of the tiny group (the within-layer covariances), in a data folder."""
+    """collect's outputs of the tiny group, in a data folder, with the within-layer covariances
+    that collect writes above ``correlate.full_pairs_max_neurons`` (the full-pairs runs below
+    take them in correlate itself: the two paths' numbers agree through them too)."""
     data = tmp_path_factory.mktemp("collected") / "data"
     layout = Layout.at(data.parent, tokens=tiny_tokens_dir, models=tiny_group[1].parent, data=data)
-    params = tiny_params()
+    params = tiny_params(correlate={"full_pairs_max_neurons": 0})
     for seed in params.train.seeds:
         collect.run(params, layout, seed, progress=False)
     return layout

@@ -301,7 +301,12 @@ def test_stages_end_to_end(tiny_group, tiny_tokens_dir, tmp_path):
         for stat in ("mean", "var", "skew", "kurt", "sparsity")
     ]
     assert len(moments) == 128 and (moments["count"] == kept).all()
-    assert np.load(out / "collect" / "seed1" / "within_layer_cov.npy").shape == (2, 64, 64)
+    # 128 neurons per model, below correlate.full_pairs_max_neurons: correlate takes the
+    # within-layer covariances itself, and collect writes none (4 MB a model at the default)
+    assert sorted(p.name for p in (out / "collect" / "seed1").iterdir()) == [
+        "moments.parquet",
+        "summary.json",
+    ]
 
     written = json.loads((tmp_path / "results" / "universality.json").read_text())
     assert written == metrics
@@ -348,3 +353,33 @@ def test_stages_end_to_end(tiny_group, tiny_tokens_dir, tmp_path):
     assert len(per_layer) == 6
     base = json.loads((tmp_path / "results" / "baseline.json").read_text())
     assert base["kind"] == "rotation" and len(base["models"]["seed2"]["sample_means"]) == 2
+
+
+def test_correlate_takes_the_within_layer_covariances_collect_writes_above_the_threshold(
+    tiny_group, tiny_tokens_dir, tmp_path
+):
+    """Above ``correlate.full_pairs_max_neurons`` collect writes each model's within-layer
+    covariances (correlate's units and uncertainty_resamples' slabs read them); below it
+    correlate takes them itself by the same pass: the same arrays, bit for bit, and equal to
+    numpy's covariance of the captured activations."""
+    from conftest import tiny_params
+
+    from stages import collect, correlate
+    from universal_neurons.pipeline.layout import Layout
+
+    params = tiny_params(analysis={"max_sequences": 40}, correlate={"full_pairs_max_neurons": 64})
+    layout = Layout.at(tmp_path, tokens=tiny_tokens_dir, models=tiny_group[1].parent)
+    for seed in params.train.seeds:
+        collect.run(params, layout, seed, progress=False)
+    tokens, excluded, _ = load_analysis_set(tiny_tokens_dir, params.analysis)
+    taken = correlate.within_covariances(params, layout, (tokens, excluded), progress=False)
+    assert list(taken) == ["seed1", "seed2", "seed3"]
+    for seed in params.train.seeds:
+        written = np.load(layout.model_dir("collect", seed) / "within_layer_cov.npy")
+        assert written.dtype == np.float64 and written.shape == (2, 64, 64)
+        np.testing.assert_array_equal(taken[f"seed{seed}"], written)
+    x = _all_kept(load_model(str(tiny_group[2])), tokens, excluded)
+    for layer in range(2):
+        block = x[:, layer * 64 : (layer + 1) * 64]
+        reference = np.cov(block, rowvar=False, bias=True)
+        np.testing.assert_allclose(taken["seed2"][layer], reference, rtol=0, atol=1e-6)
