@@ -283,7 +283,7 @@ def test_stage_without_candidate_links_takes_the_slab_path(
 
     from conftest import tiny_params
 
-    from stages import uncertainty_resamples
+    from stages import correlate, uncertainty_resamples
     from universal_neurons.pipeline.layout import Layout
     from universal_neurons.resources import MemoryLimitError
 
@@ -299,6 +299,12 @@ def test_stage_without_candidate_links_takes_the_slab_path(
             summary_path.write_text(json.dumps(summary))
             (root / "data" / "correlate" / "candidate_links.safetensors").unlink()
         layout = Layout.at(root, tokens=tiny_tokens_dir, models=models)
+        if kind == "slabs":  # the within-layer covariances collect writes above the threshold
+            analysis_set = load_analysis_set(tiny_tokens_dir, params.analysis)[:2]
+            within = correlate.within_covariances(params, layout, analysis_set, progress=False)
+            for seed in params.train.seeds:
+                path = layout.model_dir("collect", seed) / "within_layer_cov.npy"
+                np.save(path, within[f"seed{seed}"], allow_pickle=False)
         uncertainty_resamples.run(params, layout, progress=False)
         runs[kind] = root / "data"
     leftovers = [p.name for p in runs["slabs"].iterdir() if p.name.endswith(".tmp")]
