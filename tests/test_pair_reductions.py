@@ -19,7 +19,6 @@ from scipy.optimize import linear_sum_assignment
 from stages import correlate
 from universal_neurons.errors import MissingInputError
 from universal_neurons.matching.activations import load_analysis_set
-from universal_neurons.matching.collect import collect_model
 from universal_neurons.matching.pair_reductions import (
     BASELINE_DRAWS,
     CandidateSettings,
@@ -45,12 +44,7 @@ def reduced(tiny_group, tiny_tokens_dir, tiny_analysis, tmp_path_factory):
     models = {f"seed{s}": load_model(str(path)) for s, path in tiny_group.items()}
     batch = params.analysis.batch_size
     pairs = correlate_group(models, tokens, excluded, batch, "float64", progress=False).pairs
-    within = {  # collect's pass, as correlate takes it (stages.correlate.within_covariances)
-        name: collect_model(
-            model, name, tokens, excluded, batch, progress=False
-        ).within_layer_covariance()
-        for name, model in models.items()
-    }
+    within = correlate.within_covariances(params, layout, (tokens, excluded), progress=False)
     reference = correlate.pair_reductions(params, pairs, within)
     return params, layout, summary, pairs, reference
 
