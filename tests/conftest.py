@@ -223,15 +223,18 @@ def git(cwd: Path, *args: str) -> str:
 
 
 LONGEST_MODULES = (
-    "test_scale_gpt2_small.py",
     "test_real_width_preset.py",
-    "test_pipeline_dvc.py",
+    "test_scale_gpt2_small.py",
     "test_tracking_pipeline.py",
     "test_determinism.py",
     "test_preset_pipeline.py",
+    "test_pipeline_dvc.py",
 )
-"""The modules that take longest on 2 cores, longest first (``pytest --durations=60``: the
-GPT-2-width pair, then the pipelines run through real ``dvc repro``/``dvc exp run``)."""
+"""The modules that take longest on 2 cores, longest first (``pytest --durations=0``): the
+GPT-2-width tier (``make test-width``), then the pipelines run through real ``dvc repro``/``dvc exp
+run``. test_tracking_pipeline builds the shared tiny pipeline (``pipeline_repo.reproduced_tiny``,
+its module fixture) while test_determinism, on the other worker, reproduces its own copy first;
+test_pipeline_dvc, which only copies it, comes after them so that no worker waits on its lock."""
 
 
 def _start_order(item: pytest.Item) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from conftest import tiny_params_dict
 from mlflow.tracking import MlflowClient
 from pipeline_repo import make_preset_repo, pipeline_env, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.width]  # `make test-width` (pyproject)
 
 LAYERS, D_MODEL, D_MLP, VOCAB, HEADS = 3, 768, 3072, 50257, 12
 N = LAYERS * D_MLP

@@ -23,7 +23,7 @@ from universal_neurons.matching.baseline import mixing_matrix
 from universal_neurons.matching.plan import shape_from_config, unit_memory, work_plan
 from universal_neurons.models.gpt2 import gpt2_config, init_model, save_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.width]  # `make test-width` (pyproject)
 
 LIMIT = 4 * 1024**3  # bytes of resident memory a stage may reach
 SHAPE = ModelConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072)

@@ -357,7 +357,9 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
     repo = tiny_repo["repo"]
     env = pipeline_env(repo)  # no MLFLOW_TRACKING_URI: the default store at the repository root
     run(repo, "dvc", "exp", "run", "--temp", "-n", "lr-temp", "-S", "train.learning_rate=0.02", env=env)  # fmt: skip
-    run(repo, "dvc", "exp", "run", "--queue", "-n", "lr-queue", "-S", "train.learning_rate=0.005", env=env)  # fmt: skip
+    # queued: a new τ (README's example), which reruns the τ-dependent stages only; the
+    # training and its metrics stay the baseline's, so they differ from lr-temp's
+    run(repo, "dvc", "exp", "run", "--queue", "-n", "tau-queue", "-S", "universality.threshold=0.45", env=env)  # fmt: skip
     run(repo, "dvc", "exp", "run", "--run-all", env=env)
     # in the workspace: train.workers changes no result, so only the log stage runs again
     run(repo, "dvc", "exp", "run", "-n", "workers-ws", "-S", "train.workers=1", env=env)
@@ -370,16 +372,18 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
     client = MlflowClient(f"sqlite:///{store}")
     experiment = client.get_experiment_by_name("universal-neurons")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"lr-temp", "lr-queue", "workers-ws"}
-    temp, queued = runs["lr-temp"], runs["lr-queue"]
+    assert set(runs) == {"lr-temp", "tau-queue", "workers-ws"}
+    temp, queued = runs["lr-temp"], runs["tau-queue"]
     differing = {
         key
         for key in set(temp.data.params) | set(queued.data.params)
         if temp.data.params.get(key) != queued.data.params.get(key)
     }
-    assert differing == {"train.learning_rate"}
+    assert differing == {"train.learning_rate", "universality.threshold"}
     assert json.loads(temp.data.params["train.learning_rate"]) == 0.02
-    assert json.loads(queued.data.params["train.learning_rate"]) == 0.005
+    assert json.loads(queued.data.params["universality.threshold"]) == 0.45
+    for logged, key in ((temp, "universality.threshold"), (queued, "train.learning_rate")):
+        assert decoded(logged.data.params[key], baseline_params[key]) == baseline_params[key]
     workspace = runs["workers-ws"].data.params
     assert set(workspace) == set(baseline_params)
     assert {k for k, v in baseline_params.items() if decoded(workspace[k], v) != v} == {
@@ -405,6 +409,13 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
         assert {k: v for k, v in logged.data.metrics.items() if k.startswith("training.")} == {
             f"training.{k}": v for k, v in leaves(training).items()
         }
+        shown = json.loads(run(repo, "git", "show", f"{ref}:metrics/universality.json").stdout)
+        assert logged.data.metrics["mean.percent_universal"] == float(
+            f"{shown['mean_percent_universal']:.3g}"
+        )
+        lock = yaml.safe_load(run(repo, "git", "show", f"{ref}:dvc.lock").stdout)
+        applied = lock["stages"]["universality"]["params"]["params.yaml"]["universality"]
+        assert applied["threshold"] == decoded(logged.data.params["universality.threshold"], 0.0)
     assert (
         temp.data.metrics["training.mean_heldout_loss"]
         != (queued.data.metrics["training.mean_heldout_loss"])
@@ -460,14 +471,6 @@ NEWER_HEADLINE_FILES = {
 effects): DVC lists them too; the first four keep the compact table of issue 25."""
 
 
-def _rendered_width(csv_text: str) -> int:
-    """Width of the table DVC draws from these CSV rows: each column as wide as its widest
-    cell, plus three characters of border and padding."""
-    rows = list(csv.reader(io.StringIO(csv_text)))
-    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
-    return sum(width + 3 for width in widths) + 1
-
-
 def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
     """What a researcher compares in a terminal: ``dvc metrics show`` holds the headline only
     (percent universal of each model besides), ``dvc exp show --only-changed`` fits 200
@@ -499,11 +502,14 @@ def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
         for c in dropped
     )
     assert not [c for c in header if re.match(DETAIL_COLUMNS, c)]
-    assert {"train.learning_rate", "mean_heldout_loss"} <= set(header)
-    assert _rendered_width(table) <= 200, table
+    assert {"train.learning_rate", "universality.threshold", "mean_heldout_loss"} <= set(header)
+    # the table it draws (DVC rounds to 5 digits; COLUMNS: wide enough that nothing is cut)
+    drawn = run(repo, "universal-neurons", "exps", env={**env, "COLUMNS": "1000"}).stdout
+    assert "universality.threshold" in drawn and "…" not in drawn, drawn
+    assert max(len(line.rstrip()) for line in drawn.splitlines()) <= 200, drawn
     diff = json.loads(
         run(
-            repo, "dvc", "metrics", "diff", refs["lr-temp"], refs["lr-queue"], "--json", env=env
+            repo, "dvc", "metrics", "diff", refs["lr-temp"], refs["tau-queue"], "--json", env=env
         ).stdout
     )
     loss = diff["metrics/training.json"]["mean_heldout_loss"]
