@@ -409,13 +409,17 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
         assert {k: v for k, v in logged.data.metrics.items() if k.startswith("training.")} == {
             f"training.{k}": v for k, v in leaves(training).items()
         }
-        shown = json.loads(run(repo, "git", "show", f"{ref}:metrics/universality.json").stdout)
-        assert logged.data.metrics["mean.percent_universal"] == float(
-            f"{shown['mean_percent_universal']:.3g}"
+        # and its commit's universality results: their threshold is the queued run's own τ
+        results = json.loads(run(repo, "git", "show", f"{ref}:results/universality.json").stdout)
+        numbers = {
+            f"detail.universality.{k}": float(v)
+            for k, v in metric_leaves(results).items()
+            if isinstance(v, int | float)
+        }
+        assert {k: logged.data.metrics[k] for k in numbers} == numbers
+        assert numbers["detail.universality.threshold"] == json.loads(
+            logged.data.params["universality.threshold"]
         )
-        lock = yaml.safe_load(run(repo, "git", "show", f"{ref}:dvc.lock").stdout)
-        applied = lock["stages"]["universality"]["params"]["params.yaml"]["universality"]
-        assert applied["threshold"] == decoded(logged.data.params["universality.threshold"], 0.0)
     assert (
         temp.data.metrics["training.mean_heldout_loss"]
         != (queued.data.metrics["training.mean_heldout_loss"])
