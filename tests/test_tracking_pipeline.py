@@ -409,7 +409,7 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
         assert {k: v for k, v in logged.data.metrics.items() if k.startswith("training.")} == {
             f"training.{k}": v for k, v in leaves(training).items()
         }
-        # and its commit's universality results: their threshold is the queued run's own τ
+        # and its commit's universality results, whose threshold is the run's own τ (0.45 queued)
         results = json.loads(run(repo, "git", "show", f"{ref}:results/universality.json").stdout)
         numbers = {
             f"detail.universality.{k}": float(v)
@@ -477,8 +477,8 @@ effects): DVC lists them too; the first four keep the compact table of issue 25.
 
 def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
     """What a researcher compares in a terminal: ``dvc metrics show`` holds the headline only
-    (percent universal of each model besides), ``dvc exp show --only-changed`` fits 200
-    columns, and ``dvc metrics diff`` between two experiments names the headline change."""
+    (percent universal of each model besides), ``universal-neurons exps`` draws a table of at
+    most 200 columns, and ``dvc metrics diff`` between two experiments names the headline change."""
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json", env=env).stdout)
     data = shown[""]["data"]
     assert set(data) == set(HEADLINE_FILES) | set(NEWER_HEADLINE_FILES)
