@@ -22,6 +22,7 @@ import torch
 from click.testing import CliRunner
 from conftest import REPO_ROOT, tiny_params, tiny_params_dict, write_token_set_summary
 from scipy import stats as scipy_stats
+from text_tables import table_cells, text_tables
 
 from universal_neurons.description import statistics
 from universal_neurons.matching.activations import analysis_tokens, excluded_token_ids, kept_mask
@@ -557,7 +558,8 @@ def test_show_fits_120_columns_unless_wide(stage_outputs):
     """The default table of a real neuron table is at most 120 columns: it keeps the first
     columns of SHOW_COLUMNS and names the dropped ones on its last line; ``--wide`` lists every
     column (wider than 120 on the same table), and the numbers of the kept columns agree."""
-    from universal_neurons.outputs.listing import SHOW_COLUMNS, TERMINAL_WIDTH
+    from universal_neurons.outputs.listing import SHOW_COLUMNS
+    from universal_neurons.outputs.text_table import TERMINAL_WIDTH
 
     stats_dir = str(stage_outputs["output_dir"])
     fitted = _invoke("show", "seed1", "--stats-dir", stats_dir).output.rstrip("\n").splitlines()
@@ -606,18 +608,6 @@ def _planted_findings() -> dict:
     return {"models": {"seed1": model, "seed2": other}}
 
 
-def table_cells(text: str) -> list[list[str]]:
-    """The cells of ``findings_table``'s text, cut at the columns its dashed rule marks."""
-    lines = text.splitlines()
-    rule = lines[1]
-    spans, start = [], 0
-    for dashes in rule.split("  "):
-        spans.append((start, start + len(dashes)))
-        start += len(dashes) + 2
-    rows = [lines[0], *lines[2 : lines.index("")]]
-    return [[row[a:b].strip() for a, b in spans] for row in rows]
-
-
 def test_findings_table_of_planted_metrics():
     text = findings_table(_planted_findings(), 0.05)
     cells = table_cells(text)
@@ -657,13 +647,6 @@ def test_findings_table_of_planted_metrics():
     assert [row[1:] for row in table_cells(undefined)[1:]] == [["n/a", "holds in none"]] * 5
 
 
-def _tables(text: str) -> list[list[list[str]]]:
-    """The cells of each table of a (possibly split) findings text: tables are separated by a
-    blank line, the notes follow the last one."""
-    blocks = text.split("\n\n")
-    return [table_cells(block + "\n\n") for block in blocks[:-1]]
-
-
 @pytest.mark.parametrize("n_models", [5, 12])
 def test_findings_table_fits_120_columns(n_models):
     """5 models (the default group: 129 columns with ``holds r=+0.50`` cells) fit in one table
@@ -675,7 +658,7 @@ def test_findings_table_fits_120_columns(n_models):
     stats = {"models": {f"seed{i}": one for i in range(1, n_models + 1)}}
     text = findings_table(stats, 0.05)
     assert max(len(line) for line in text.splitlines()) <= findings.TERMINAL_WIDTH
-    tables = _tables(text)
+    tables = text_tables(text)
     assert [len(table[0]) - 2 for table in tables] == ([5] if n_models == 5 else [5, 5, 2])
     models = [name for table in tables for name in table[0][1:-1]]
     assert models == [f"seed{i}" for i in range(1, n_models + 1)]
@@ -686,7 +669,7 @@ def test_findings_table_fits_120_columns(n_models):
         assert set(table[1][1:-1]) == {"holds +0.50"}  # l2_penalty: larger
         assert set(table[2][1:-1]) == {"holds -0.50"}  # input_bias: more negative
     wide = findings_table(stats, 0.05, width=None)
-    assert len(_tables(wide)) == 1
+    assert len(text_tables(wide)) == 1
     assert max(len(line) for line in wide.splitlines()) > findings.TERMINAL_WIDTH
 
 

@@ -29,9 +29,6 @@ SHOW_COLUMNS = (
 """The key statistics ``universal-neurons show`` lists, most telling first: a table fitted to
 a terminal's width drops columns from the end."""
 
-TERMINAL_WIDTH = 120
-"""Columns the default ``show`` table fits in (``--wide`` lifts it)."""
-
 
 def find_table(model: str, stats_dir: Path, name: str) -> Path:
     """The neuron table of ``model``: ``model`` itself when it is a ``.parquet`` path, else

@@ -27,15 +27,13 @@ from universal_neurons.description.null_control import pooled_lines, pooled_rows
 from universal_neurons.description.statistics import PAPER_FINDINGS, findings_rows, findings_verdict
 from universal_neurons.errors import UserError
 from universal_neurons.io import read_json
+from universal_neurons.outputs.text_table import TERMINAL_WIDTH, fitted_table, text_table
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 
 if TYPE_CHECKING:
     from universal_neurons.config import Params
 
-
-TERMINAL_WIDTH = 120
-"""Columns the default table fits in (a terminal's width; ``--wide`` lifts it)."""
 
 ENTRY_KEYS = ("median_universal", "median_other", "effect_size", "p_value")
 """What each metric's comparison in ``results/stats.json`` holds."""
@@ -64,44 +62,6 @@ def checked_metrics(path: Path) -> dict:
     return data
 
 
-def text_table(rows: list[list[str]]) -> list[str]:
-    """Rows of cells as aligned text columns, a dashed rule under the header row."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
-
-
-def _column_groups(rows: list[list[str]], width: int) -> list[list[int]]:
-    """The model columns (between the finding and the verdict column) in groups whose table,
-    finding column first and verdict last, is at most ``width`` wide; one column per group
-    at least."""
-    cell_widths = [max(len(row[i]) for row in rows) + 2 for i in range(len(rows[0]))]
-    fixed = cell_widths[0] + cell_widths[-1] - 2
-    groups: list[list[int]] = [[]]
-    for column in range(1, len(rows[0]) - 1):
-        used = fixed + sum(cell_widths[i] for i in groups[-1])
-        if groups[-1] and used + cell_widths[column] > width:
-            groups.append([])
-        groups[-1].append(column)
-    return groups
-
-
-def fitted_table(rows: list[list[str]], width: int | None) -> list[str]:
-    """``text_table`` of ``rows``; when ``width`` is given and the model columns do not fit,
-    one table per group of models (``_column_groups``), separated by a blank line."""
-    if width is None or len(rows[0]) <= 3:
-        return text_table(rows)
-    lines: list[str] = []
-    for group in _column_groups(rows, width):
-        picked = [[row[0], *(row[i] for i in group), row[-1]] for row in rows]
-        lines += ([""] if lines else []) + text_table(picked)
-    return lines
-
-
 def findings_table(stats: dict, alpha: float, width: int | None = TERMINAL_WIDTH) -> str:
     """The paper's findings (rows) x models (columns) + a verdict column, and what a cell says.
 
@@ -117,7 +77,7 @@ def findings_table(stats: dict, alpha: float, width: int | None = TERMINAL_WIDTH
         f"{effect}: rank-biserial effect size, universal vs other live neurons",
         "medians and p-values per model: findings --long",
     ]
-    return "\n".join([*fitted_table(rows, width), "", *notes])
+    return "\n".join([*fitted_table(rows, width, tail=1), "", *notes])
 
 
 def null_control_of(path: Path) -> dict | None:

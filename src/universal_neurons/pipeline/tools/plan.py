@@ -40,6 +40,7 @@ from universal_neurons.matching.preset_plan import (
 )
 from universal_neurons.matching.units import check_token_shards
 from universal_neurons.models.group import PRESETS
+from universal_neurons.outputs.text_table import TERMINAL_WIDTH
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 
@@ -256,10 +257,6 @@ def uncertainty_lines(rows: list[dict]) -> list[str]:
 def _duration(s: float) -> str:
     """Seconds as s, min, h, or days beyond two days."""
     return f"{s / 86400:,.0f} d" if s >= 2 * 86400 else _hours(s)
-
-
-TERMINAL_WIDTH = 120
-"""Columns the printed plan fits in: longer lines wrap, continued with an indent."""
 
 
 def wrapped(lines: list[str], width: int | None) -> str:

@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from universal_neurons.outputs.listing import (
-    TERMINAL_WIDTH,
     find_table,
     format_listing,
     read_neuron_table,
     top_neurons,
 )
+from universal_neurons.outputs.text_table import TERMINAL_WIDTH
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout, model_name
 
