@@ -268,34 +268,3 @@ def test_a_copied_repository_logs_inside_the_copy(tmp_path):
     assert len(runs) == 2  # the copied run too now names the copy's artifacts
     assert all(run.info.artifact_uri.startswith(copy.as_uri()) for run in runs)
     assert not [p for p in os.listdir(tmp_path) if p not in ("original", "copy")]
-
-
-def test_exps_drops_hash_and_detail_columns_but_keeps_a_metric_named_with_its_file():
-    """`universal-neurons exps` drops DVC's output-hash columns and the detail metrics, not a
-    headline metric that DVC names with its file because another file has the same key
-    (``mean_percent_universal``: universality.json and one_to_one.json; a τ comparison)."""
-    import re
-
-    from universal_neurons.pipeline.tools.exps import exp_show_command
-
-    command = exp_show_command("csv")
-    drop = re.compile(command[command.index("--drop") + 1])
-    kept = [
-        "metrics/universality.json:mean_percent_universal",
-        "mean_percent_universal",
-        "percent_universal.seed1",
-        "universality.threshold",
-        "train.learning_rate",
-        "mean_heldout_loss",
-    ]
-    dropped = [
-        "data/correlate",
-        "models",
-        "report",
-        "metrics/effects_per_layer.csv",
-        "metrics/one_to_one.json:mean_percent_universal",
-        "seed1.percent_universal_hi",
-        "roles_none",
-    ]
-    assert [column for column in kept if drop.match(column)] == []
-    assert [column for column in dropped if not drop.match(column)] == []

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pipeline_repo import copy_pipeline_repo, pipeline_env, reproduced_tiny, run
+from text_tables import text_tables
 
 from universal_neurons.outputs.tracking_ui import column_id, headline_metrics
 from universal_neurons.pipeline.tools.exps import DETAIL_COLUMNS
@@ -497,7 +498,7 @@ def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
     plain_header = next(csv.reader(io.StringIO(plain)))
     assert "train.learning_rate" in plain_header and "mean_heldout_loss" in plain_header
     assert not [column for column in plain_header if "models." in column]  # no detail columns
-    # `universal-neurons exps` drops exactly those hash columns, and fits 200 columns
+    # `universal-neurons exps --csv` (DVC's table) drops exactly those hash columns
     table = run(repo, "universal-neurons", "exps", "--csv", env=env).stdout
     header = next(csv.reader(io.StringIO(table)))
     dropped = set(plain_header) - set(header)
@@ -507,10 +508,11 @@ def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
     )
     assert not [c for c in header if re.match(DETAIL_COLUMNS, c)]
     assert {"train.learning_rate", "universality.threshold", "mean_heldout_loss"} <= set(header)
-    # the table it draws (DVC rounds to 5 digits; COLUMNS: wide enough that nothing is cut)
-    drawn = run(repo, "universal-neurons", "exps", env={**env, "COLUMNS": "1000"}).stdout
-    assert "universality.threshold" in drawn and "…" not in drawn, drawn
-    assert max(len(line.rstrip()) for line in drawn.splitlines()) <= 200, drawn
+    # `--wide`: DVC's drawn table (rounded to 5 digits), nothing cut, at most 200 columns
+    wide = run(repo, "universal-neurons", "exps", "--wide", env=env).stdout
+    assert "universality.threshold" in wide and "…" not in wide, wide
+    assert max(len(line.rstrip()) for line in wide.splitlines()) <= 200, wide
+    _check_comparison(repo, env, refs)
     diff = json.loads(
         run(
             repo, "dvc", "metrics", "diff", refs["lr-temp"], refs["tau-queue"], "--json", env=env
@@ -518,6 +520,35 @@ def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
     )
     loss = diff["metrics/training.json"]["mean_heldout_loss"]
     assert loss["old"] != loss["new"] and loss["diff"] == pytest.approx(loss["new"] - loss["old"])
+
+
+def _check_comparison(repo: Path, env: dict, refs: dict[str, str]) -> None:
+    """``universal-neurons exps`` (its default, drawn from `dvc exp show --json`) fits 120
+    columns, and its column of each experiment holds that experiment's commit, changed
+    parameters and headline metrics (read back from the commit with git)."""
+    drawn = run(repo, "universal-neurons", "exps", env={**env, "COLUMNS": "1000"}).stdout
+    assert max(len(line) for line in drawn.splitlines()) <= 120, drawn
+    cells: dict[str, dict[str, str]] = {}
+    for table in text_tables(drawn):
+        for row in table[1:]:
+            cells.setdefault(row[0], {}).update(zip(table[0][1:], row[1:], strict=True))
+    branch = run(repo, "git", "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
+    assert {"workspace", branch, *refs} <= set(cells["commit"])
+    changed = {"lr-temp": ("train.learning_rate", "0.02"), "tau-queue": ("universality.threshold", "0.45"), "workers-ws": ("train.workers", "1")}  # fmt: skip
+    for name, (key, value) in changed.items():
+        assert cells[key][name] == value
+        assert [n for n, cell in cells[key].items() if cell == value] == [name]
+    for name, ref in {branch: "HEAD", **refs}.items():
+        commit = run(repo, "git", "rev-parse", ref).stdout.strip()
+        assert cells["commit"][name] == commit[:7]
+        for path in ("metrics/universality.json", "metrics/training.json"):
+            numbers = leaves(json.loads(run(repo, "git", "show", f"{commit}:{path}").stdout))
+            for key, value in numbers.items():
+                cell = cells[key][name]
+                assert float(cell.removesuffix("%")) == pytest.approx(value, rel=5e-4, abs=5e-5)
+                assert cell.endswith("%") == ("percent" in key)
+    losses = cells["mean_heldout_loss"]
+    assert losses["lr-temp"] != losses["tau-queue"] == losses[branch]
 
 
 TAU_STAGES = {

@@ -40,7 +40,8 @@ def flat_items(value: object, prefix: str = "") -> Iterator[tuple[str, object]]:
         yield prefix, value
 
 
-def _shown(value: object) -> str:
+def shown_value(value: object) -> str:
+    """A metric as text: 4 significant digits for a float, JSON for a list."""
     if isinstance(value, float):
         return f"{value:.4g}"
     return json.dumps(value) if isinstance(value, list) else str(value)
@@ -56,7 +57,7 @@ def metrics_text(root: Path) -> str:
             continue
         items = list(flat_items(json.loads(path.read_text(encoding="utf-8"))))
         width = max((len(key) for key, _ in items), default=0)
-        lines = [f"  {key:<{width}}  {_shown(value)}" for key, value in items]
+        lines = [f"  {key:<{width}}  {shown_value(value)}" for key, value in items]
         blocks.append("\n".join([name, *lines]))
     return "\n\n".join(blocks)
 
