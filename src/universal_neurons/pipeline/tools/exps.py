@@ -7,7 +7,7 @@ commit and its experiments, as MLflow's compare view does) and one row per chang
 then per headline metric (``metrics/universality.json`` and ``metrics/training.json`` always,
 the other headline metrics where they differ), numbers to 4 significant digits (more
 where 4 would show two different values of a row alike). When the
-experiments do not fit ``TERMINAL_WIDTH`` side by side they are split into several tables.
+experiments do not fit 120 columns side by side they are split into several tables.
 
 ``--wide``: DVC's own table (`dvc exp show --only-changed` without the hash columns and the
 detail metrics of the one-to-one, effects and uncertainty stages); ``--csv``/``--md``: that
