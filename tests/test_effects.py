@@ -427,6 +427,7 @@ def _check_views(layout, summary: dict, row: pd.Series) -> None:
     assert any(f"Δloss {row['delta_loss']:+.5f}" in line for line in lines)
     assert lines[1].strip().startswith("measured as: universal")
     assert sum("Δloss" in line for line in lines) == 1  # shown once, however it was measured
+    assert max(map(len, lines)) <= 120  # long lists (tokens moved most) wrap
 
 
 def _tables(layout) -> list[pd.DataFrame]:

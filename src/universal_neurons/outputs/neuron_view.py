@@ -28,6 +28,7 @@ from universal_neurons.description.neuron_profile import (
 from universal_neurons.description.variance import TopActivations
 from universal_neurons.matching.universality import CONTRACT_COLUMNS
 from universal_neurons.outputs.number_format import beside_threshold
+from universal_neurons.outputs.text_table import TERMINAL_WIDTH, wrapped_line
 from universal_neurons.outputs.token_display import display_pieces, window_texts
 from universal_neurons.text.tokens import load_tokenizer
 
@@ -176,7 +177,8 @@ def effects_lines(
     roles = [f"{r['kind']} of {r['of']}" if r["of"] else r["kind"] for r in rows.to_dict("records")]
     lines = [style("effects (ablation on the held-out tokens)", "heading")]
     lines.append("  measured as: " + ", ".join(roles))
-    return lines + ["  " + line for line in effects_section(rows.iloc[0].to_dict(), pieces)]
+    lines += ["  " + line for line in effects_section(rows.iloc[0].to_dict(), pieces)]
+    return [part for line in lines for part in wrapped_line(line, TERMINAL_WIDTH, ", ")]
 
 
 def neuron_page(

@@ -44,3 +44,21 @@ def fitted_table(rows: list[list[str]], width: int | None, tail: int = 0) -> lis
         picked = [[row[0], *(row[i] for i in group), *row[len(row) - tail :]] for row in rows]
         lines += ([""] if lines else []) + text_table(picked)
     return lines
+
+
+def wrapped_line(line: str, width: int, at: str = " ") -> list[str]:
+    """``line`` broken at ``at`` (between words; ``", "``: between the items of a list) into
+    lines of at most ``width`` columns where it can be, each continuation indented two spaces
+    deeper than the line itself."""
+    indent = " " * (len(line) - len(line.lstrip(" ")) + 2)
+    pieces = line.split(at)
+    mark = at.rstrip()  # what a broken line ends with ("," between the items of a list)
+    lines = [pieces[0]]
+    for number, piece in enumerate(pieces[1:], start=2):
+        room = width - (len(mark) if number < len(pieces) else 0)
+        if len(lines[-1]) + len(at) + len(piece) <= room:
+            lines[-1] += at + piece
+        else:
+            lines[-1] += mark
+            lines.append(indent + piece.lstrip())
+    return [text.rstrip() for text in lines]

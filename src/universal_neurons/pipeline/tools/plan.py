@@ -9,7 +9,6 @@ from matrix-product rates measured now on this machine (or given with the option
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,7 @@ from universal_neurons.matching.preset_plan import (
 )
 from universal_neurons.matching.units import check_token_shards
 from universal_neurons.models.group import PRESETS
-from universal_neurons.outputs.text_table import TERMINAL_WIDTH
+from universal_neurons.outputs.text_table import TERMINAL_WIDTH, wrapped_line
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 
@@ -264,9 +263,7 @@ def wrapped(lines: list[str], width: int | None) -> str:
     spaces); unwrapped when ``width`` is None."""
     if width is None:
         return "\n".join(lines)
-    return "\n".join(
-        textwrap.fill(line, width, subsequent_indent="  ", break_on_hyphens=False) for line in lines
-    )
+    return "\n".join(part for line in lines for part in wrapped_line(line, width))
 
 
 def _size(n: float) -> str:
