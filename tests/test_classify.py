@@ -235,6 +235,7 @@ def test_neuron_command_shows_tables_and_top_contexts(classified, stored):
     assert f"family: {row['family']}" in out
     assert f"best feature: {row['best_feature']} (VR {row['best_vr']:.4g}" in out
     assert "computed now" not in out
+    assert max(map(len, out.splitlines())) <= 120  # a terminal's width
     # the top context is the position of the largest kept activation, its token highlighted
     acts = stored["acts"][:, 0, 3]
     best = int(np.argmax(acts))
