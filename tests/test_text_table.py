@@ -37,3 +37,17 @@ def test_middle_columns_are_split_into_tables_repeating_the_first_and_tail_colum
     assert all(t[0][0] == "name" and t[0][-1] == "tail" for t in tables)
     assert [c for t in tables for c in t[0][1:-1]] == [f"col{i:02d}" for i in range(12)]
     assert [row[0] for row in tables[-1]] == ["name", "row0", "row1", "row2"]
+
+
+def test_the_ui_start_up_line_keeps_its_address_whole_within_120_columns():
+    from universal_neurons.pipeline.tools.ui import fitted
+
+    address = (
+        "http://127.0.0.1:5077/#/experiments/1/runs?workflowType=machine_learning"
+        "&viewStateShareKey=headline"
+    )
+    line = f"MLflow UI: {address}  (store: sqlite:////work/main/mlruns.db; Ctrl+C stops it)"
+    lines = fitted(line).splitlines()
+    assert lines[0] == f"MLflow UI: {address}"
+    assert lines[1:] == ["  (store: sqlite:////work/main/mlruns.db; Ctrl+C stops it)"]
+    assert fitted("short") == "short"

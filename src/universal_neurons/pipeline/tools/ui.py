@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import click
 
+from universal_neurons.outputs.text_table import TERMINAL_WIDTH, wrapped_line
 from universal_neurons.outputs.tracking import project_root, serve_ui
 from universal_neurons.pipeline.command import Command
 from universal_neurons.pipeline.layout import Layout
 
 
+def fitted(line: str) -> str:
+    """A line of the UI's start-up message within 120 columns: broken where it has two spaces
+    (after the address), then between words; never inside the address, which stays one piece
+    to click or copy."""
+    parts = wrapped_line(line, TERMINAL_WIDTH, "  ")  # first where the message puts two spaces
+    return "\n".join(piece for part in parts for piece in wrapped_line(part, TERMINAL_WIDTH))
+
+
 def run(layout: Layout, host: str, port: int) -> None:
     """Serve the UI until interrupted; its address is printed first."""
-    serve_ui(
-        host, port, echo=lambda line: click.echo(line, err=False), root=project_root(layout.root)
-    )
+    serve_ui(host, port, echo=lambda line: click.echo(fitted(line)), root=project_root(layout.root))
 
 
 COMMAND = Command(
