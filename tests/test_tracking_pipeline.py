@@ -445,8 +445,9 @@ def test_exp_runs_land_in_one_store_and_the_ui_serves_them(tiny_repo):
         assert f"MLflow UI: {address}" in log.read_text()
         printed = log.read_text().splitlines()
         start = next(i for i, line in enumerate(printed) if line.startswith("MLflow UI: "))
-        assert printed[start + 1].startswith("  (store: ")  # the address's line, then the store
-        assert max(len(line) for line in printed[start : start + 2]) <= 120
+        assert printed[start].split()[2].startswith(f"{address}/#/experiments/")  # whole
+        ours = [printed[start]] + [line for line in printed[start + 1 :][:1] if "(store: " in line]
+        assert "(store: " in " ".join(ours) and max(map(len, ours)) <= 120
         request = urllib.request.Request(
             f"{address}/api/2.0/mlflow/runs/search",
             data=json.dumps({"experiment_ids": [experiment.experiment_id]}).encode(),
