@@ -8,6 +8,7 @@ import re
 import pytest
 from text_tables import text_tables
 
+from universal_neurons.errors import UserError
 from universal_neurons.outputs.text_table import TERMINAL_WIDTH
 from universal_neurons.pipeline.tools.exps import comparison_table, exp_show_command
 
@@ -177,6 +178,10 @@ def test_without_experiments_the_comparison_says_how_to_run_one():
     assert table[0] == ["experiment", "workspace", "main"]
     assert "params: none changed" in [row[0] for row in table]
     assert "no experiments yet: dvc exp run" in text
+    empty = comparison_table([_entry("workspace", None, BASE_PARAMS, {})])  # before dvc repro
+    assert "metrics: none yet" in empty.splitlines()
+    with pytest.raises(UserError, match="exps: dvc exp show listed no commit"):
+        comparison_table([])  # a repository without a commit
 
 
 def test_wide_drops_hash_and_detail_columns_but_keeps_a_metric_named_with_its_file():

@@ -220,10 +220,11 @@ def comparison_rows(columns: list[Experiment]) -> list[list[str]]:
         [f"  {names[key]}", *_row_cells(key[1], [c.params.get(key) for c in columns])]
         for key in params
     ]
-    rows.append(["metrics", *("" for _ in columns)])
+    metrics = _metric_rows(columns)
+    rows.append(["metrics" if metrics else "metrics: none yet", *("" for _ in columns)])
     rows += [
         [f"  {name}", *_row_cells(key[1], [c.metrics.get(key) for c in columns])]
-        for name, key in _metric_rows(columns)
+        for name, key in metrics
     ]
     return rows
 
@@ -233,7 +234,7 @@ def comparison_table(shown: list, width: int = TERMINAL_WIDTH) -> str:
     column of row names and at least one experiment per table)."""
     columns = experiments_of(shown)
     if not columns:
-        raise UserError("exps: dvc exp show listed nothing (is this a DVC repository?)")
+        raise UserError("exps: dvc exp show listed no commit (commit the pipeline first)")
     text = "\n".join(fitted_table(comparison_rows(columns), width))
     if len(columns) <= 2:
         text += (
