@@ -46,8 +46,8 @@ def test_the_ui_start_up_line_keeps_its_address_whole_within_120_columns():
         "http://127.0.0.1:5077/#/experiments/1/runs?workflowType=machine_learning"
         "&viewStateShareKey=headline"
     )
-    line = f"MLflow UI: {address}  (store: sqlite:////work/main/mlruns.db; Ctrl+C stops it)"
+    line = f"MLflow UI: {address}  (store: sqlite:///mlruns.db; Ctrl+C stops it)"
     lines = fitted(line).splitlines()
     assert lines[0] == f"MLflow UI: {address}"
-    assert lines[1:] == ["  (store: sqlite:////work/main/mlruns.db; Ctrl+C stops it)"]
+    assert lines[1:] == ["  (store: sqlite:///mlruns.db; Ctrl+C stops it)"]
     assert fitted("short") == "short"
