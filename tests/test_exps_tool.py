@@ -3,10 +3,11 @@ in DVC's shape; tests/test_tracking_pipeline.py reads a real one), and DVC's wid
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
-from text_tables import text_tables
+from text_tables import cells_by_row, text_tables
 
 from universal_neurons.errors import UserError
 from universal_neurons.outputs.text_table import TERMINAL_WIDTH
@@ -45,8 +46,6 @@ def _entry(rev: str, name: str | None, params: dict, metrics: dict) -> dict:
 
 def _changed(base: dict, **dotted) -> dict:
     """A deep copy of ``base`` with ``{"a__b": value}`` set at ``a.b``."""
-    import copy
-
     out = copy.deepcopy(base)
     for path, value in dotted.items():
         *parents, leaf = path.split("__")
@@ -70,16 +69,6 @@ def _shown(experiments: list[tuple[str, dict, dict, str | None]]) -> list[dict]:
         for i, (name, params, metrics, state) in enumerate(experiments, start=1)
     ]
     return [_entry("workspace", None, BASE_PARAMS, BASE_METRICS), main]
-
-
-def _cells(text: str) -> dict[str, dict[str, str]]:
-    """``{row name: {experiment: cell}}`` over every table of the comparison's text."""
-    out: dict[str, dict[str, str]] = {}
-    for table in text_tables(text):
-        names = table[0][1:]
-        for row in table[1:]:
-            out.setdefault(row[0], {}).update(zip(names, row[1:], strict=True))
-    return out
 
 
 def _number(cell: str) -> float:
@@ -108,7 +97,7 @@ def test_comparison_shows_the_changed_params_and_the_headline_metrics_of_each_ex
     assert max(len(line) for line in text.splitlines()) <= TERMINAL_WIDTH
     (table,) = text_tables(text)
     assert table[0] == ["experiment", "workspace", "main", "tau-0.4", "lr-low", "queued-one"]
-    cells = _cells(text)
+    cells = cells_by_row(text)
     assert cells["commit"] == {
         "workspace": "-", "main": "aaaaaaa", "tau-0.4": "1111111", "lr-low": "2222222",
         "queued-one": "3333333",
@@ -124,8 +113,7 @@ def test_comparison_shows_the_changed_params_and_the_headline_metrics_of_each_ex
     assert cells["train.seeds"]["main"] == "[1, 2]"
     metrics = rows[rows.index("metrics") + 1 :]
     assert sorted(metrics) == sorted(
-        key
-        for key in (
+        (
             "mean_percent_universal", "median_corr", "median_baseline", "percent_universal.seed1",
             "percent_universal.seed2", "mean_heldout_loss", "unigram",
         )
@@ -165,7 +153,7 @@ def test_many_experiments_are_split_into_tables_that_fit_120_columns():
     assert len(tables) > 1
     assert [name for table in tables for name in table[0][1:]] == ["workspace", "main", *names]
     assert all([row[0] for row in table] == [row[0] for row in tables[0]] for table in tables)
-    thresholds = _cells(text)["universality.threshold"]
+    thresholds = cells_by_row(text)["universality.threshold"]
     assert [_number(thresholds[n]) for n in names] == pytest.approx(
         [0.3 + i / 100 for i in range(14)]
     )

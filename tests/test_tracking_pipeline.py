@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pipeline_repo import copy_pipeline_repo, pipeline_env, reproduced_tiny, run
-from text_tables import text_tables
+from text_tables import cells_by_row
 
 from universal_neurons.outputs.tracking_ui import column_id, headline_metrics
 from universal_neurons.pipeline.tools.exps import DETAIL_COLUMNS
@@ -483,8 +483,8 @@ effects): DVC lists them too; the first four keep the compact table of issue 25.
 
 def _check_dvc_tables(repo: Path, env: dict, refs: dict[str, str]) -> None:
     """What a researcher compares in a terminal: ``dvc metrics show`` holds the headline only
-    (percent universal of each model besides), ``universal-neurons exps`` draws a table of at
-    most 200 columns, and ``dvc metrics diff`` between two experiments names the headline change."""
+    (percent universal of each model besides), ``universal-neurons exps --wide`` (DVC's table)
+    at most 200 columns and its default comparison at most 120 (``_check_comparison``), and ``dvc metrics diff`` between two experiments names the headline change."""
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json", env=env).stdout)
     data = shown[""]["data"]
     assert set(data) == set(HEADLINE_FILES) | set(NEWER_HEADLINE_FILES)
@@ -531,12 +531,9 @@ def _check_comparison(repo: Path, env: dict, refs: dict[str, str]) -> None:
     """``universal-neurons exps`` (its default, drawn from `dvc exp show --json`) fits 120
     columns, and its column of each experiment holds that experiment's commit, changed
     parameters and headline metrics (read back from the commit with git)."""
-    drawn = run(repo, "universal-neurons", "exps", env={**env, "COLUMNS": "1000"}).stdout
+    drawn = run(repo, "universal-neurons", "exps", env=env).stdout
     assert max(len(line) for line in drawn.splitlines()) <= 120, drawn
-    cells: dict[str, dict[str, str]] = {}
-    for table in text_tables(drawn):
-        for row in table[1:]:
-            cells.setdefault(row[0], {}).update(zip(table[0][1:], row[1:], strict=True))
+    cells = cells_by_row(drawn)
     branch = run(repo, "git", "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
     assert {"workspace", branch, *refs} <= set(cells["commit"])
     changed = {"lr-temp": ("train.learning_rate", "0.02"), "tau-queue": ("universality.threshold", "0.45"), "workers-ws": ("train.workers", "1")}  # fmt: skip

@@ -28,3 +28,13 @@ def text_tables(text: str) -> list[list[list[str]]]:
         for block in blocks
         if len(block.splitlines()) > 1 and re.fullmatch(r"-+(  -+)*", block.splitlines()[1])
     ]
+
+
+def cells_by_row(text: str) -> dict[str, dict[str, str]]:
+    """``{row name: {column name: cell}}`` over every table of ``text`` (a table split to fit
+    a terminal repeats its row names in each part)."""
+    out: dict[str, dict[str, str]] = {}
+    for table in text_tables(text):
+        for row in table[1:]:
+            out.setdefault(row[0], {}).update(zip(table[0][1:], row[1:], strict=True))
+    return out

@@ -153,12 +153,11 @@ def _changed(columns: list[Experiment], values: str) -> list[tuple[str, str]]:
     """The ``(file, key)`` of ``values`` (``params`` or ``metrics``) that differ between the
     columns, in order of first appearance. A metric an experiment has not written yet (queued,
     failed) is no difference; a parameter one of them lacks is."""
+    tables = [getattr(column, values) for column in columns]
     changed = []
     for key in _keys(columns, values):
-        found = [getattr(column, values) for column in columns]
-        if values == "metrics":
-            found = [column for column in found if key in column]
-        if len({json.dumps(column.get(key), sort_keys=True) for column in found}) > 1:
+        found = [table for table in tables if key in table] if values == "metrics" else tables
+        if len({json.dumps(table.get(key), sort_keys=True) for table in found}) > 1:
             changed.append(key)
     return changed
 
